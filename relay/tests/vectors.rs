@@ -282,18 +282,21 @@ fn firehose_commit_proof_vectors() {
             "{name}: root before"
         );
         // 2. Apply the ops on a lazily loaded copy.
+        let forward = RecordingSource::new(&store);
         let mut after_tree = Mst::from_root(before);
         for key in &adds {
             after_tree
-                .insert(key.as_bytes(), leaf, &store)
+                .insert(key.as_bytes(), leaf, &forward)
                 .expect("add");
         }
         for key in &dels {
             assert_eq!(
-                after_tree.remove(key.as_bytes(), &store).expect("del"),
+                after_tree.remove(key.as_bytes(), &forward).expect("del"),
                 Some(leaf)
             );
         }
+        let forward_reads: Vec<Cid> = forward.read.borrow().iter().copied().collect();
+        drop(forward);
         let (after, new_blocks) = after_tree.root_and_new_blocks();
         assert_eq!(
             after,
@@ -301,7 +304,8 @@ fn firehose_commit_proof_vectors() {
             "{name}: root after"
         );
         store.extend(new_blocks.iter().cloned());
-        // 3. The proof we would generate: new nodes plus every node inversion reads.
+        // 3. The proof we would generate: new nodes, plus every existing node that the
+        //    forward operations or the inversion read (what the reference includes).
         let recorder = RecordingSource::new(&store);
         let mut inverse = Mst::from_root(after);
         invert(&mut inverse, &adds, &dels, leaf, &recorder);
@@ -312,6 +316,7 @@ fn firehose_commit_proof_vectors() {
         );
         let mut proof: Vec<Cid> = recorder.read.borrow().iter().copied().collect();
         proof.extend(new_blocks.iter().map(|(c, _)| *c));
+        proof.extend(forward_reads.iter().filter(|c| **c != before));
         for expected in fixture["blocksInProof"].as_array().expect("array") {
             assert!(
                 proof.contains(&cid(expected)),

@@ -7,4 +7,5 @@ pub mod commit;
 pub mod crypto;
 pub mod frame;
 pub mod mst;
+pub mod repo;
 pub mod syntax;

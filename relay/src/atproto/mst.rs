@@ -374,25 +374,37 @@ fn split<S: BlockSource>(
     store: &S,
 ) -> Result<(Option<Node>, Option<Node>), MstError> {
     let bound = node.upper_bound(key);
+    // A side that keeps all items keeps the node (and its CID) unchanged.
+    if bound == 0 {
+        return Ok((None, Some(node)));
+    }
+    if bound == node.items.len() && matches!(node.items.last(), Some(Item::Leaf(_))) {
+        return Ok((Some(node), None));
+    }
+    let original_cid = node.cid;
     let mut right_items = node.items.split_off(bound);
     let mut left_items = node.items;
+    let mut unchanged = right_items.is_empty();
     if matches!(left_items.last(), Some(Item::Tree(_))) {
         let straddling = left_items.pop().expect("checked non-empty");
         let subtree = take_subtree(straddling, node.height - 1, store)?;
         let (lower, upper) = split(subtree, key, store)?;
+        // The key may lie beyond every key of the subtree: then nothing moved.
+        unchanged &= upper.is_none() && lower.as_ref().is_some_and(|n| n.cid.is_some());
         left_items.extend(lower.map(|n| Item::Tree(Child::Loaded(Box::new(n)))));
         if let Some(n) = upper {
             right_items.insert(0, Item::Tree(Child::Loaded(Box::new(n))));
         }
     }
-    let wrap = |items: Vec<Item>| {
+    let wrap = |items: Vec<Item>, cid: Option<Cid>| {
         (!items.is_empty()).then_some(Node {
             height: node.height,
             items,
-            cid: None,
+            cid,
         })
     };
-    Ok((wrap(left_items), wrap(right_items)))
+    let left_cid = if unchanged { original_cid } else { None };
+    Ok((wrap(left_items, left_cid), wrap(right_items, None)))
 }
 
 fn remove<S: BlockSource>(
