@@ -10,6 +10,9 @@ use cid::Cid;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
+/// CIDs are already uniformly distributed hashes; a fast non-keyed hasher is enough.
+pub type BlockMap<'a> = HashMap<Cid, &'a [u8], foldhash::fast::FixedState>;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CarError {
     #[error("CAR is {0} bytes, over the {1}-byte limit")]
@@ -40,7 +43,7 @@ struct Header {
 #[derive(Debug, Default)]
 pub struct Car<'a> {
     pub roots: Vec<Cid>,
-    pub blocks: HashMap<Cid, &'a [u8]>,
+    pub blocks: BlockMap<'a>,
 }
 
 impl<'a> Car<'a> {
@@ -97,7 +100,7 @@ pub fn read(bytes: &[u8], max_len: usize) -> Result<Car<'_>, CarError> {
     if header.roots.is_empty() {
         return Err(CarError::NoRoots);
     }
-    let mut blocks = HashMap::new();
+    let mut blocks = BlockMap::default();
     while pos < bytes.len() {
         let block_len = read_varint(bytes, &mut pos)?;
         let block = take(bytes, &mut pos, block_len)?;

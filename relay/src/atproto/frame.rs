@@ -122,6 +122,9 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Cid>, D::
 }
 
 /// One decoded frame.
+// Commits are nearly every event on the wire, so boxing the large variant would
+// add an allocation to the common case to save memory in the rare one.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Commit(Commit),

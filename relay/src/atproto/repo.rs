@@ -84,9 +84,10 @@ impl Repo {
         now_micros: u64,
     ) -> Result<Commit, RepoError> {
         let prev_data = self.data;
+        self.check_writes(writes)?;
         // Nodes read while applying the writes: a consumer's inverter may need them too.
         let forward = RecordingSource::new(&self.blocks);
-        let mut tree = self.tree.clone();
+        let tree = &mut self.tree;
         let mut ops = Vec::with_capacity(writes.len());
         let mut record_blocks: Vec<(Cid, Vec<u8>)> = Vec::new();
         for write in writes {
@@ -121,7 +122,6 @@ impl Repo {
         }
         let forward_reads: Vec<Cid> = forward.read.borrow().iter().copied().collect();
         drop(forward);
-        self.tree = tree;
         let (data, new_nodes) = self.tree.root_and_new_blocks();
         self.blocks.extend(new_nodes.iter().cloned());
         for (cid, bytes) in &record_blocks {
@@ -162,6 +162,27 @@ impl Repo {
             prev_data: Some(prev_data),
             time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         })
+    }
+
+    /// Refuses writes that do not fit the repo (create of an existing path, update or
+    /// delete of a missing one, two writes to one path) before anything changes.
+    fn check_writes(&mut self, writes: &[Write]) -> Result<(), RepoError> {
+        let mut seen = std::collections::HashSet::new();
+        for write in writes {
+            let path = write.path();
+            if !seen.insert(path) {
+                return Err(RepoError::Exists(path.to_string()));
+            }
+            let exists = self.tree.get(path.as_bytes(), &self.blocks)?.is_some();
+            match (write, exists) {
+                (Write::Create { .. }, true) => return Err(RepoError::Exists(path.to_string())),
+                (Write::Update { .. } | Write::Delete { .. }, false) => {
+                    return Err(RepoError::Missing(path.to_string()))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// The existing nodes a consumer needs to invert `ops` on the new tree.

@@ -99,7 +99,7 @@ pub enum Rejection {
     #[error("MST: {0}")]
     Mst(MstError),
     #[error("inverted tree root {computed} does not equal prevData {expected}")]
-    InversionMismatch { expected: Cid, computed: Cid },
+    InversionMismatch { expected: String, computed: String },
     #[error("{0} events are not relayed")]
     NotRelayable(String),
 }
@@ -426,8 +426,8 @@ fn invert(tree: &mut Mst, ops: &[RepoOp], car: &car::Car, prev_data: Cid) -> Res
     let computed = tree.root_cid();
     if computed != prev_data {
         return Err(Rejection::InversionMismatch {
-            expected: prev_data,
-            computed,
+            expected: prev_data.to_string(),
+            computed: computed.to_string(),
         });
     }
     Ok(())

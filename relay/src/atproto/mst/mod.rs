@@ -12,6 +12,8 @@
 //! number of leading zero bits of SHA-256(key) divided by 2 (fanout 4).
 
 use crate::atproto::cbor;
+
+mod codec;
 use cid::Cid;
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
@@ -97,22 +99,6 @@ pub fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-// Wire form of a node. Field order is the canonical DAG-CBOR key order.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct NodeData {
-    e: Vec<EntryData>,
-    l: Option<Cid>,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct EntryData {
-    #[serde(with = "serde_bytes")]
-    k: Vec<u8>,
-    p: u64,
-    t: Option<Cid>,
-    v: Cid,
-}
-
 #[derive(Debug, Clone)]
 enum Child {
     Stub(Cid),
@@ -174,53 +160,48 @@ impl Node {
 }
 
 fn decode_node(cid: &Cid, bytes: &[u8], expected_height: Option<u8>) -> Result<Node, MstError> {
-    let data: NodeData =
-        cbor::decode_trusted_shape(bytes).map_err(|e| MstError::BadNode(*cid, e.to_string()))?;
-    let mut items = Vec::with_capacity(data.e.len() * 2 + 1);
-    if let Some(left) = data.l {
+    let data = codec::decode(bytes).map_err(|e| MstError::BadNode(*cid, e))?;
+    let mut items = Vec::with_capacity(data.entries.len() * 2 + 1);
+    if let Some(left) = data.left {
         items.push(Item::Tree(Child::Stub(left)));
     }
     let mut height = expected_height;
-    let mut previous: Vec<u8> = Vec::new();
-    for (index, entry) in data.e.into_iter().enumerate() {
-        let prefix = usize::try_from(entry.p).unwrap_or(usize::MAX);
-        if prefix > previous.len() || (index == 0 && prefix != 0) {
+    let mut leaves: Vec<(Vec<u8>, Cid, Option<Cid>)> = Vec::with_capacity(data.entries.len());
+    for entry in data.entries {
+        let previous: &[u8] = leaves.last().map_or(&[], |(key, _, _)| key.as_slice());
+        let prefix = usize::try_from(entry.prefix).unwrap_or(usize::MAX);
+        if prefix > previous.len() || (leaves.is_empty() && prefix != 0) {
             return Err(MstError::Structure(
                 *cid,
                 "prefix length longer than the previous key",
             ));
         }
-        let mut key = Vec::with_capacity(prefix + entry.k.len());
+        let mut key = Vec::with_capacity(prefix + entry.suffix.len());
         key.extend_from_slice(&previous[..prefix]);
-        key.extend_from_slice(&entry.k);
-        if index > 0 {
-            if key <= previous {
+        key.extend_from_slice(entry.suffix);
+        if !leaves.is_empty() {
+            if key.as_slice() <= previous {
                 return Err(MstError::Structure(*cid, "keys not strictly increasing"));
             }
-            if common_prefix_len(&previous, &key) != prefix {
+            if common_prefix_len(previous, &key) != prefix {
                 return Err(MstError::Structure(*cid, "prefix compression not maximal"));
             }
         }
         check_key(&key)?;
         let this_height = key_height(&key);
-        match height {
-            None => height = Some(this_height),
-            Some(h) if h != this_height => {
-                return Err(MstError::Structure(
-                    *cid,
-                    "key height does not match the node's layer",
-                ))
-            }
-            Some(_) => {}
+        if *height.get_or_insert(this_height) != this_height {
+            return Err(MstError::Structure(
+                *cid,
+                "key height does not match the node's layer",
+            ));
         }
-        items.push(Item::Leaf(Leaf {
-            key: key.clone(),
-            value: entry.v,
-        }));
-        if let Some(right) = entry.t {
+        leaves.push((key, entry.value, entry.right));
+    }
+    for (key, value, right) in leaves {
+        items.push(Item::Leaf(Leaf { key, value }));
+        if let Some(right) = right {
             items.push(Item::Tree(Child::Stub(right)));
         }
-        previous = key;
     }
     let height = match height {
         Some(h) => h,
@@ -243,14 +224,19 @@ fn decode_node(cid: &Cid, bytes: &[u8], expected_height: Option<u8>) -> Result<N
 }
 
 fn check_key(key: &[u8]) -> Result<(), MstError> {
-    let path = std::str::from_utf8(key).map_err(|_| MstError::BadKey)?;
-    let valid = !path.is_empty()
-        && path.len() <= 1024
-        && path.split('/').count() == 2
-        && path.split('/').all(|part| !part.is_empty())
-        && path
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-~:".contains(&b));
+    // `<collection>/<rkey>`: one slash with something on both sides, ASCII path characters.
+    let mut slashes = 0;
+    for &b in key {
+        match b {
+            b'/' => slashes += 1,
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' | b'~' | b':' => {}
+            _ => return Err(MstError::BadKey),
+        }
+    }
+    let valid = slashes == 1
+        && key.len() <= 1024
+        && key.first() != Some(&b'/')
+        && key.last() != Some(&b'/');
     if valid {
         Ok(())
     } else {
@@ -477,41 +463,51 @@ fn node_cid(node: &mut Node, blocks: &mut Option<&mut Vec<(Cid, Vec<u8>)>>) -> C
     if let Some(cid) = node.cid {
         return cid;
     }
-    let mut data = NodeData {
-        e: Vec::new(),
-        l: None,
-    };
-    let mut previous: &[u8] = &[];
-    let mut pending_left = None;
+    // Children first (post-order), so the entries below can borrow the keys.
     for item in node.items.iter_mut() {
+        if let Item::Tree(child) = item {
+            child_cid(child, blocks);
+        }
+    }
+    let mut entries: Vec<codec::RawEntry> = Vec::with_capacity(node.items.len());
+    let mut left = None;
+    let mut previous: &[u8] = &[];
+    for item in &node.items {
         match item {
             Item::Tree(child) => {
-                let cid = child_cid(child, blocks);
-                match data.e.last_mut() {
-                    Some(entry) => entry.t = Some(cid),
-                    None => pending_left = Some(cid),
+                let cid = known_cid(child);
+                match entries.last_mut() {
+                    Some(entry) => entry.right = Some(cid),
+                    None => left = Some(cid),
                 }
             }
             Item::Leaf(leaf) => {
                 let prefix = common_prefix_len(previous, &leaf.key);
-                data.e.push(EntryData {
-                    k: leaf.key[prefix..].to_vec(),
-                    p: prefix as u64,
-                    t: None,
-                    v: leaf.value,
+                entries.push(codec::RawEntry {
+                    prefix: prefix as u64,
+                    suffix: &leaf.key[prefix..],
+                    value: leaf.value,
+                    right: None,
                 });
                 previous = &leaf.key;
             }
         }
     }
-    data.l = pending_left;
-    let bytes = cbor::encode(&data).expect("MST nodes always encode");
+    let bytes = codec::encode(left.as_ref(), &entries);
     let cid = cbor::cid_for_cbor(&bytes);
     if let Some(out) = blocks.as_mut() {
         out.push((cid, bytes));
     }
     node.cid = Some(cid);
     cid
+}
+
+/// The CID of a child already hashed by `child_cid`.
+fn known_cid(child: &Child) -> Cid {
+    match child {
+        Child::Stub(cid) => *cid,
+        Child::Loaded(node) => node.cid.expect("children are hashed before their parent"),
+    }
 }
 
 fn child_cid(child: &mut Child, blocks: &mut Option<&mut Vec<(Cid, Vec<u8>)>>) -> Cid {

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The project's whole test suite: formatting, lints, unit/property/vector tests,
+# and a short smoke run of every fuzz target. Safe to run on a fresh machine:
+# it installs what it needs. Build output goes outside the clone (RELAY_CACHE_DIR).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cache_dir="${RELAY_CACHE_DIR:-$HOME/.cache/atproto-relay}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache_dir/target}"
+mkdir -p "$CARGO_TARGET_DIR"
+fuzz_seconds="${RELAY_FUZZ_SMOKE_SECONDS:-15}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain"
+need_c_compiler() { command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1; }
+if ! need_c_compiler; then
+  # libsecp256k1, ring and mimalloc compile C code.
+  apt-get update -qq && apt-get install -y -qq build-essential
+fi
+for component in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+    rustup component add "$component"
+  fi
+done
+cargo --version
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "benchmark builds"
+cargo bench --workspace --locked --no-run
+
+step "fuzz smoke (${fuzz_seconds}s per target)"
+if [ "$fuzz_seconds" -gt 0 ]; then
+  if ! rustup toolchain list | grep -q '^nightly'; then
+    echo "fuzz smoke needs a nightly toolchain (cargo fuzz uses sanitizer flags); install it with: rustup toolchain install nightly" >&2
+    exit 1
+  fi
+  if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+  fi
+  fuzz_target_dir="$cache_dir/fuzz-target"
+  for target in frame_decode car_read cbor_decode mst_ops; do
+    corpus="$cache_dir/fuzz-corpus/$target"
+    mkdir -p "$corpus"
+    log="$cache_dir/fuzz-$target.log"
+    if ! (cd relay && CARGO_TARGET_DIR="$fuzz_target_dir" cargo +nightly fuzz run "$target" "$corpus" -- \
+        -max_total_time="$fuzz_seconds" -max_len=65536 -print_final_stats=1 >"$log" 2>&1); then
+      tail -n 60 "$log" >&2
+      echo "fuzz target $target failed (crash inputs, if any, are in relay/fuzz/artifacts/$target)" >&2
+      exit 1
+    fi
+    echo "$target: $(grep -m1 'stat::number_of_executed_units' "$log" || echo 'no stats')"
+  done
+fi
+
+step "all checks passed"
