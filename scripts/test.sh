@@ -47,6 +47,8 @@ if [ "$fuzz_seconds" -gt 0 ]; then
     cargo install cargo-fuzz --locked
   fi
   fuzz_target_dir="$cache_dir/fuzz-target"
+  # Seed the corpora with real frames and CARs from the test vectors.
+  FUZZ_SEED_DIR="$cache_dir/fuzz-corpus" cargo test --locked -p relay --test indigo_data -- --ignored write_fuzz_seeds
   for target in frame_decode car_read cbor_decode mst_ops; do
     corpus="$cache_dir/fuzz-corpus/$target"
     mkdir -p "$corpus"

@@ -1,9 +1,22 @@
 //! An ATProto relay.
 //!
-//! Stages, one module each: `atproto` (protocol building blocks), `identity`
-//! (DID resolution), `validate` (the Sync 1.1 verdict). Ingest, sequencing,
-//! fan-out, XRPC, admin and collections arrive with the daemon.
+//! Stages, one module each: `ingest` (upstream subscriptions), `validate` (the Sync 1.1
+//! verdict and its worker pool), `sequence` (seq assignment and the durable event log),
+//! `fanout` (the firehose for consumers), `xrpc` and `admin` (HTTP APIs), `identity`
+//! (DID resolution), `storage` (SQL metadata). `atproto` holds the protocol building
+//! blocks; `app` ties the stages together.
 
+pub mod admin;
+pub mod app;
 pub mod atproto;
+pub mod config;
+pub mod fanout;
 pub mod identity;
+pub mod ingest;
+pub mod metrics;
+pub mod sequence;
+pub mod server;
+pub mod simulate;
+pub mod storage;
 pub mod validate;
+pub mod xrpc;

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use relay::validate::scenario::Scenario;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -18,6 +19,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the relay: subscribe to PDS hosts, validate, sequence, persist, serve the firehose.
+    Serve(Box<relay::config::ServeConfig>),
+    /// Run a simulated PDS fleet (and PLC) on loopback, optionally registered with a relay.
+    Simulate(relay::simulate::SimulateConfig),
     /// Validate a file of firehose frames and print a verdict for each.
     ///
     /// The file is a scenario in atproto JSON: `{lenient?, accounts: [...], messages:
@@ -46,6 +51,8 @@ fn main() -> ExitCode {
             lenient,
             json,
         } => verify(&files, lenient, json),
+        Command::Serve(config) => run_async(serve(*config)),
+        Command::Simulate(config) => run_async(simulate(config)),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -55,6 +62,99 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn run_async(
+    future: impl std::future::Future<Output = anyhow::Result<bool>>,
+) -> anyhow::Result<bool> {
+    init_tracing();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(future)
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RELAY_LOG_LEVEL")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
+
+async fn serve(mut config: relay::config::ServeConfig) -> anyhow::Result<bool> {
+    if config.admin_tokens.iter().all(|t| t.is_empty()) {
+        let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        tracing::warn!("no RELAY_ADMIN_PASSWORD set; generated an admin token for this run (see the next line)");
+        eprintln!("generated admin token: {token}");
+        config.admin_tokens = vec![token];
+    }
+    let relay = relay::app::Relay::start(config).await?;
+    let (public, internal) = relay::server::bind(&relay).await?;
+    tracing::info!(public = %public.local_addr()?, internal = %internal.local_addr()?, "relay listening");
+    let resume = relay.clone();
+    tokio::spawn(async move {
+        if let Err(error) = resume.resume_hosts().await {
+            tracing::error!(%error, "resuming host subscriptions");
+        }
+        if !resume.config.upstream.is_empty() {
+            relay::app::bootstrap_from_upstream(resume.clone()).await;
+        }
+    });
+    relay::server::serve(relay.clone(), public, internal, shutdown_signal()).await?;
+    tracing::info!("shutting down: stopping subscriptions and draining queues");
+    relay.shutdown().await;
+    Ok(true)
+}
+
+async fn simulate(config: relay::simulate::SimulateConfig) -> anyhow::Result<bool> {
+    let admin = config.relay_admin_url.clone();
+    let token = config.relay_admin_token.clone().unwrap_or_default();
+    let sim = relay::simulate::Simulation::start(config).await?;
+    println!("PLC directory: {}", sim.plc_url());
+    for host in &sim.hosts {
+        println!("PDS host: http://{}", host.hostname());
+    }
+    if let Some(admin) = admin {
+        sim.register_with_relay(&admin, &token).await?;
+        println!("registered {} hosts with {admin}", sim.hosts.len());
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    sim.create_accounts();
+    let runner = Arc::clone(&sim);
+    tokio::select! {
+        _ = runner.run() => {}
+        _ = shutdown_signal() => {}
+    }
+    println!(
+        "commits made: {}",
+        sim.commits.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    Ok(true)
 }
 
 /// Returns whether every verdict matched its expectation.
@@ -76,7 +176,7 @@ fn verify(files: &[PathBuf], lenient: bool, json: bool) -> anyhow::Result<bool> 
                 mode(scenario.lenient)
             );
             println!(
-                "{:>4}  {:<10} {:<6} {:<9} detail",
+                "{:>4}  {:<10} {:<7} {:<9} detail",
                 "#", "type", "verdict", "expected"
             );
         }

@@ -199,3 +199,41 @@ fn feed_post_record_decodes() {
         "canonical round trip"
     );
 }
+
+/// Writes real frames, CARs and CBOR values as fuzz seeds into `$FUZZ_SEED_DIR/<target>/`.
+/// Run by scripts/test.sh before the fuzz smoke run: `cargo test --test indigo_data -- --ignored`.
+#[test]
+#[ignore = "writes files; run explicitly with FUZZ_SEED_DIR set"]
+fn write_fuzz_seeds() {
+    let Ok(dir) = std::env::var("FUZZ_SEED_DIR") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    for target in ["frame_decode", "car_read", "cbor_decode", "mst_ops"] {
+        std::fs::create_dir_all(dir.join(target)).expect("seed dir");
+    }
+    let mut written = 0;
+    for name in ["post_lifecycle", "account_lifecycle", "seq_ordering"] {
+        let bytes =
+            std::fs::read(path(&format!("cmd/relay/testing/testdata/{name}.json"))).expect("file");
+        let scenario = Scenario::parse(&bytes).expect("parses");
+        for (index, message) in scenario.messages.iter().enumerate() {
+            let Ok(event) = relay::validate::scenario::decode_message(message) else {
+                continue;
+            };
+            let frame = relay::atproto::frame::encode(&event).expect("encodes");
+            std::fs::write(dir.join(format!("frame_decode/{name}-{index}")), &frame)
+                .expect("write");
+            if let Event::Commit(commit) = event {
+                for target in ["car_read", "mst_ops"] {
+                    std::fs::write(dir.join(format!("{target}/{name}-{index}")), &commit.blocks)
+                        .expect("write");
+                }
+            }
+            written += 1;
+        }
+    }
+    let record = std::fs::read(path("atproto/atdata/testdata/feedpost_record.cbor")).expect("file");
+    std::fs::write(dir.join("cbor_decode/feedpost"), record).expect("write");
+    assert!(written > 10);
+}

@@ -1,6 +1,7 @@
 //! Validate stage: the Sync 1.1 verdict on each event, and the per-account state it needs.
 
 pub mod scenario;
+pub mod stage;
 pub mod tracker;
 pub mod verdict;
 

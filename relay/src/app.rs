@@ -1,0 +1,456 @@
+//! The running relay: shared state that the stages and HTTP handlers use.
+
+use crate::atproto::frame::{Account as AccountEvent, Event};
+use crate::config::ServeConfig;
+use crate::fanout::{Fanout, FanoutConfig};
+use crate::identity::{IdentityConfig, Resolver};
+use crate::ingest::{self, crawl, HostHandle};
+use crate::metrics::Metrics;
+use crate::sequence::log::{EventLog, LogConfig};
+use crate::sequence::{self, Outgoing, SequencerConfig, SequencerHandle};
+use crate::storage::{Account, Host, Store};
+use crate::validate::stage::{self, ValidationStage};
+use crate::validate::Policy;
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Settings derived from the config that the stages need at run time.
+pub struct Relay {
+    pub config: ServeConfig,
+    pub store: Store,
+    pub resolver: Resolver,
+    pub metrics: Metrics,
+    pub sequencer: SequencerHandle,
+    pub fanout: Arc<Fanout>,
+    pub validation: ValidationStage,
+    pub policy: Policy,
+    pub hosts: Mutex<HashMap<i64, HostHandle>>,
+    accounts: Mutex<lru::LruCache<String, Account>>,
+    new_hosts: Mutex<VecDeque<Instant>>,
+    pub request_crawl_enabled: AtomicBool,
+    last_accepted_unix: AtomicU64,
+    pub started: Instant,
+}
+
+impl Relay {
+    /// Opens storage and the log, starts the sequencer and validation workers.
+    pub async fn start(config: ServeConfig) -> anyhow::Result<Arc<Relay>> {
+        use anyhow::Context;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        let store = Store::connect(&config.database_url(), config.max_db_connections)
+            .await
+            .context("opening the database")?;
+        let metrics = Metrics::new();
+        let log = EventLog::open(LogConfig {
+            dir: config.persist_dir(),
+            segment_bytes: config.log_segment_bytes,
+            sync: config.log_fsync,
+        })
+        .context("opening the event log")?;
+        let sequencer_config = SequencerConfig {
+            initial_seq: config.initial_seq_number.max(1),
+            live_buffer_events: config.live_buffer_events,
+            replay_window: config.replay_window,
+            ..SequencerConfig::default()
+        };
+        let (sequencer, _thread) = sequence::start(
+            log,
+            sequencer_config,
+            config.sequencer_queue_events,
+            metrics.clone(),
+        );
+        for (did, before) in store.purges().await.context("loading takedown purges")? {
+            sequencer
+                .purges
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(did, before as u64);
+        }
+        let resolver = Resolver::new(IdentityConfig {
+            plc_url: config.plc_url.clone(),
+            cache_entries: config.identity_cache_entries,
+            ssrf: crate::identity::ssrf::SsrfPolicy {
+                allow_loopback: config.allow_insecure_hosts,
+            },
+            ..IdentityConfig::default()
+        });
+        let fanout = Arc::new(Fanout::new(
+            sequencer.clone(),
+            FanoutConfig::default(),
+            metrics.clone(),
+        ));
+        let policy = Policy {
+            lenient: config.lenient_sync_validation,
+            ..Policy::default()
+        };
+        let (validation, receivers) = stage::channels(config.workers(), config.ingest_queue_bytes);
+        let relay = Arc::new(Relay {
+            store,
+            resolver,
+            metrics,
+            sequencer,
+            fanout,
+            validation,
+            policy,
+            hosts: Mutex::new(HashMap::new()),
+            accounts: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(200_000).expect("non-zero"),
+            )),
+            new_hosts: Mutex::new(VecDeque::new()),
+            request_crawl_enabled: AtomicBool::new(!config.disable_request_crawl),
+            last_accepted_unix: AtomicU64::new(0),
+            started: Instant::now(),
+            config,
+        });
+        stage::spawn_workers(relay.clone(), receivers);
+        Ok(relay)
+    }
+
+    /// Subscribes to every active host in the database, staggered.
+    pub async fn resume_hosts(self: &Arc<Self>) -> anyhow::Result<()> {
+        let mut after = 0;
+        loop {
+            let page = self.store.list_hosts(after, 500).await?;
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            for host in page {
+                if host.status == "active" || host.status == "offline" || host.status == "idle" {
+                    self.subscribe(host);
+                    tokio::time::sleep(self.config.connect_stagger).await;
+                }
+            }
+        }
+        self.refresh_host_metrics().await;
+        Ok(())
+    }
+
+    /// Starts the subscription task for a host (no-op when already running).
+    pub fn subscribe(self: &Arc<Self>, host: Host) {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        if hosts.contains_key(&host.id) {
+            return;
+        }
+        let handle = ingest::spawn_subscription(self.clone(), host.clone());
+        hosts.insert(host.id, handle);
+    }
+
+    /// Stops a host's subscription.
+    pub fn unsubscribe(&self, host_id: i64) -> bool {
+        let handle = self
+            .hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&host_id);
+        match handle {
+            Some(handle) => {
+                handle.stop();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// requestCrawl: validate, probe, store and subscribe. `admin` bypasses the public limits.
+    pub async fn request_crawl(
+        self: &Arc<Self>,
+        hostname: &str,
+        admin: bool,
+    ) -> Result<Host, crawl::CrawlError> {
+        if !admin && !self.request_crawl_enabled.load(Ordering::Relaxed) {
+            return Err(crawl::CrawlError::Disabled);
+        }
+        let insecure_ok = self.config.allow_insecure_hosts;
+        let host = crawl::normalize_hostname(hostname, insecure_ok)?;
+        let bans = self.store.domain_bans().await.unwrap_or_default();
+        if crawl::is_banned(&host.hostname, &bans) {
+            return Err(crawl::CrawlError::Banned);
+        }
+        if let Ok(Some(existing)) = self.store.host_by_name(&host.hostname).await {
+            if existing.status == "banned" {
+                return Err(crawl::CrawlError::Banned);
+            }
+            self.subscribe(existing.clone());
+            return Ok(existing);
+        }
+        crawl::probe(&host, insecure_ok, Duration::from_secs(10)).await?;
+        if !admin {
+            self.take_new_host_slot()?;
+        }
+        let trusted = self.config.is_trusted(&host.hostname);
+        let limit = if trusted {
+            self.config.trusted_account_limit
+        } else {
+            self.config.default_account_limit
+        };
+        let stored = self
+            .store
+            .upsert_host(&host.hostname, host.ssl, limit, trusted)
+            .await
+            .map_err(|e| crawl::CrawlError::Probe(format!("storing host: {e}")))?;
+        tracing::info!(host = %stored.hostname, admin, "added host");
+        self.subscribe(stored.clone());
+        self.refresh_host_metrics().await;
+        Ok(stored)
+    }
+
+    fn take_new_host_slot(&self) -> Result<(), crawl::CrawlError> {
+        let mut window = self.new_hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let day = Duration::from_secs(86_400);
+        while window.front().is_some_and(|t| t.elapsed() > day) {
+            window.pop_front();
+        }
+        if window.len() as u32 >= self.config.new_hosts_per_day {
+            return Err(crawl::CrawlError::DailyLimit);
+        }
+        window.push_back(Instant::now());
+        Ok(())
+    }
+
+    /// The account row, through a cache in front of the database.
+    pub async fn account(
+        &self,
+        did: &str,
+        host_id: Option<i64>,
+    ) -> Result<Account, crate::storage::StoreError> {
+        if let Some(account) = self
+            .accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(did)
+        {
+            return Ok(account.clone());
+        }
+        let account = self.store.ensure_account(did, host_id).await?;
+        self.cache_account(account.clone());
+        Ok(account)
+    }
+
+    pub fn cache_account(&self, account: Account) {
+        self.accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(account.did.clone(), account);
+    }
+
+    pub fn forget_account(&self, did: &str) {
+        self.accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop(did);
+    }
+
+    pub fn note_accepted(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.last_accepted_unix.store(now, Ordering::Relaxed);
+    }
+
+    /// Takes an account down (or restores it): stores the status, purges or not, emits `#account`.
+    pub async fn set_takedown(
+        &self,
+        did: &str,
+        takedown: bool,
+    ) -> Result<bool, crate::storage::StoreError> {
+        let status = if takedown { "takendown" } else { "active" };
+        if !self.store.set_local_status(did, status).await? {
+            return Ok(false);
+        }
+        self.forget_account(did);
+        let account = self
+            .store
+            .account(did)
+            .await?
+            .ok_or(crate::storage::StoreError::Sql(sqlx::Error::RowNotFound))?;
+        if takedown {
+            // Everything of this DID before the takedown event leaves the replay window.
+            let mark = self.sequencer.current_head() + 1;
+            self.store.save_purge(did, mark as i64).await?;
+            self.sequencer
+                .purges
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(did.to_string(), mark);
+        }
+        let event = Event::Account(AccountEvent {
+            seq: 0,
+            did: did.to_string(),
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            active: account.is_active(),
+            status: (!account.is_active()).then(|| account.effective_status().to_string()),
+        });
+        let _ = self
+            .sequencer
+            .input
+            .send(Outgoing {
+                did: did.to_string(),
+                event,
+            })
+            .await;
+        Ok(true)
+    }
+
+    /// Readiness: relaying for real, not just up.
+    pub fn readiness(&self) -> Result<(), String> {
+        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let total = hosts.len();
+        let connected = hosts.values().filter(|h| h.is_connected()).count();
+        drop(hosts);
+        if total == 0 {
+            return Err("no upstream hosts configured".into());
+        }
+        if connected == 0 {
+            return Err("no upstream host is connected".into());
+        }
+        let share = connected as f64 / total as f64;
+        if share < self.config.ready_min_connected_share {
+            return Err(format!("only {connected} of {total} hosts connected"));
+        }
+        let silence = self.config.ready_max_silence;
+        if !silence.is_zero() && self.started.elapsed() > silence {
+            let last = self.last_accepted_unix.load(Ordering::Relaxed);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            if now.saturating_sub(last) > silence.as_secs() {
+                return Err(format!(
+                    "no event accepted for more than {}s",
+                    silence.as_secs()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn refresh_host_metrics(&self) {
+        let mut counts: HashMap<String, i64> = HashMap::new();
+        let mut after = 0;
+        while let Ok(page) = self.store.list_hosts(after, 1000).await {
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            for host in page {
+                *counts.entry(host.status).or_default() += 1;
+            }
+        }
+        for status in ["active", "idle", "offline", "throttled", "banned"] {
+            self.metrics
+                .hosts
+                .with_label_values(&[status])
+                .set(counts.get(status).copied().unwrap_or(0));
+        }
+    }
+}
+
+impl Relay {
+    /// Graceful stop: close upstream sockets (saving cursors), then let the validation
+    /// and sequencer queues drain so accepted events reach the log.
+    pub async fn shutdown(&self) {
+        let handles: Vec<HostHandle> = self
+            .hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        for handle in &handles {
+            handle.stop();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let sequencer_idle =
+                self.sequencer.input.capacity() == self.sequencer.input.max_capacity();
+            if self.validation.queued_bytes() == 0 && sequencer_idle {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Give the sequencer a moment to fsync the batch it took last.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Seeds the host list from the upstream relay's `listHosts` (zlay's RELAY_UPSTREAM).
+pub async fn bootstrap_from_upstream(relay: Arc<Relay>) {
+    let base = if relay.config.upstream.starts_with("http") {
+        relay.config.upstream.clone()
+    } else {
+        format!("https://{}", relay.config.upstream)
+    };
+    let client = crate::identity::ssrf::guarded_client(
+        crate::identity::ssrf::SsrfPolicy {
+            allow_loopback: relay.config.allow_insecure_hosts,
+        },
+        Duration::from_secs(30),
+    );
+    let mut cursor: Option<String> = None;
+    let mut added = 0usize;
+    loop {
+        let mut url = format!(
+            "{}/xrpc/com.atproto.sync.listHosts?limit=1000",
+            base.trim_end_matches('/')
+        );
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: serde_json::Value = match client.get(&url).send().await {
+            Ok(response) if response.status().is_success() => match response.json().await {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(%error, "bootstrap: bad listHosts page");
+                    break;
+                }
+            },
+            Ok(response) => {
+                tracing::warn!(status = %response.status(), "bootstrap: listHosts failed");
+                break;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "bootstrap: listHosts failed");
+                break;
+            }
+        };
+        for host in page["hosts"].as_array().into_iter().flatten() {
+            let status = host["status"].as_str().unwrap_or("active");
+            let Some(hostname) = host["hostname"].as_str() else {
+                continue;
+            };
+            if status != "active" && status != "idle" {
+                continue;
+            }
+            let normalized =
+                match crawl::normalize_hostname(hostname, relay.config.allow_insecure_hosts) {
+                    Ok(normalized) => normalized,
+                    Err(_) => continue,
+                };
+            let trusted = relay.config.is_trusted(&normalized.hostname);
+            let limit = if trusted {
+                relay.config.trusted_account_limit
+            } else {
+                relay.config.default_account_limit
+            };
+            if let Ok(stored) = relay
+                .store
+                .upsert_host(&normalized.hostname, normalized.ssl, limit, trusted)
+                .await
+            {
+                if stored.status != "banned" {
+                    relay.subscribe(stored);
+                    added += 1;
+                    tokio::time::sleep(relay.config.connect_stagger).await;
+                }
+            }
+        }
+        cursor = page["cursor"].as_str().map(str::to_string);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    tracing::info!(added, upstream = %base, "bootstrap from upstream listHosts done");
+    relay.refresh_host_metrics().await;
+}

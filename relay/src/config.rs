@@ -1,0 +1,219 @@
+//! `relay serve` configuration: one struct, every setting a flag and an environment
+//! variable (indigo's names where the concept is the same), every limit with its default.
+
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 72h, 30m, 10s"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => return Ok(Duration::from_millis(value)),
+        "m" => value * 60,
+        "h" => value * 3600,
+        "d" => value * 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeConfig {
+    /// Data directory: SQLite database and event log live here unless overridden.
+    #[arg(long, env = "RELAY_DATA_DIR", default_value = "data/relay")]
+    pub data_dir: PathBuf,
+
+    /// Database URL: sqlite://PATH or postgres://... Default: SQLite in the data dir.
+    #[arg(long = "db-url", env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Maximum database connections.
+    #[arg(long, env = "MAX_DB_CONNECTIONS", default_value_t = 40)]
+    pub max_db_connections: u32,
+
+    /// Event log directory. Default: <data-dir>/persist.
+    #[arg(long, env = "RELAY_PERSIST_DIR")]
+    pub persist_dir: Option<PathBuf>,
+
+    /// How long events stay replayable for consumers with a cursor.
+    #[arg(long, env = "RELAY_REPLAY_WINDOW", default_value = "72h", value_parser = parse_duration)]
+    pub replay_window: Duration,
+
+    /// Event log segment size in bytes.
+    #[arg(long, env = "RELAY_LOG_SEGMENT_BYTES", default_value_t = 256 << 20)]
+    pub log_segment_bytes: u64,
+
+    /// Public listener: firehose and XRPC.
+    #[arg(long = "bind", env = "RELAY_API_BIND", default_value = "0.0.0.0:2470")]
+    pub api_bind: String,
+
+    /// Internal listener: admin API, metrics, health and readiness.
+    #[arg(
+        long = "metrics-listen",
+        env = "RELAY_METRICS_LISTEN",
+        default_value = "0.0.0.0:2471"
+    )]
+    pub internal_bind: String,
+
+    /// Admin tokens (comma-separated; several allow rotation). Accepted as Bearer or Basic admin:<token>.
+    #[arg(
+        long = "admin-password",
+        env = "RELAY_ADMIN_PASSWORD",
+        value_delimiter = ','
+    )]
+    pub admin_tokens: Vec<String>,
+
+    /// PLC directory URL (trusted, even on loopback).
+    #[arg(
+        long = "plc-host",
+        env = "RELAY_PLC_HOST",
+        default_value = "https://plc.directory"
+    )]
+    pub plc_url: String,
+
+    /// Bootstrap relay whose listHosts seeds the host list; empty disables bootstrap.
+    #[arg(long, env = "RELAY_UPSTREAM", default_value = "")]
+    pub upstream: String,
+
+    /// Accounts allowed per new, untrusted host.
+    #[arg(long, env = "RELAY_DEFAULT_ACCOUNT_LIMIT", default_value_t = 100)]
+    pub default_account_limit: i64,
+
+    /// Accounts allowed per trusted host.
+    #[arg(
+        long,
+        env = "RELAY_TRUSTED_ACCOUNT_LIMIT",
+        default_value_t = 10_000_000
+    )]
+    pub trusted_account_limit: i64,
+
+    /// New hosts accepted per day through public requestCrawl.
+    #[arg(long, env = "RELAY_NEW_HOSTS_PER_DAY_LIMIT", default_value_t = 50)]
+    pub new_hosts_per_day: u32,
+
+    /// Trusted host patterns (exact, or "*.suffix"); comma-separated.
+    #[arg(
+        long,
+        env = "RELAY_TRUSTED_DOMAINS",
+        value_delimiter = ',',
+        default_value = "*.host.bsky.network"
+    )]
+    pub trusted_domains: Vec<String>,
+
+    /// Allow http/ws hosts and loopback targets (development and tests on one machine).
+    #[arg(long, env = "RELAY_ALLOW_INSECURE_HOSTS")]
+    pub allow_insecure_hosts: bool,
+
+    /// Accept pre-Sync-1.1 upstreams (no prevData / op prev).
+    #[arg(long, env = "RELAY_LENIENT_SYNC_VALIDATION")]
+    pub lenient_sync_validation: bool,
+
+    /// Lowest seq the relay emits.
+    #[arg(long, env = "RELAY_INITIAL_SEQ_NUMBER", default_value_t = 1)]
+    pub initial_seq_number: u64,
+
+    /// Refuse public requestCrawl.
+    #[arg(long, env = "RELAY_DISABLE_REQUEST_CRAWL")]
+    pub disable_request_crawl: bool,
+
+    /// Validation workers (per-DID order is kept; 0 = number of cores).
+    #[arg(long, env = "RELAY_VALIDATION_WORKERS", default_value_t = 0)]
+    pub validation_workers: usize,
+
+    /// Byte budget of the queue between ingest and validation.
+    #[arg(long, env = "RELAY_INGEST_QUEUE_BYTES", default_value_t = 64 << 20)]
+    pub ingest_queue_bytes: usize,
+
+    /// Events queued between validation and the sequencer.
+    #[arg(long, env = "RELAY_SEQUENCER_QUEUE_EVENTS", default_value_t = 4096)]
+    pub sequencer_queue_events: usize,
+
+    /// Events kept in memory for live consumers.
+    #[arg(long, env = "RELAY_LIVE_BUFFER_EVENTS", default_value_t = 8192)]
+    pub live_buffer_events: usize,
+
+    /// Identity cache entries.
+    #[arg(long, env = "RELAY_IDENT_CACHE_SIZE", default_value_t = 1_000_000)]
+    pub identity_cache_entries: usize,
+
+    /// Seconds between dials when starting many host subscriptions.
+    #[arg(long, env = "RELAY_CONNECT_STAGGER", default_value = "20ms", value_parser = parse_duration)]
+    pub connect_stagger: Duration,
+
+    /// Longest backoff between reconnects to a failing host.
+    #[arg(long, env = "RELAY_MAX_BACKOFF", default_value = "5m", value_parser = parse_duration)]
+    pub max_backoff: Duration,
+
+    /// Readiness fails when no event has been accepted for this long (0 disables).
+    #[arg(long, env = "RELAY_READY_MAX_SILENCE", default_value = "5m", value_parser = parse_duration)]
+    pub ready_max_silence: Duration,
+
+    /// Readiness fails when fewer than this share of active hosts are connected.
+    #[arg(long, env = "RELAY_READY_MIN_CONNECTED_SHARE", default_value_t = 0.5)]
+    pub ready_min_connected_share: f64,
+
+    /// fsync the event log before broadcasting (turn off only for throwaway test runs).
+    #[arg(long, env = "RELAY_LOG_FSYNC", default_value_t = true, action = clap::ArgAction::Set)]
+    pub log_fsync: bool,
+}
+
+impl ServeConfig {
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("relay.sqlite").display()))
+    }
+
+    pub fn persist_dir(&self) -> PathBuf {
+        self.persist_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("persist"))
+    }
+
+    pub fn workers(&self) -> usize {
+        if self.validation_workers > 0 {
+            self.validation_workers
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }
+    }
+
+    /// Whether a hostname matches a trusted pattern.
+    pub fn is_trusted(&self, hostname: &str) -> bool {
+        let host = hostname.split(':').next().unwrap_or(hostname);
+        self.trusted_domains
+            .iter()
+            .any(|pattern| match pattern.strip_prefix('*') {
+                Some(suffix) => host.ends_with(suffix),
+                None => host == pattern,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("72h"), Ok(Duration::from_secs(72 * 3600)));
+        assert_eq!(parse_duration("20ms"), Ok(Duration::from_millis(20)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+}

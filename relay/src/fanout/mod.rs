@@ -1,0 +1,397 @@
+//! Fan-out stage: `com.atproto.sync.subscribeRepos` for consumers.
+//!
+//! Each consumer follows the live broadcast while it keeps up. When it falls behind
+//! (its slot in the in-memory buffer is overwritten) it does not get dropped, as in
+//! indigo: it reads from the event log on disk from where it was, then rejoins live.
+//! Only a consumer whose position has left the replay window gets `ConsumerTooSlow`.
+//! Memory per consumer is one disk chunk (bounded in events and bytes) at most.
+
+use crate::atproto::frame;
+use crate::metrics::Metrics;
+use crate::sequence::{log::LogRecord, Sequenced, SequencerHandle};
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+
+/// Consumer limits; defaults are used by `relay serve`.
+#[derive(Debug, Clone)]
+pub struct FanoutConfig {
+    /// Events read from disk per chunk when catching up.
+    pub replay_chunk_events: usize,
+    /// Frame bytes read from disk per chunk.
+    pub replay_chunk_bytes: usize,
+    /// A send that takes longer than this closes the connection.
+    pub write_timeout: Duration,
+    /// Interval between WebSocket pings.
+    pub ping_interval: Duration,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        FanoutConfig {
+            replay_chunk_events: 2000,
+            replay_chunk_bytes: 4 << 20,
+            write_timeout: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where a new consumer starts, or why it cannot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// Send events with seq > this value (`#info OutdatedCursor` first when `outdated`).
+    After { seq: u64, outdated: bool },
+    /// The cursor is ahead of the log: send `FutureCursor` and close.
+    Future,
+}
+
+/// The spec's cursor rules, as a pure function of the cursor and the log's bounds.
+pub fn start_position(cursor: Option<u64>, head: u64, oldest: Option<u64>) -> Start {
+    let before_oldest = oldest.map_or(head, |o| o.saturating_sub(1));
+    match cursor {
+        None => Start::After {
+            seq: head,
+            outdated: false,
+        },
+        Some(c) if c > head => Start::Future,
+        Some(0) => Start::After {
+            seq: before_oldest,
+            outdated: false,
+        },
+        Some(c) if c < before_oldest => Start::After {
+            seq: before_oldest,
+            outdated: true,
+        },
+        Some(c) => Start::After {
+            seq: c,
+            outdated: false,
+        },
+    }
+}
+
+/// Shared state for all consumers.
+pub struct Fanout {
+    pub sequencer: SequencerHandle,
+    pub config: FanoutConfig,
+    pub metrics: Metrics,
+    pub consumers: Mutex<HashMap<u64, Arc<ConsumerInfo>>>,
+    next_id: AtomicU64,
+}
+
+impl Fanout {
+    pub fn new(sequencer: SequencerHandle, config: FanoutConfig, metrics: Metrics) -> Fanout {
+        Fanout {
+            sequencer,
+            config,
+            metrics,
+            consumers: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// A snapshot of connected consumers (admin API).
+    pub fn list_consumers(&self) -> Vec<serde_json::Value> {
+        let consumers = self.consumers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = consumers
+            .values()
+            .map(|c| {
+                serde_json::json!({
+                    "id": c.id,
+                    "remote_addr": c.remote_addr,
+                    "user_agent": c.user_agent,
+                    "events_consumed": c.events_sent.load(Ordering::Relaxed),
+                    "connected_at": c.connected_at,
+                })
+            })
+            .collect();
+        out.sort_by_key(|v| v["id"].as_u64());
+        out
+    }
+}
+
+/// What the admin API shows about a consumer.
+pub struct ConsumerInfo {
+    pub id: u64,
+    pub remote_addr: String,
+    pub user_agent: String,
+    pub connected_at: String,
+    pub events_sent: AtomicU64,
+}
+
+enum Next {
+    Frame(Vec<u8>),
+    Shared(Arc<Sequenced>),
+    TooSlow,
+    Closed,
+}
+
+/// Produces a consumer's frames in order, from disk or live.
+struct Feed {
+    position: u64,
+    pending: VecDeque<LogRecord>,
+    live: tokio::sync::broadcast::Receiver<Arc<Sequenced>>,
+    catching_up: bool,
+}
+
+impl Feed {
+    fn purged(fanout: &Fanout, did: &str, seq: u64) -> bool {
+        let marks = fanout
+            .sequencer
+            .purges
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        marks.get(did).is_some_and(|mark| seq < *mark)
+    }
+
+    async fn next(&mut self, fanout: &Fanout) -> Next {
+        loop {
+            if let Some(record) = self.pending.pop_front() {
+                self.position = record.seq;
+                if Self::purged(fanout, &record.did, record.seq) {
+                    continue;
+                }
+                return Next::Frame(record.frame);
+            }
+            if self.catching_up {
+                let view = fanout.sequencer.view();
+                if self.position >= view.head() {
+                    self.catching_up = false;
+                    continue;
+                }
+                if view
+                    .oldest_seq()
+                    .is_some_and(|oldest| self.position + 1 < oldest)
+                {
+                    return Next::TooSlow;
+                }
+                let (after, events, bytes) = (
+                    self.position,
+                    fanout.config.replay_chunk_events,
+                    fanout.config.replay_chunk_bytes,
+                );
+                let chunk =
+                    tokio::task::spawn_blocking(move || view.read_after(after, events, bytes))
+                        .await;
+                match chunk {
+                    Ok(Ok(records)) if !records.is_empty() => self.pending.extend(records),
+                    Ok(Ok(_)) => self.catching_up = false,
+                    Ok(Err(error)) => {
+                        tracing::error!(%error, "reading the event log for a consumer");
+                        return Next::Closed;
+                    }
+                    Err(_) => return Next::Closed,
+                }
+                continue;
+            }
+            match self.live.recv().await {
+                Ok(event) if event.seq <= self.position => continue,
+                Ok(event) if event.seq > self.position + 1 => {
+                    // Something between was broadcast before we subscribed: fetch it from disk.
+                    self.catching_up = true;
+                    self.pending.clear();
+                    // This event will be re-read from disk in order.
+                    continue;
+                }
+                Ok(event) => {
+                    self.position = event.seq;
+                    return Next::Shared(event);
+                }
+                Err(RecvError::Lagged(_)) => self.catching_up = true,
+                Err(RecvError::Closed) => return Next::Closed,
+            }
+        }
+    }
+}
+
+fn info_frame(name: &str, message: &str) -> Vec<u8> {
+    let info = frame::Info {
+        name: name.to_string(),
+        message: Some(message.to_string()),
+    };
+    frame::encode(&frame::Event::Info(info)).expect("info frames always encode")
+}
+
+/// Runs one consumer connection to completion.
+pub async fn serve_consumer(
+    socket: WebSocket,
+    cursor: Option<u64>,
+    fanout: Arc<Fanout>,
+    remote_addr: String,
+    user_agent: String,
+) {
+    fanout.metrics.consumers.inc();
+    let id = fanout.next_id.fetch_add(1, Ordering::Relaxed);
+    let info = Arc::new(ConsumerInfo {
+        id,
+        remote_addr,
+        user_agent,
+        connected_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        events_sent: AtomicU64::new(0),
+    });
+    fanout
+        .consumers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, info.clone());
+    let _guard = ConsumerGuard {
+        fanout: fanout.clone(),
+        id,
+    };
+    // Subscribe before reading the head, so nothing written after this moment is missed.
+    let live = fanout.sequencer.live.subscribe();
+    let view = fanout.sequencer.view();
+    let (mut sink, mut incoming) = socket.split();
+    let timeout = fanout.config.write_timeout;
+    let start = start_position(cursor, view.head(), view.oldest_seq());
+    let position = match start {
+        Start::Future => {
+            let frame = frame::error_frame(
+                "FutureCursor",
+                Some("cursor is ahead of the relay's sequence"),
+            );
+            let _ = tokio::time::timeout(timeout, sink.send(Message::Binary(frame.into()))).await;
+            let _ = sink.close().await;
+            return;
+        }
+        Start::After { seq, outdated } => {
+            if outdated {
+                let frame = info_frame("OutdatedCursor", "cursor is older than the replay window");
+                if tokio::time::timeout(timeout, sink.send(Message::Binary(frame.into())))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            seq
+        }
+    };
+    let mut feed = Feed {
+        position,
+        pending: VecDeque::new(),
+        live,
+        catching_up: cursor.is_some(),
+    };
+    let mut ping = tokio::time::interval(fanout.config.ping_interval);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            next = feed.next(&fanout) => {
+                let message = match next {
+                    Next::Frame(bytes) => Message::Binary(bytes.into()),
+                    Next::Shared(event) => Message::Binary(event.frame.clone().into()),
+                    Next::TooSlow => {
+                        fanout.metrics.consumer_too_slow.inc();
+                        let frame = frame::error_frame("ConsumerTooSlow", Some("fell out of the replay window"));
+                        let _ = tokio::time::timeout(timeout, sink.send(Message::Binary(frame.into()))).await;
+                        break;
+                    }
+                    Next::Closed => break,
+                };
+                match tokio::time::timeout(timeout, sink.send(message)).await {
+                    Ok(Ok(())) => {
+                        info.events_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => break,
+                }
+            }
+            message = incoming.next() => {
+                // Frames from consumers are ignored; a close or error ends the connection.
+                match message {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
+                }
+            }
+            _ = ping.tick() => {
+                if !matches!(tokio::time::timeout(timeout, sink.send(Message::Ping(Vec::new().into()))).await, Ok(Ok(()))) {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = sink.close().await;
+}
+
+struct ConsumerGuard {
+    fanout: Arc<Fanout>,
+    id: u64,
+}
+
+impl Drop for ConsumerGuard {
+    fn drop(&mut self) {
+        self.fanout.metrics.consumers.dec();
+        self.fanout
+            .consumers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_rules() {
+        // Log holds seqs 100..=200.
+        let (head, oldest) = (200, Some(100));
+        assert_eq!(
+            start_position(None, head, oldest),
+            Start::After {
+                seq: 200,
+                outdated: false
+            }
+        );
+        assert_eq!(start_position(Some(201), head, oldest), Start::Future);
+        assert_eq!(
+            start_position(Some(0), head, oldest),
+            Start::After {
+                seq: 99,
+                outdated: false
+            }
+        );
+        assert_eq!(
+            start_position(Some(5), head, oldest),
+            Start::After {
+                seq: 99,
+                outdated: true
+            }
+        );
+        assert_eq!(
+            start_position(Some(99), head, oldest),
+            Start::After {
+                seq: 99,
+                outdated: false
+            }
+        );
+        assert_eq!(
+            start_position(Some(150), head, oldest),
+            Start::After {
+                seq: 150,
+                outdated: false
+            }
+        );
+        assert_eq!(
+            start_position(Some(200), head, oldest),
+            Start::After {
+                seq: 200,
+                outdated: false
+            }
+        );
+        // Empty log.
+        assert_eq!(
+            start_position(Some(0), 0, None),
+            Start::After {
+                seq: 0,
+                outdated: false
+            }
+        );
+        assert_eq!(start_position(Some(1), 0, None), Start::Future);
+    }
+}

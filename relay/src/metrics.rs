@@ -1,0 +1,173 @@
+//! Prometheus metrics. Labels are low-cardinality by construction: event types,
+//! rejection reasons and host statuses are fixed sets; no DIDs or hostnames.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub events_in: IntCounterVec,
+    pub events_accepted: IntCounterVec,
+    pub rejections: IntCounterVec,
+    pub chain_breaks: IntCounter,
+    pub events_out: IntCounter,
+    pub seq_head: IntGauge,
+    pub log_write_seconds: Histogram,
+    pub consumers: IntGauge,
+    pub consumer_too_slow: IntCounter,
+    pub hosts: IntGaugeVec,
+    pub hosts_connected: IntGauge,
+    pub queue_bytes: IntGaugeVec,
+    pub identity_cache_entries: IntGauge,
+    pub validation_seconds: Histogram,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        {
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = registry.register(Box::new(process));
+        }
+        let fast = vec![
+            0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+        ];
+        Metrics {
+            events_in: counter_vec(
+                &registry,
+                "relay_events_received_total",
+                "Events received from upstream hosts, by type",
+                &["type"],
+            ),
+            events_accepted: counter_vec(
+                &registry,
+                "relay_events_accepted_total",
+                "Events that passed validation, by type",
+                &["type"],
+            ),
+            rejections: counter_vec(
+                &registry,
+                "relay_events_rejected_total",
+                "Events dropped, by reason",
+                &["reason"],
+            ),
+            chain_breaks: counter(
+                &registry,
+                "relay_chain_breaks_total",
+                "Accepted commits whose since/prevData did not follow the last known state",
+            ),
+            events_out: counter(
+                &registry,
+                "relay_events_sequenced_total",
+                "Events written to the log and broadcast",
+            ),
+            seq_head: gauge(
+                &registry,
+                "relay_seq_head",
+                "Highest sequence number written",
+            ),
+            log_write_seconds: histogram(
+                &registry,
+                "relay_log_write_seconds",
+                "Time to write and fsync one batch",
+                fast.clone(),
+            ),
+            consumers: gauge(&registry, "relay_consumers", "Connected firehose consumers"),
+            consumer_too_slow: counter(
+                &registry,
+                "relay_consumers_too_slow_total",
+                "Consumers closed because they fell out of the replay window",
+            ),
+            hosts: gauge_vec(
+                &registry,
+                "relay_hosts",
+                "Known upstream hosts, by status",
+                &["status"],
+            ),
+            hosts_connected: gauge(
+                &registry,
+                "relay_hosts_connected",
+                "Upstream hosts with an open subscription",
+            ),
+            queue_bytes: gauge_vec(
+                &registry,
+                "relay_queue_bytes",
+                "Bytes held in the queue between stages",
+                &["queue"],
+            ),
+            identity_cache_entries: gauge(
+                &registry,
+                "relay_identity_cache_entries",
+                "Entries in the DID resolution cache",
+            ),
+            validation_seconds: histogram(
+                &registry,
+                "relay_validation_seconds",
+                "Time to validate one event",
+                fast,
+            ),
+            registry,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(error) = encoder.encode(&self.registry.gather(), &mut buffer) {
+            tracing::warn!(%error, "encoding metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}

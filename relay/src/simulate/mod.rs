@@ -1,0 +1,433 @@
+//! A PDS fleet simulator: N hosts on loopback, each with accounts holding real signed
+//! repos (k256 and p256 keys), emitting valid Sync 1.1 commits with MST proofs at a
+//! given rate, plus `#identity`/`#account`/`#sync` events; each host serves
+//! `describeServer`, `listRepos` and `subscribeRepos` (with cursor replay), and a fake
+//! PLC directory serves the DID documents. Hostile switches make some hosts misbehave.
+//! It is how the relay is tried out and benchmarked on one machine.
+
+use crate::atproto::crypto::{Curve, SigningKey};
+use crate::atproto::frame::{self, Account, Event, IdentityEvent};
+use crate::atproto::repo::{sample_post, Repo, Write};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// Misbehaviour a simulated host can show (for testing the relay's defences).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Hostile {
+    /// Commits with a corrupted block (its bytes no longer match its CID).
+    CorruptBlock,
+    /// Commits for an account hosted elsewhere.
+    ForeignDid,
+    /// A commit whose rev is older than the previous one.
+    RevRollback,
+    /// A frame that is not valid CBOR.
+    GarbageCbor,
+    /// An upstream seq lower than the previous one.
+    SeqBackwards,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimulateConfig {
+    /// Number of simulated PDS hosts.
+    #[arg(long, default_value_t = 3)]
+    pub hosts: usize,
+    /// Accounts per host.
+    #[arg(long, default_value_t = 5)]
+    pub accounts_per_host: usize,
+    /// Commits per second across all hosts.
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// Stop after this many commits (0 = run until interrupted).
+    #[arg(long, default_value_t = 0)]
+    pub max_commits: u64,
+    /// Address to bind hosts and the PLC on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: String,
+    /// Relay internal URL to requestCrawl each host at (e.g. http://127.0.0.1:2471).
+    #[arg(long)]
+    pub relay_admin_url: Option<String>,
+    /// Admin token for the relay.
+    #[arg(long, env = "RELAY_ADMIN_PASSWORD")]
+    pub relay_admin_token: Option<String>,
+    /// Make the last host misbehave this way (may be given several times).
+    #[arg(long, value_enum)]
+    pub hostile: Vec<Hostile>,
+    /// Seed for keys and choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+struct SimAccount {
+    repo: Repo,
+    handle: String,
+    posts: Vec<String>,
+}
+
+/// One simulated PDS.
+pub struct SimHost {
+    pub addr: SocketAddr,
+    events: Mutex<Vec<(i64, Vec<u8>)>>,
+    live: broadcast::Sender<(i64, Vec<u8>)>,
+    accounts: Mutex<Vec<SimAccount>>,
+    next_seq: Mutex<i64>,
+    hostile: Vec<Hostile>,
+}
+
+impl SimHost {
+    pub fn hostname(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Sequences a frame on this host and sends it to subscribers.
+    fn emit(&self, mut event: Event) {
+        let mut next = self.next_seq.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = *next;
+        *next += 1;
+        event.set_seq(seq);
+        let bytes = frame::encode(&event).expect("simulated events encode");
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((seq, bytes.clone()));
+        let _ = self.live.send((seq, bytes));
+    }
+
+    fn emit_raw(&self, seq: i64, bytes: Vec<u8>) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((seq, bytes.clone()));
+        let _ = self.live.send((seq, bytes));
+    }
+
+    pub fn events_emitted(&self) -> usize {
+        self.events.lock().map(|e| e.len()).unwrap_or(0)
+    }
+}
+
+/// The fake PLC directory: DID → document.
+#[derive(Default)]
+pub struct SimPlc {
+    docs: Mutex<HashMap<String, serde_json::Value>>,
+}
+
+/// A running simulation.
+pub struct Simulation {
+    pub hosts: Vec<Arc<SimHost>>,
+    pub plc: Arc<SimPlc>,
+    pub plc_addr: SocketAddr,
+    pub commits: std::sync::atomic::AtomicU64,
+    config: SimulateConfig,
+}
+
+fn now_micros() -> u64 {
+    crate::validate::verdict::now_micros()
+}
+
+fn timestamp() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn did_for(seed: u64, host: usize, account: usize) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{seed}/{host}/{account}").as_bytes());
+    let mut id = String::from("did:plc:");
+    for byte in &digest[..15] {
+        id.push(b"abcdefghijklmnopqrstuvwxyz234567"[(*byte & 31) as usize] as char);
+    }
+    id.truncate(8 + 24);
+    id
+}
+
+impl Simulation {
+    /// Starts the PLC and every host (no accounts yet: see `create_accounts`).
+    pub async fn start(config: SimulateConfig) -> anyhow::Result<Arc<Simulation>> {
+        let plc = Arc::new(SimPlc::default());
+        let plc_listener = tokio::net::TcpListener::bind((config.bind.as_str(), 0)).await?;
+        let plc_addr = plc_listener.local_addr()?;
+        let plc_app = Router::new()
+            .route("/{did}", get(plc_doc))
+            .with_state(plc.clone());
+        tokio::spawn(async move { axum::serve(plc_listener, plc_app).await });
+        let mut hosts = Vec::new();
+        for index in 0..config.hosts {
+            let listener = tokio::net::TcpListener::bind((config.bind.as_str(), 0)).await?;
+            let addr = listener.local_addr()?;
+            let hostile = if index + 1 == config.hosts {
+                config.hostile.clone()
+            } else {
+                Vec::new()
+            };
+            let (live, _) = broadcast::channel(4096);
+            let host = Arc::new(SimHost {
+                addr,
+                events: Mutex::new(Vec::new()),
+                live,
+                accounts: Mutex::new(Vec::new()),
+                next_seq: Mutex::new(1),
+                hostile,
+            });
+            let app = Router::new()
+                .route(
+                    "/xrpc/com.atproto.server.describeServer",
+                    get(describe_server),
+                )
+                .route("/xrpc/com.atproto.sync.subscribeRepos", get(subscribe))
+                .route("/xrpc/com.atproto.sync.listRepos", get(list_repos))
+                .with_state(host.clone());
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            hosts.push(host);
+        }
+        Ok(Arc::new(Simulation {
+            hosts,
+            plc,
+            plc_addr,
+            commits: 0.into(),
+            config,
+        }))
+    }
+
+    /// Creates the accounts; each announces `#identity`, `#account` and `#sync` on its host.
+    pub fn create_accounts(&self) {
+        for (h, host) in self.hosts.iter().enumerate() {
+            for a in 0..self.config.accounts_per_host {
+                let did = did_for(self.config.seed, h, a);
+                let curve = if a % 2 == 0 { Curve::K256 } else { Curve::P256 };
+                let key = SigningKey::from_seed(curve, did.as_bytes());
+                let handle = format!("user{a}.host{h}.test");
+                let doc = crate::identity::doc::build_document(
+                    &did,
+                    &handle,
+                    &key.public_key(),
+                    &format!("http://{}", host.addr),
+                );
+                self.plc
+                    .docs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(did.clone(), doc);
+                let mut repo = Repo::new(&did, key);
+                host.emit(Event::Identity(IdentityEvent {
+                    seq: 0,
+                    did: did.clone(),
+                    time: timestamp(),
+                    handle: Some(handle.clone()),
+                }));
+                host.emit(Event::Account(Account {
+                    seq: 0,
+                    did: did.clone(),
+                    time: timestamp(),
+                    active: true,
+                    status: None,
+                }));
+                host.emit(Event::Sync(repo.sync_event(0, now_micros())));
+                host.accounts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(SimAccount {
+                        repo,
+                        handle,
+                        posts: Vec::new(),
+                    });
+            }
+        }
+    }
+
+    pub fn plc_url(&self) -> String {
+        format!("http://{}", self.plc_addr)
+    }
+
+    /// Makes one commit on a random account of a random host.
+    pub fn step(&self, rng: &mut fastrand::Rng) {
+        let host = &self.hosts[rng.usize(..self.hosts.len())];
+        let mut accounts = host.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        if accounts.is_empty() {
+            return;
+        }
+        let index = rng.usize(..accounts.len());
+        let account = &mut accounts[index];
+        let now = now_micros();
+        let write = if !account.posts.is_empty() && rng.u8(..10) < 2 {
+            let path = account.posts.swap_remove(rng.usize(..account.posts.len()));
+            Write::Delete { path }
+        } else {
+            let path = format!(
+                "app.bsky.feed.post/{}",
+                crate::atproto::syntax::tid_from_parts(now, rng.u16(..1024))
+            );
+            account.posts.push(path.clone());
+            Write::Create {
+                path,
+                record: sample_post(&format!("hello from {}", account.handle), &timestamp()),
+            }
+        };
+        let Ok(mut commit) = account.repo.commit(&[write], 0, now) else {
+            return;
+        };
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let hostile = host.hostile.clone();
+        drop(accounts);
+        if hostile.is_empty() || rng.u8(..4) != 0 {
+            host.emit(Event::Commit(commit));
+            return;
+        }
+        match hostile[rng.usize(..hostile.len())] {
+            Hostile::CorruptBlock => {
+                let middle = commit.blocks.len() / 2;
+                commit.blocks[middle] ^= 0x01;
+                host.emit(Event::Commit(commit));
+            }
+            Hostile::ForeignDid => {
+                commit.repo = did_for(self.config.seed, 0, 0);
+                host.emit(Event::Commit(commit));
+            }
+            Hostile::RevRollback => {
+                commit.rev = crate::atproto::syntax::tid_from_parts(now - 3_600_000_000, 0);
+                host.emit(Event::Commit(commit));
+            }
+            Hostile::GarbageCbor => {
+                let seq = *host.next_seq.lock().unwrap_or_else(|p| p.into_inner());
+                host.emit_raw(seq, vec![0xa2, 0x61, 0x74, 0xff, 0x00]);
+            }
+            Hostile::SeqBackwards => {
+                let mut bytes_event = Event::Commit(commit);
+                bytes_event.set_seq(1);
+                if let Ok(bytes) = frame::encode(&bytes_event) {
+                    host.emit_raw(1, bytes);
+                }
+            }
+        }
+    }
+
+    /// Runs the generator at the configured rate until `max_commits` (or forever).
+    pub async fn run(self: Arc<Self>) {
+        let mut rng = fastrand::Rng::with_seed(self.config.seed);
+        let interval = Duration::from_secs_f64(1.0 / self.config.rate.max(0.001));
+        let mut ticker = tokio::time::interval(interval.max(Duration::from_micros(50)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        loop {
+            ticker.tick().await;
+            let burst = (self.config.rate * ticker.period().as_secs_f64())
+                .ceil()
+                .max(1.0) as usize;
+            for _ in 0..burst {
+                self.step(&mut rng);
+            }
+            let done = self.commits.load(std::sync::atomic::Ordering::Relaxed);
+            if self.config.max_commits > 0 && done >= self.config.max_commits {
+                break;
+            }
+        }
+    }
+
+    /// Asks the relay to crawl every host (admin requestCrawl).
+    pub async fn register_with_relay(&self, admin_url: &str, token: &str) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        for host in &self.hosts {
+            let response = client
+                .post(format!(
+                    "{}/admin/pds/requestCrawl",
+                    admin_url.trim_end_matches('/')
+                ))
+                .bearer_auth(token)
+                .json(&json!({ "hostname": format!("http://{}", host.hostname()) }))
+                .send()
+                .await?;
+            if !response.status().is_success() {
+                anyhow::bail!(
+                    "requestCrawl for {} failed: {} {}",
+                    host.hostname(),
+                    response.status(),
+                    response.text().await.unwrap_or_default()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn plc_doc(State(plc): State<Arc<SimPlc>>, Path(did): Path<String>) -> Response {
+    match plc.docs.lock().unwrap_or_else(|p| p.into_inner()).get(&did) {
+        Some(doc) => Json(doc.clone()).into_response(),
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            Json(json!({"message": "DID not registered"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn describe_server(State(host): State<Arc<SimHost>>) -> Response {
+    Json(json!({ "did": format!("did:web:{}", host.addr.ip()), "availableUserDomains": [".test"] }))
+        .into_response()
+}
+
+async fn list_repos(State(host): State<Arc<SimHost>>) -> Response {
+    let accounts = host.accounts.lock().unwrap_or_else(|p| p.into_inner());
+    let repos: Vec<_> = accounts
+        .iter()
+        .map(|a| json!({ "did": a.repo.did, "head": a.repo.data.to_string(), "rev": a.repo.rev, "active": true }))
+        .collect();
+    Json(json!({ "repos": repos })).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct CursorQuery {
+    cursor: Option<i64>,
+}
+
+async fn subscribe(
+    State(host): State<Arc<SimHost>>,
+    Query(query): Query<CursorQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    upgrade.on_upgrade(move |socket| stream_events(socket, host, query.cursor))
+}
+
+async fn stream_events(mut socket: WebSocket, host: Arc<SimHost>, cursor: Option<i64>) {
+    let mut live = host.live.subscribe();
+    let mut sent = 0i64;
+    if let Some(cursor) = cursor {
+        let backlog: Vec<(i64, Vec<u8>)> = host
+            .events
+            .lock()
+            .map(|events| {
+                events
+                    .iter()
+                    .filter(|(seq, _)| *seq > cursor)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (seq, bytes) in backlog {
+            if socket.send(Message::Binary(bytes.into())).await.is_err() {
+                return;
+            }
+            sent = sent.max(seq);
+        }
+    }
+    loop {
+        match live.recv().await {
+            Ok((seq, bytes)) => {
+                if cursor.is_some() && seq <= sent && seq > 1 {
+                    continue;
+                }
+                if socket.send(Message::Binary(bytes.into())).await.is_err() {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}

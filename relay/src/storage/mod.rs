@@ -1,0 +1,401 @@
+//! Relay metadata in SQL: hosts, accounts (status and last repo state), domain bans and
+//! takedown purges. Embedded SQLite by default; PostgreSQL when `DATABASE_URL` says so.
+//! Both run the same queries through sqlx's `Any` driver, with a migration set per backend.
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL {0:?} (use sqlite:// or postgres://)")]
+    UnsupportedUrl(String),
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// A host row.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Host {
+    pub id: i64,
+    pub hostname: String,
+    pub status: String,
+    pub last_seq: i64,
+    pub account_limit: i64,
+    pub trusted: bool,
+    pub ssl: bool,
+    pub created_at: i64,
+}
+
+/// An account row.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Account {
+    pub did: String,
+    pub host_id: Option<i64>,
+    pub local_status: String,
+    pub upstream_status: String,
+    pub rev: Option<String>,
+    pub data_cid: Option<String>,
+    pub commit_cid: Option<String>,
+}
+
+impl Account {
+    /// Active when neither the relay nor the upstream says otherwise.
+    pub fn is_active(&self) -> bool {
+        self.local_status == "active" && self.upstream_status == "active"
+    }
+
+    /// The status to report: a local override wins over the upstream's.
+    pub fn effective_status(&self) -> &str {
+        if self.local_status != "active" {
+            &self.local_status
+        } else {
+            &self.upstream_status
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+fn now_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn host_from_row(row: &AnyRow) -> Result<Host, sqlx::Error> {
+    Ok(Host {
+        id: row.try_get("id")?,
+        hostname: row.try_get("hostname")?,
+        status: row.try_get("status")?,
+        last_seq: row.try_get("last_seq")?,
+        account_limit: row.try_get("account_limit")?,
+        trusted: row.try_get::<i64, _>("trusted")? != 0,
+        ssl: row.try_get::<i64, _>("ssl")? != 0,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn account_from_row(row: &AnyRow) -> Result<Account, sqlx::Error> {
+    Ok(Account {
+        did: row.try_get("did")?,
+        host_id: row.try_get("host_id")?,
+        local_status: row.try_get("local_status")?,
+        upstream_status: row.try_get("upstream_status")?,
+        rev: row.try_get("rev")?,
+        data_cid: row.try_get("data_cid")?,
+        commit_cid: row.try_get("commit_cid")?,
+    })
+}
+
+const HOST_COLUMNS: &str =
+    "id, hostname, status, last_seq, account_limit, trusted, ssl, created_at";
+const ACCOUNT_COLUMNS: &str =
+    "did, host_id, local_status, upstream_status, rev, data_cid, commit_cid";
+
+impl Store {
+    /// Connects (creating an SQLite file if needed) and runs migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let is_sqlite = url.starts_with("sqlite:");
+        let is_postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        if !is_sqlite && !is_postgres {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        }
+        let url = if is_sqlite && !url.contains("mode=") {
+            format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+        } else {
+            url.to_string()
+        };
+        // SQLite allows one writer; a small pool avoids lock contention.
+        let connections = if is_sqlite {
+            max_connections.min(4)
+        } else {
+            max_connections
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(connections.max(1))
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if is_sqlite {
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 10000")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        if is_sqlite {
+            SQLITE_MIGRATIONS.run(&pool).await?;
+        } else {
+            POSTGRES_MIGRATIONS.run(&pool).await?;
+        }
+        Ok(Store { pool })
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    // ---- hosts
+
+    pub async fn host_by_name(&self, hostname: &str) -> Result<Option<Host>, StoreError> {
+        let sql = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE hostname = $1");
+        let row = sqlx::query(&sql)
+            .bind(hostname)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(host_from_row).transpose()?)
+    }
+
+    pub async fn host_by_id(&self, id: i64) -> Result<Option<Host>, StoreError> {
+        let sql = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(host_from_row).transpose()?)
+    }
+
+    /// Inserts a host if new; returns the stored row either way.
+    pub async fn upsert_host(
+        &self,
+        hostname: &str,
+        ssl: bool,
+        account_limit: i64,
+        trusted: bool,
+    ) -> Result<Host, StoreError> {
+        let now = now_seconds();
+        sqlx::query(
+            "INSERT INTO hosts (hostname, status, last_seq, account_limit, trusted, ssl, created_at, updated_at) \
+             VALUES ($1, 'active', 0, $2, $3, $4, $5, $5) ON CONFLICT (hostname) DO NOTHING",
+        )
+        .bind(hostname)
+        .bind(account_limit)
+        .bind(i64::from(trusted))
+        .bind(i64::from(ssl))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        self.host_by_name(hostname)
+            .await?
+            .ok_or(StoreError::Sql(sqlx::Error::RowNotFound))
+    }
+
+    /// Hosts with id > `after`, in id order.
+    pub async fn list_hosts(&self, after: i64, limit: i64) -> Result<Vec<Host>, StoreError> {
+        let sql = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id > $1 ORDER BY id LIMIT $2");
+        let rows = sqlx::query(&sql)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(host_from_row).collect::<Result<_, _>>()?)
+    }
+
+    pub async fn set_host_status(&self, id: i64, status: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE hosts SET status = $1, updated_at = $2 WHERE id = $3")
+            .bind(status)
+            .bind(now_seconds())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_host_account_limit(&self, id: i64, limit: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE hosts SET account_limit = $1, updated_at = $2 WHERE id = $3")
+            .bind(limit)
+            .bind(now_seconds())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Saves an upstream cursor (never moves it backwards).
+    pub async fn save_host_cursor(&self, id: i64, seq: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE hosts SET last_seq = $1 WHERE id = $2 AND last_seq < $1")
+            .bind(seq)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn count_host_accounts(&self, id: i64) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM accounts WHERE host_id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    // ---- accounts
+
+    pub async fn account(&self, did: &str) -> Result<Option<Account>, StoreError> {
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE did = $1");
+        let row = sqlx::query(&sql)
+            .bind(did)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(account_from_row).transpose()?)
+    }
+
+    /// Creates the account row if missing (first event seen for the DID).
+    pub async fn ensure_account(
+        &self,
+        did: &str,
+        host_id: Option<i64>,
+    ) -> Result<Account, StoreError> {
+        sqlx::query(
+            "INSERT INTO accounts (did, host_id, local_status, upstream_status, updated_at) \
+             VALUES ($1, $2, 'active', 'active', $3) ON CONFLICT (did) DO NOTHING",
+        )
+        .bind(did)
+        .bind(host_id)
+        .bind(now_seconds())
+        .execute(&self.pool)
+        .await?;
+        self.account(did)
+            .await?
+            .ok_or(StoreError::Sql(sqlx::Error::RowNotFound))
+    }
+
+    pub async fn set_account_host(&self, did: &str, host_id: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE accounts SET host_id = $1, updated_at = $2 WHERE did = $3")
+            .bind(host_id)
+            .bind(now_seconds())
+            .bind(did)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_upstream_status(&self, did: &str, status: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE accounts SET upstream_status = $1, updated_at = $2 WHERE did = $3")
+            .bind(status)
+            .bind(now_seconds())
+            .bind(did)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_local_status(&self, did: &str, status: &str) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE accounts SET local_status = $1, updated_at = $2 WHERE did = $3")
+                .bind(status)
+                .bind(now_seconds())
+                .bind(did)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Stores the last accepted repo state.
+    pub async fn save_repo_state(
+        &self,
+        did: &str,
+        rev: &str,
+        data_cid: &str,
+        commit_cid: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE accounts SET rev = $1, data_cid = $2, commit_cid = COALESCE($3, commit_cid), updated_at = $4 WHERE did = $5")
+            .bind(rev)
+            .bind(data_cid)
+            .bind(commit_cid)
+            .bind(now_seconds())
+            .bind(did)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Active accounts with a stored repo state, DID-ordered after `after`.
+    pub async fn list_repos(&self, after: &str, limit: i64) -> Result<Vec<Account>, StoreError> {
+        let sql = format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE did > $1 AND rev IS NOT NULL \
+             AND local_status = 'active' AND upstream_status = 'active' ORDER BY did LIMIT $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(account_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    // ---- bans and purges
+
+    pub async fn ban_domain(&self, domain: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO domain_bans (domain, created_at) VALUES ($1, $2) ON CONFLICT (domain) DO NOTHING")
+            .bind(domain)
+            .bind(now_seconds())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn unban_domain(&self, domain: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM domain_bans WHERE domain = $1")
+            .bind(domain)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn domain_bans(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT domain FROM domain_bans ORDER BY domain")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get("domain"))
+            .collect::<Result<_, _>>()?)
+    }
+
+    pub async fn save_purge(&self, did: &str, before_seq: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO purges (did, before_seq) VALUES ($1, $2) \
+             ON CONFLICT (did) DO UPDATE SET before_seq = excluded.before_seq",
+        )
+        .bind(did)
+        .bind(before_seq)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn purges(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT did, before_seq FROM purges")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("did")?, r.try_get("before_seq")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+}

@@ -1,0 +1,364 @@
+//! Public XRPC endpoints (`com.atproto.sync.*`) and the firehose route.
+
+use crate::app::Relay;
+use crate::atproto::syntax;
+use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// An XRPC error response: `{error, message}` with a status code.
+pub struct XrpcError {
+    status: StatusCode,
+    error: &'static str,
+    message: String,
+}
+
+impl XrpcError {
+    pub fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> XrpcError {
+        XrpcError {
+            status,
+            error,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> XrpcError {
+        XrpcError::new(StatusCode::BAD_REQUEST, "InvalidRequest", message)
+    }
+
+    pub fn internal(error: impl std::fmt::Display) -> XrpcError {
+        tracing::error!(%error, "internal error serving a request");
+        XrpcError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            "internal error",
+        )
+    }
+}
+
+impl IntoResponse for XrpcError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({ "error": self.error, "message": self.message })),
+        )
+            .into_response()
+    }
+}
+
+type XrpcResult = Result<Response, XrpcError>;
+
+fn parse_limit(raw: Option<&str>, default: i64, max: i64) -> Result<i64, XrpcError> {
+    match raw {
+        None => Ok(default),
+        Some(text) => match text.parse::<i64>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(XrpcError::bad_request(format!(
+                "limit must be an integer from 1 to {max}"
+            ))),
+        },
+    }
+}
+
+pub fn router(relay: Arc<Relay>) -> Router {
+    Router::new()
+        .route("/", get(banner))
+        .route("/_health", get(health))
+        .route("/xrpc/_health", get(health))
+        .route(
+            "/xrpc/com.atproto.sync.subscribeRepos",
+            get(subscribe_repos),
+        )
+        .route("/xrpc/com.atproto.sync.listHosts", get(list_hosts))
+        .route("/xrpc/com.atproto.sync.getHostStatus", get(get_host_status))
+        .route("/xrpc/com.atproto.sync.requestCrawl", post(request_crawl))
+        .route("/xrpc/com.atproto.sync.listRepos", get(list_repos))
+        .route("/xrpc/com.atproto.sync.getRepoStatus", get(get_repo_status))
+        .route(
+            "/xrpc/com.atproto.sync.getLatestCommit",
+            get(get_latest_commit),
+        )
+        .route("/xrpc/com.atproto.sync.getRepo", get(get_repo))
+        .with_state(relay)
+}
+
+async fn banner() -> &'static str {
+    "ATProto relay. Firehose: /xrpc/com.atproto.sync.subscribeRepos\n"
+}
+
+pub async fn health(State(relay): State<Arc<Relay>>) -> Response {
+    match relay.store.ping().await {
+        Ok(()) => {
+            Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") })).into_response()
+        }
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "status": "error", "msg": "database unavailable" })),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct CursorParams {
+    cursor: Option<String>,
+    limit: Option<String>,
+}
+
+async fn subscribe_repos(
+    State(relay): State<Arc<Relay>>,
+    Query(params): Query<CursorParams>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> XrpcResult {
+    let cursor = match params.cursor.as_deref() {
+        None | Some("") => None,
+        Some(text) => match text.parse::<u64>() {
+            Ok(cursor) if cursor <= crate::atproto::cbor::MAX_SAFE_INTEGER => Some(cursor),
+            _ => {
+                return Err(XrpcError::bad_request(
+                    "cursor must be a non-negative integer",
+                ))
+            }
+        },
+    };
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let fanout = relay.fanout.clone();
+    Ok(upgrade
+        .max_message_size(64 * 1024)
+        .on_upgrade(move |socket| {
+            crate::fanout::serve_consumer(socket, cursor, fanout, remote.to_string(), user_agent)
+        }))
+}
+
+async fn host_json(relay: &Relay, host: &crate::storage::Host) -> serde_json::Value {
+    let accounts = relay.store.count_host_accounts(host.id).await.unwrap_or(0);
+    json!({ "hostname": host.hostname, "seq": host.last_seq, "accountCount": accounts, "status": host.status })
+}
+
+async fn list_hosts(
+    State(relay): State<Arc<Relay>>,
+    Query(params): Query<CursorParams>,
+) -> XrpcResult {
+    let limit = parse_limit(params.limit.as_deref(), 200, 1000)?;
+    let after = match params.cursor.as_deref() {
+        None | Some("") => 0,
+        Some(text) => text
+            .parse::<i64>()
+            .map_err(|_| XrpcError::bad_request("invalid cursor"))?,
+    };
+    let hosts = relay
+        .store
+        .list_hosts(after, limit)
+        .await
+        .map_err(XrpcError::internal)?;
+    let mut out = Vec::with_capacity(hosts.len());
+    for host in &hosts {
+        out.push(host_json(&relay, host).await);
+    }
+    let mut body = json!({ "hosts": out });
+    if hosts.len() as i64 == limit {
+        if let Some(last) = hosts.last() {
+            body["cursor"] = json!(last.id.to_string());
+        }
+    }
+    Ok(Json(body).into_response())
+}
+
+#[derive(Deserialize)]
+struct HostnameParam {
+    hostname: Option<String>,
+}
+
+async fn get_host_status(
+    State(relay): State<Arc<Relay>>,
+    Query(params): Query<HostnameParam>,
+) -> XrpcResult {
+    let hostname = params
+        .hostname
+        .ok_or_else(|| XrpcError::bad_request("hostname is required"))?;
+    let normalized = crate::ingest::crawl::normalize_hostname(&hostname, true)
+        .map(|h| h.hostname)
+        .unwrap_or(hostname.to_ascii_lowercase());
+    match relay
+        .store
+        .host_by_name(&normalized)
+        .await
+        .map_err(XrpcError::internal)?
+    {
+        Some(host) => Ok(Json(host_json(&relay, &host).await).into_response()),
+        None => Err(XrpcError::new(
+            StatusCode::NOT_FOUND,
+            "HostNotFound",
+            "host is not known to this relay",
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+struct CrawlBody {
+    hostname: String,
+}
+
+pub fn crawl_error(error: crate::ingest::crawl::CrawlError) -> XrpcError {
+    use crate::ingest::crawl::CrawlError;
+    match error {
+        CrawlError::Banned => {
+            XrpcError::new(StatusCode::BAD_REQUEST, "HostBanned", error.to_string())
+        }
+        CrawlError::Disabled => {
+            XrpcError::new(StatusCode::FORBIDDEN, "Forbidden", error.to_string())
+        }
+        CrawlError::DailyLimit => XrpcError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RateLimitExceeded",
+            error.to_string(),
+        ),
+        CrawlError::Probe(_) | CrawlError::IsRelay => {
+            XrpcError::new(StatusCode::BAD_REQUEST, "HostNotFound", error.to_string())
+        }
+        other => XrpcError::bad_request(other.to_string()),
+    }
+}
+
+async fn request_crawl(
+    State(relay): State<Arc<Relay>>,
+    body: Result<Json<CrawlBody>, axum::extract::rejection::JsonRejection>,
+) -> XrpcResult {
+    let Json(body) = body.map_err(|e| XrpcError::bad_request(e.body_text()))?;
+    relay
+        .request_crawl(&body.hostname, false)
+        .await
+        .map_err(crawl_error)?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn list_repos(
+    State(relay): State<Arc<Relay>>,
+    Query(params): Query<CursorParams>,
+) -> XrpcResult {
+    let limit = parse_limit(params.limit.as_deref(), 500, 1000)?;
+    let after = params.cursor.unwrap_or_default();
+    let accounts = relay
+        .store
+        .list_repos(&after, limit)
+        .await
+        .map_err(XrpcError::internal)?;
+    let repos: Vec<_> = accounts
+        .iter()
+        .map(|a| json!({ "did": a.did, "head": a.commit_cid, "rev": a.rev, "active": true }))
+        .collect();
+    let mut body = json!({ "repos": repos });
+    if accounts.len() as i64 == limit {
+        if let Some(last) = accounts.last() {
+            body["cursor"] = json!(last.did);
+        }
+    }
+    Ok(Json(body).into_response())
+}
+
+#[derive(Deserialize)]
+struct DidParam {
+    did: Option<String>,
+}
+
+async fn account_for(
+    relay: &Relay,
+    did: Option<String>,
+) -> Result<crate::storage::Account, XrpcError> {
+    let did = did.ok_or_else(|| XrpcError::bad_request("did is required"))?;
+    syntax::validate_did(&did).map_err(|e| XrpcError::bad_request(e.to_string()))?;
+    relay
+        .store
+        .account(&did)
+        .await
+        .map_err(XrpcError::internal)?
+        .ok_or_else(|| XrpcError::new(StatusCode::NOT_FOUND, "RepoNotFound", "repo not found"))
+}
+
+async fn get_repo_status(
+    State(relay): State<Arc<Relay>>,
+    Query(params): Query<DidParam>,
+) -> XrpcResult {
+    let account = account_for(&relay, params.did).await?;
+    let mut body = json!({ "did": account.did, "active": account.is_active() });
+    if account.is_active() {
+        if let Some(rev) = &account.rev {
+            body["rev"] = json!(rev);
+        }
+    } else {
+        body["status"] = json!(account.effective_status());
+    }
+    Ok(Json(body).into_response())
+}
+
+fn inactive_error(account: &crate::storage::Account) -> Option<XrpcError> {
+    if account.is_active() {
+        return None;
+    }
+    let (name, message) = match account.effective_status() {
+        "takendown" => ("RepoTakendown", "repo has been taken down"),
+        "suspended" => ("RepoSuspended", "repo is suspended"),
+        "deactivated" => ("RepoDeactivated", "repo is deactivated"),
+        _ => ("RepoNotFound", "repo is not active"),
+    };
+    Some(XrpcError::new(StatusCode::BAD_REQUEST, name, message))
+}
+
+async fn get_latest_commit(
+    State(relay): State<Arc<Relay>>,
+    Query(params): Query<DidParam>,
+) -> XrpcResult {
+    let account = account_for(&relay, params.did).await?;
+    if let Some(error) = inactive_error(&account) {
+        return Err(error);
+    }
+    match (&account.commit_cid, &account.rev) {
+        (Some(cid), Some(rev)) => Ok(Json(json!({ "cid": cid, "rev": rev })).into_response()),
+        _ => Err(XrpcError::new(
+            StatusCode::NOT_FOUND,
+            "RepoNotFound",
+            "no commit seen for this repo",
+        )),
+    }
+}
+
+async fn get_repo(
+    State(relay): State<Arc<Relay>>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+) -> XrpcResult {
+    let did = params.get("did").cloned();
+    let account = account_for(&relay, did.clone()).await?;
+    if let Some(error) = inactive_error(&account) {
+        return Err(error);
+    }
+    let identity = relay.resolver.resolve(&account.did).await.map_err(|_| {
+        XrpcError::new(
+            StatusCode::NOT_FOUND,
+            "RepoNotFound",
+            "identity does not resolve",
+        )
+    })?;
+    let endpoint = identity.pds_endpoint.clone().ok_or_else(|| {
+        XrpcError::new(StatusCode::NOT_FOUND, "RepoNotFound", "account has no PDS")
+    })?;
+    let mut url = url::Url::parse(&format!("{endpoint}/xrpc/com.atproto.sync.getRepo"))
+        .map_err(XrpcError::internal)?;
+    url.query_pairs_mut().append_pair("did", &account.did);
+    if let Some(since) = params.get("since") {
+        url.query_pairs_mut().append_pair("since", since);
+    }
+    // A plain 302, as Bluesky's relay answers (non-archival relays redirect getRepo to the PDS).
+    Ok((StatusCode::FOUND, [(header::LOCATION, url.to_string())]).into_response())
+}

@@ -1,0 +1,357 @@
+//! End-to-end: a simulated PDS fleet → the relay daemon (in process, real sockets,
+//! SQLite + event log in a temp dir) → firehose consumers over WebSocket.
+
+use futures_util::StreamExt;
+use relay::app::Relay;
+use relay::atproto::frame::{self, Event};
+use relay::config::ServeConfig;
+use relay::simulate::{Hostile, SimulateConfig, Simulation};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+struct Running {
+    relay: Arc<Relay>,
+    public: SocketAddr,
+    internal: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn config(dir: &std::path::Path, plc: String) -> ServeConfig {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        config: ServeConfig,
+    }
+    let mut config = Wrapper::parse_from(["relay"]).config;
+    config.data_dir = dir.to_path_buf();
+    config.api_bind = "127.0.0.1:0".into();
+    config.internal_bind = "127.0.0.1:0".into();
+    config.admin_tokens = vec!["test-token".into()];
+    config.plc_url = plc;
+    config.allow_insecure_hosts = true;
+    config.connect_stagger = Duration::from_millis(1);
+    config.max_backoff = Duration::from_secs(1);
+    config
+}
+
+async fn start_relay(config: ServeConfig) -> Running {
+    let relay = Relay::start(config).await.expect("relay starts");
+    let (public, internal) = relay::server::bind(&relay).await.expect("bind");
+    let (public_addr, internal_addr) = (
+        public.local_addr().expect("addr"),
+        internal.local_addr().expect("addr"),
+    );
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = relay.clone();
+    let task = tokio::spawn(async move {
+        serving.resume_hosts().await.expect("resume");
+        relay::server::serve(serving, public, internal, async {
+            let _ = stop_rx.await;
+        })
+        .await
+        .expect("serve");
+    });
+    Running {
+        relay,
+        public: public_addr,
+        internal: internal_addr,
+        stop,
+        task,
+    }
+}
+
+async fn stop_relay(running: Running) {
+    running.relay.shutdown().await;
+    let _ = running.stop.send(());
+    let _ = running.task.await;
+}
+
+/// Reads frames until `want` sequenced events arrived or the deadline passed.
+async fn consume(url: &str, want: usize, deadline: Duration) -> Vec<Event> {
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("consumer connects");
+    let mut events = Vec::new();
+    let until = Instant::now() + deadline;
+    while events.len() < want && Instant::now() < until {
+        let next = tokio::time::timeout(Duration::from_millis(500), socket.next()).await;
+        if let Ok(Some(Ok(Message::Binary(bytes)))) = next {
+            events.push(frame::decode(&bytes).expect("relay frames decode"));
+        }
+    }
+    events
+}
+
+fn sim_config(hosts: usize, accounts: usize, hostile: Vec<Hostile>) -> SimulateConfig {
+    SimulateConfig {
+        hosts,
+        accounts_per_host: accounts,
+        rate: 200.0,
+        max_commits: 0,
+        bind: "127.0.0.1".into(),
+        relay_admin_url: None,
+        relay_admin_token: None,
+        hostile,
+        seed: 7,
+    }
+}
+
+async fn wait_connected(relay: &Relay, hosts: usize) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        let connected = relay
+            .hosts
+            .lock()
+            .map(|h| h.values().filter(|x| x.is_connected()).count())
+            .unwrap_or(0);
+        if connected >= hosts {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("relay did not connect to {hosts} hosts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_a_simulated_fleet_with_cursor_replay_and_restart() {
+    let dir = std::env::temp_dir().join(format!("relay-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let sim = Simulation::start(sim_config(3, 4, vec![]))
+        .await
+        .expect("simulator");
+    let running = start_relay(config(&dir, sim.plc_url())).await;
+    let admin = format!("http://{}", running.internal);
+    sim.register_with_relay(&admin, "test-token")
+        .await
+        .expect("requestCrawl");
+    wait_connected(&running.relay, 3).await;
+
+    let firehose = format!(
+        "ws://{}/xrpc/com.atproto.sync.subscribeRepos",
+        running.public
+    );
+    let live = tokio::spawn({
+        let url = firehose.clone();
+        async move { consume(&url, 12 * 3 + 60, Duration::from_secs(30)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sim.create_accounts();
+    let mut rng = fastrand::Rng::with_seed(3);
+    for _ in 0..60 {
+        sim.step(&mut rng);
+    }
+    let events = live.await.expect("consumer");
+    // 12 accounts × (#identity, #account, #sync) + 60 commits, all valid.
+    assert_eq!(events.len(), 12 * 3 + 60, "every event relayed");
+    let seqs: Vec<i64> = events.iter().filter_map(Event::seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "relay seqs are contiguous and increasing"
+    );
+    let commits = events
+        .iter()
+        .filter(|e| matches!(e, Event::Commit(_)))
+        .count();
+    assert_eq!(commits, 60);
+
+    // A consumer with cursor 0 gets the whole window; one with a mid cursor gets the rest.
+    let all = consume(&format!("{firehose}?cursor=0"), 96, Duration::from_secs(10)).await;
+    assert_eq!(all.iter().filter_map(Event::seq).collect::<Vec<_>>(), seqs);
+    let middle = seqs[40];
+    let rest = consume(
+        &format!("{firehose}?cursor={middle}"),
+        96,
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(rest.first().and_then(Event::seq), Some(middle + 1));
+    assert_eq!(rest.len(), seqs.len() - 41);
+    // A cursor in the future gets FutureCursor.
+    let future = consume(
+        &format!(
+            "{firehose}?cursor={}",
+            seqs.last().copied().unwrap_or(0) + 100
+        ),
+        1,
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(
+        matches!(&future[..], [Event::Error(e)] if e.error == "FutureCursor"),
+        "{future:?}"
+    );
+
+    // XRPC reflects the relayed state.
+    let client = reqwest::Client::new();
+    let hosts: serde_json::Value = client
+        .get(format!(
+            "http://{}/xrpc/com.atproto.sync.listHosts",
+            running.public
+        ))
+        .send()
+        .await
+        .expect("listHosts")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(hosts["hosts"].as_array().map(Vec::len), Some(3));
+    let repos: serde_json::Value = client
+        .get(format!(
+            "http://{}/xrpc/com.atproto.sync.listRepos",
+            running.public
+        ))
+        .send()
+        .await
+        .expect("listRepos")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(repos["repos"].as_array().map(Vec::len), Some(12));
+    let some_did = repos["repos"][0]["did"].as_str().expect("did").to_string();
+    let status: serde_json::Value = client
+        .get(format!(
+            "http://{}/xrpc/com.atproto.sync.getRepoStatus?did={some_did}",
+            running.public
+        ))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["active"], true);
+    let bad = client
+        .get(format!(
+            "http://{}/xrpc/com.atproto.sync.listRepos?limit=5000",
+            running.public
+        ))
+        .send()
+        .await
+        .expect("listRepos");
+    assert_eq!(bad.status(), 400);
+
+    // Admin takedown: #account emitted, getRepoStatus reports it, events purged from replay.
+    let takedown = client
+        .post(format!("{admin}/admin/repo/takeDown"))
+        .bearer_auth("test-token")
+        .json(&serde_json::json!({"did": some_did}))
+        .send()
+        .await
+        .expect("takedown");
+    assert!(takedown.status().is_success());
+    let status: serde_json::Value = client
+        .get(format!(
+            "http://{}/xrpc/com.atproto.sync.getRepoStatus?did={some_did}",
+            running.public
+        ))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["active"], false);
+    assert_eq!(status["status"], "takendown");
+    let replay = consume(&format!("{firehose}?cursor=0"), 200, Duration::from_secs(3)).await;
+    let of_did: Vec<&Event> = replay
+        .iter()
+        .filter(|e| e.did() == Some(some_did.as_str()))
+        .collect();
+    assert!(
+        matches!(of_did.as_slice(), [Event::Account(a)] if !a.active),
+        "only the takedown remains: {of_did:?}"
+    );
+
+    // Restart: the log and cursors survive; new events continue the sequence.
+    let head_before = running.relay.sequencer.current_head();
+    stop_relay(running).await;
+    let running = start_relay(config(&dir, sim.plc_url())).await;
+    assert_eq!(running.relay.sequencer.current_head(), head_before);
+    wait_connected(&running.relay, 3).await;
+    let firehose = format!(
+        "ws://{}/xrpc/com.atproto.sync.subscribeRepos?cursor={head_before}",
+        running.public
+    );
+    let after = tokio::spawn(async move { consume(&firehose, 10, Duration::from_secs(20)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..30 {
+        sim.step(&mut rng);
+    }
+    let events = after.await.expect("consumer");
+    assert!(events.len() >= 10, "events flow after restart");
+    assert_eq!(
+        events.first().and_then(Event::seq),
+        Some(head_before as i64 + 1),
+        "no seq reused or skipped"
+    );
+    stop_relay(running).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_host_events_are_dropped() {
+    let dir = std::env::temp_dir().join(format!("relay-e2e-hostile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let hostile = vec![
+        Hostile::CorruptBlock,
+        Hostile::ForeignDid,
+        Hostile::RevRollback,
+    ];
+    let sim = Simulation::start(sim_config(2, 3, hostile))
+        .await
+        .expect("simulator");
+    let running = start_relay(config(&dir, sim.plc_url())).await;
+    sim.register_with_relay(&format!("http://{}", running.internal), "test-token")
+        .await
+        .expect("crawl");
+    wait_connected(&running.relay, 2).await;
+    sim.create_accounts();
+    let mut rng = fastrand::Rng::with_seed(11);
+    for _ in 0..200 {
+        sim.step(&mut rng);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let metrics = running.relay.metrics.render();
+    let rejected = |reason: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("relay_events_rejected_total")
+                    && l.contains(&format!("reason=\"{reason}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        rejected("bad_car") > 0.0,
+        "corrupt blocks are rejected\n{metrics}"
+    );
+    assert!(rejected("wrong_host") > 0.0, "foreign DIDs are rejected");
+    assert!(
+        rejected("rev_not_newer") > 0.0,
+        "rev rollbacks are rejected"
+    );
+    // Nothing invalid reached the firehose: every relayed commit validates again.
+    let replay = consume(
+        &format!(
+            "ws://{}/xrpc/com.atproto.sync.subscribeRepos?cursor=0",
+            running.public
+        ),
+        1000,
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(!replay.is_empty());
+    for event in &replay {
+        if let Event::Commit(commit) = event {
+            relay::atproto::car::read(&commit.blocks, 2_000_000).expect("relayed CARs are intact");
+        }
+    }
+    stop_relay(running).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
