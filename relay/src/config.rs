@@ -84,7 +84,7 @@ pub struct ServeConfig {
     pub plc_url: String,
 
     /// Bootstrap relay whose listHosts seeds the host list; empty disables bootstrap.
-    #[arg(long, env = "RELAY_UPSTREAM", default_value = "")]
+    #[arg(long, env = "RELAY_UPSTREAM", default_value = "bsky.network")]
     pub upstream: String,
 
     /// Accounts allowed per new, untrusted host.
