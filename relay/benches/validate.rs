@@ -23,10 +23,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const NOW: u64 = 1_750_000_000_000_000;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// Small deterministic PRNG (xorshift) so runs are comparable.
@@ -41,24 +38,15 @@ impl Rng {
 }
 
 fn build_commits(curve: Curve, records: usize, commits: usize) -> (Repo, Vec<Commit>) {
-    let mut repo = Repo::new(
-        "did:plc:benchaccount00000000000",
-        SigningKey::from_seed(curve, b"bench"),
-    );
+    let mut repo = Repo::new("did:plc:benchaccount00000000000", SigningKey::from_seed(curve, b"bench"));
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut live: Vec<String> = Vec::new();
     let mut next_id = 0u64;
     let mut new_path = |rng: &mut Rng| {
         next_id += 1;
-        let collection = [
-            "app.bsky.feed.post",
-            "app.bsky.feed.like",
-            "app.bsky.graph.follow",
-        ][(rng.next() % 3) as usize];
-        format!(
-            "{collection}/{}",
-            relay::atproto::syntax::tid_from_parts(NOW - 1_000_000_000 + next_id, 7)
-        )
+        let collection =
+            ["app.bsky.feed.post", "app.bsky.feed.like", "app.bsky.graph.follow"][(rng.next() % 3) as usize];
+        format!("{collection}/{}", relay::atproto::syntax::tid_from_parts(NOW - 1_000_000_000 + next_id, 7))
     };
     // Seed the repo in large commits (not measured).
     for chunk in 0..records.div_ceil(200) {
@@ -80,10 +68,8 @@ fn build_commits(curve: Curve, records: usize, commits: usize) -> (Repo, Vec<Com
         let mut writes = Vec::with_capacity(ops);
         for _ in 0..ops {
             let roll = rng.next() % 10;
-            let record = sample_post(
-                &format!("commit {n} with a sentence of text"),
-                "2025-06-01T12:00:00.000Z",
-            );
+            let record =
+                sample_post(&format!("commit {n} with a sentence of text"), "2025-06-01T12:00:00.000Z");
             if roll < 6 || live.len() < 10 {
                 let path = new_path(&mut rng);
                 live.push(path.clone());
@@ -102,10 +88,7 @@ fn build_commits(curve: Curve, records: usize, commits: usize) -> (Repo, Vec<Com
                 }
             }
         }
-        out.push(
-            repo.commit(&writes, n as i64 + 1, NOW + n as u64)
-                .expect("commit"),
-        );
+        out.push(repo.commit(&writes, n as i64 + 1, NOW + n as u64).expect("commit"));
     }
     (repo, out)
 }
@@ -117,13 +100,13 @@ fn rate(count: usize, start: Instant) -> f64 {
 fn main() {
     let records = env_usize("BENCH_RECORDS", 10_000);
     let commits = env_usize("BENCH_COMMITS", 20_000);
-    println!("commit validation, one thread; repo of {records} records, {commits} commits of 1-3 ops per curve");
+    println!(
+        "commit validation, one thread; repo of {records} records, {commits} commits of 1-3 ops per curve"
+    );
     println!();
     println!("| curve | full verdict (commits/s) | µs/commit | signature only (/s) | verdict minus signature (/s) | avg CAR bytes |");
     println!("|---|---:|---:|---:|---:|---:|");
-    let only = std::env::var("BENCH_CURVE")
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let only = std::env::var("BENCH_CURVE").unwrap_or_default().to_ascii_lowercase();
     for curve in [Curve::K256, Curve::P256] {
         if !only.is_empty() && format!("{curve:?}").to_ascii_lowercase() != only {
             continue;
@@ -135,28 +118,16 @@ fn main() {
             signing_key: Some(repo.key.public_key()),
             pds_endpoint: Some("https://pds.example.com".into()),
         };
-        let view = AccountView {
-            identity: Some(&identity),
-            active: true,
-            source_host: Some("pds.example.com"),
-        };
+        let view =
+            AccountView { identity: Some(&identity), active: true, source_host: Some("pds.example.com") };
         let policy = Policy::default();
         let events: Vec<Event> = events.into_iter().map(Event::Commit).collect();
-        let car_bytes: usize = events
-            .iter()
-            .map(|e| {
-                if let Event::Commit(c) = e {
-                    c.blocks.len()
-                } else {
-                    0
-                }
-            })
-            .sum();
+        let car_bytes: usize =
+            events.iter().map(|e| if let Event::Commit(c) = e { c.blocks.len() } else { 0 }).sum();
 
         // Warm up, and make sure every commit is valid: the bench measures acceptance.
         for event in events.iter().take(500) {
-            verify_event(event, &view, None, &policy, NOW + 10_000_000_000)
-                .expect("honest commit validates");
+            verify_event(event, &view, None, &policy, NOW + 10_000_000_000).expect("honest commit validates");
         }
         let repeat = env_usize("BENCH_REPEAT", 1).max(1);
         let start = Instant::now();
@@ -185,17 +156,13 @@ fn main() {
         let rest = 1.0 / (1.0 / full - 1.0 / signature);
         let start = Instant::now();
         for event in &events {
-            let Event::Commit(c) = event else {
-                unreachable!()
-            };
+            let Event::Commit(c) = event else { unreachable!() };
             std::hint::black_box(car::read(&c.blocks, 2_000_000).expect("car"));
         }
         let car_rate = rate(events.len(), start);
         let start = Instant::now();
         for (event, commit) in events.iter().zip(&signed) {
-            let Event::Commit(c) = event else {
-                unreachable!()
-            };
+            let Event::Commit(c) = event else { unreachable!() };
             let parsed = car::read(&c.blocks, 2_000_000).expect("car");
             let mut tree = relay::atproto::mst::Mst::from_root(commit.data);
             for op in &c.ops {
@@ -211,9 +178,7 @@ fn main() {
             assert_eq!(Some(tree.root_cid()), c.prev_data);
         }
         let mst_rate = rate(events.len(), start);
-        eprintln!(
-            "{curve:?}: CAR parse+hash {car_rate:.0}/s, CAR+MST check+inversion {mst_rate:.0}/s"
-        );
+        eprintln!("{curve:?}: CAR parse+hash {car_rate:.0}/s, CAR+MST check+inversion {mst_rate:.0}/s");
         println!(
             "| {curve:?} | {full:.0} | {:.1} | {signature:.0} | {rest:.0} | {} |",
             1e6 / full,

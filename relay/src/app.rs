@@ -57,36 +57,19 @@ impl Relay {
             replay_window: config.replay_window,
             ..SequencerConfig::default()
         };
-        let (sequencer, _thread) = sequence::start(
-            log,
-            sequencer_config,
-            config.sequencer_queue_events,
-            metrics.clone(),
-        );
+        let (sequencer, _thread) =
+            sequence::start(log, sequencer_config, config.sequencer_queue_events, metrics.clone());
         for (did, before) in store.purges().await.context("loading takedown purges")? {
-            sequencer
-                .purges
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(did, before as u64);
+            sequencer.purges.write().unwrap_or_else(|p| p.into_inner()).insert(did, before as u64);
         }
         let resolver = Resolver::new(IdentityConfig {
             plc_url: config.plc_url.clone(),
             cache_entries: config.identity_cache_entries,
-            ssrf: crate::identity::ssrf::SsrfPolicy {
-                allow_loopback: config.allow_insecure_hosts,
-            },
+            ssrf: crate::identity::ssrf::SsrfPolicy { allow_loopback: config.allow_insecure_hosts },
             ..IdentityConfig::default()
         });
-        let fanout = Arc::new(Fanout::new(
-            sequencer.clone(),
-            FanoutConfig::default(),
-            metrics.clone(),
-        ));
-        let policy = Policy {
-            lenient: config.lenient_sync_validation,
-            ..Policy::default()
-        };
+        let fanout = Arc::new(Fanout::new(sequencer.clone(), FanoutConfig::default(), metrics.clone()));
+        let policy = Policy { lenient: config.lenient_sync_validation, ..Policy::default() };
         let (validation, receivers) = stage::channels(config.workers(), config.ingest_queue_bytes);
         let relay = Arc::new(Relay {
             store,
@@ -97,9 +80,7 @@ impl Relay {
             validation,
             policy,
             hosts: Mutex::new(HashMap::new()),
-            accounts: Mutex::new(lru::LruCache::new(
-                NonZeroUsize::new(200_000).expect("non-zero"),
-            )),
+            accounts: Mutex::new(lru::LruCache::new(NonZeroUsize::new(200_000).expect("non-zero"))),
             new_hosts: Mutex::new(VecDeque::new()),
             request_crawl_enabled: AtomicBool::new(!config.disable_request_crawl),
             last_accepted_unix: AtomicU64::new(0),
@@ -140,11 +121,7 @@ impl Relay {
 
     /// Stops a host's subscription.
     pub fn unsubscribe(&self, host_id: i64) -> bool {
-        let handle = self
-            .hosts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&host_id);
+        let handle = self.hosts.lock().unwrap_or_else(|p| p.into_inner()).remove(&host_id);
         match handle {
             Some(handle) => {
                 handle.stop();
@@ -181,11 +158,8 @@ impl Relay {
             self.take_new_host_slot()?;
         }
         let trusted = self.config.is_trusted(&host.hostname);
-        let limit = if trusted {
-            self.config.trusted_account_limit
-        } else {
-            self.config.default_account_limit
-        };
+        let limit =
+            if trusted { self.config.trusted_account_limit } else { self.config.default_account_limit };
         let stored = self
             .store
             .upsert_host(&host.hostname, host.ssl, limit, trusted)
@@ -216,12 +190,7 @@ impl Relay {
         did: &str,
         host_id: Option<i64>,
     ) -> Result<Account, crate::storage::StoreError> {
-        if let Some(account) = self
-            .accounts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(did)
-        {
+        if let Some(account) = self.accounts.lock().unwrap_or_else(|p| p.into_inner()).get(did) {
             return Ok(account.clone());
         }
         let account = self.store.ensure_account(did, host_id).await?;
@@ -230,17 +199,11 @@ impl Relay {
     }
 
     pub fn cache_account(&self, account: Account) {
-        self.accounts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .put(account.did.clone(), account);
+        self.accounts.lock().unwrap_or_else(|p| p.into_inner()).put(account.did.clone(), account);
     }
 
     pub fn forget_account(&self, did: &str) {
-        self.accounts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop(did);
+        self.accounts.lock().unwrap_or_else(|p| p.into_inner()).pop(did);
     }
 
     pub fn note_accepted(&self) {
@@ -252,11 +215,7 @@ impl Relay {
     }
 
     /// Takes an account down (or restores it): stores the status, purges or not, emits `#account`.
-    pub async fn set_takedown(
-        &self,
-        did: &str,
-        takedown: bool,
-    ) -> Result<bool, crate::storage::StoreError> {
+    pub async fn set_takedown(&self, did: &str, takedown: bool) -> Result<bool, crate::storage::StoreError> {
         let status = if takedown { "takendown" } else { "active" };
         if !self.store.set_local_status(did, status).await? {
             return Ok(false);
@@ -271,11 +230,7 @@ impl Relay {
             // Everything of this DID before the takedown event leaves the replay window.
             let mark = self.sequencer.current_head() + 1;
             self.store.save_purge(did, mark as i64).await?;
-            self.sequencer
-                .purges
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(did.to_string(), mark);
+            self.sequencer.purges.write().unwrap_or_else(|p| p.into_inner()).insert(did.to_string(), mark);
         }
         let event = Event::Account(AccountEvent {
             seq: 0,
@@ -284,14 +239,7 @@ impl Relay {
             active: account.is_active(),
             status: (!account.is_active()).then(|| account.effective_status().to_string()),
         });
-        let _ = self
-            .sequencer
-            .input
-            .send(Outgoing {
-                did: did.to_string(),
-                event,
-            })
-            .await;
+        let _ = self.sequencer.input.send(Outgoing { did: did.to_string(), event, in_flight: None }).await;
         Ok(true)
     }
 
@@ -319,10 +267,7 @@ impl Relay {
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
             if now.saturating_sub(last) > silence.as_secs() {
-                return Err(format!(
-                    "no event accepted for more than {}s",
-                    silence.as_secs()
-                ));
+                return Err(format!("no event accepted for more than {}s", silence.as_secs()));
             }
         }
         Ok(())
@@ -339,10 +284,7 @@ impl Relay {
             }
         }
         for status in ["active", "idle", "offline", "throttled", "banned"] {
-            self.metrics
-                .hosts
-                .with_label_values(&[status])
-                .set(counts.get(status).copied().unwrap_or(0));
+            self.metrics.hosts.with_label_values(&[status]).set(counts.get(status).copied().unwrap_or(0));
         }
     }
 }
@@ -351,20 +293,14 @@ impl Relay {
     /// Graceful stop: close upstream sockets (saving cursors), then let the validation
     /// and sequencer queues drain so accepted events reach the log.
     pub async fn shutdown(&self) {
-        let handles: Vec<HostHandle> = self
-            .hosts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .map(|(_, h)| h)
-            .collect();
+        let handles: Vec<HostHandle> =
+            self.hosts.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, h)| h).collect();
         for handle in &handles {
             handle.stop();
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            let sequencer_idle =
-                self.sequencer.input.capacity() == self.sequencer.input.max_capacity();
+            let sequencer_idle = self.sequencer.input.capacity() == self.sequencer.input.max_capacity();
             if self.validation.queued_bytes() == 0 && sequencer_idle {
                 break;
             }
@@ -383,18 +319,13 @@ pub async fn bootstrap_from_upstream(relay: Arc<Relay>) {
         format!("https://{}", relay.config.upstream)
     };
     let client = crate::identity::ssrf::guarded_client(
-        crate::identity::ssrf::SsrfPolicy {
-            allow_loopback: relay.config.allow_insecure_hosts,
-        },
+        crate::identity::ssrf::SsrfPolicy { allow_loopback: relay.config.allow_insecure_hosts },
         Duration::from_secs(30),
     );
     let mut cursor: Option<String> = None;
     let mut added = 0usize;
     loop {
-        let mut url = format!(
-            "{}/xrpc/com.atproto.sync.listHosts?limit=1000",
-            base.trim_end_matches('/')
-        );
+        let mut url = format!("{}/xrpc/com.atproto.sync.listHosts?limit=1000", base.trim_end_matches('/'));
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
@@ -423,21 +354,15 @@ pub async fn bootstrap_from_upstream(relay: Arc<Relay>) {
             if status != "active" && status != "idle" {
                 continue;
             }
-            let normalized =
-                match crawl::normalize_hostname(hostname, relay.config.allow_insecure_hosts) {
-                    Ok(normalized) => normalized,
-                    Err(_) => continue,
-                };
-            let trusted = relay.config.is_trusted(&normalized.hostname);
-            let limit = if trusted {
-                relay.config.trusted_account_limit
-            } else {
-                relay.config.default_account_limit
+            let normalized = match crawl::normalize_hostname(hostname, relay.config.allow_insecure_hosts) {
+                Ok(normalized) => normalized,
+                Err(_) => continue,
             };
-            if let Ok(stored) = relay
-                .store
-                .upsert_host(&normalized.hostname, normalized.ssl, limit, trusted)
-                .await
+            let trusted = relay.config.is_trusted(&normalized.hostname);
+            let limit =
+                if trusted { relay.config.trusted_account_limit } else { relay.config.default_account_limit };
+            if let Ok(stored) =
+                relay.store.upsert_host(&normalized.hostname, normalized.ssl, limit, trusted).await
             {
                 if stored.status != "banned" {
                     relay.subscribe(stored);

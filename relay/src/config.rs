@@ -7,24 +7,15 @@ use std::time::Duration;
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 72h, 30m, 10s"))?;
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let value: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 72h, 30m, 10s"))?;
     let seconds = match unit {
         "" | "s" => value,
         "ms" => return Ok(Duration::from_millis(value)),
         "m" => value * 60,
         "h" => value * 3600,
         "d" => value * 86_400,
-        _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
-            ))
-        }
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m, h or d)")),
     };
     Ok(Duration::from_secs(seconds))
 }
@@ -60,27 +51,15 @@ pub struct ServeConfig {
     pub api_bind: String,
 
     /// Internal listener: admin API, metrics, health and readiness.
-    #[arg(
-        long = "metrics-listen",
-        env = "RELAY_METRICS_LISTEN",
-        default_value = "0.0.0.0:2471"
-    )]
+    #[arg(long = "metrics-listen", env = "RELAY_METRICS_LISTEN", default_value = "0.0.0.0:2471")]
     pub internal_bind: String,
 
     /// Admin tokens (comma-separated; several allow rotation). Accepted as Bearer or Basic admin:<token>.
-    #[arg(
-        long = "admin-password",
-        env = "RELAY_ADMIN_PASSWORD",
-        value_delimiter = ','
-    )]
+    #[arg(long = "admin-password", env = "RELAY_ADMIN_PASSWORD", value_delimiter = ',')]
     pub admin_tokens: Vec<String>,
 
     /// PLC directory URL (trusted, even on loopback).
-    #[arg(
-        long = "plc-host",
-        env = "RELAY_PLC_HOST",
-        default_value = "https://plc.directory"
-    )]
+    #[arg(long = "plc-host", env = "RELAY_PLC_HOST", default_value = "https://plc.directory")]
     pub plc_url: String,
 
     /// Bootstrap relay whose listHosts seeds the host list; empty disables bootstrap.
@@ -92,11 +71,7 @@ pub struct ServeConfig {
     pub default_account_limit: i64,
 
     /// Accounts allowed per trusted host.
-    #[arg(
-        long,
-        env = "RELAY_TRUSTED_ACCOUNT_LIMIT",
-        default_value_t = 10_000_000
-    )]
+    #[arg(long, env = "RELAY_TRUSTED_ACCOUNT_LIMIT", default_value_t = 10_000_000)]
     pub trusted_account_limit: i64,
 
     /// New hosts accepted per day through public requestCrawl.
@@ -104,12 +79,7 @@ pub struct ServeConfig {
     pub new_hosts_per_day: u32,
 
     /// Trusted host patterns (exact, or "*.suffix"); comma-separated.
-    #[arg(
-        long,
-        env = "RELAY_TRUSTED_DOMAINS",
-        value_delimiter = ',',
-        default_value = "*.host.bsky.network"
-    )]
+    #[arg(long, env = "RELAY_TRUSTED_DOMAINS", value_delimiter = ',', default_value = "*.host.bsky.network")]
     pub trusted_domains: Vec<String>,
 
     /// Allow http/ws hosts and loopback targets (development and tests on one machine).
@@ -177,30 +147,24 @@ impl ServeConfig {
     }
 
     pub fn persist_dir(&self) -> PathBuf {
-        self.persist_dir
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("persist"))
+        self.persist_dir.clone().unwrap_or_else(|| self.data_dir.join("persist"))
     }
 
     pub fn workers(&self) -> usize {
         if self.validation_workers > 0 {
             self.validation_workers
         } else {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
         }
     }
 
     /// Whether a hostname matches a trusted pattern.
     pub fn is_trusted(&self, hostname: &str) -> bool {
         let host = hostname.split(':').next().unwrap_or(hostname);
-        self.trusted_domains
-            .iter()
-            .any(|pattern| match pattern.strip_prefix('*') {
-                Some(suffix) => host.ends_with(suffix),
-                None => host == pattern,
-            })
+        self.trusted_domains.iter().any(|pattern| match pattern.strip_prefix('*') {
+            Some(suffix) => host.ends_with(suffix),
+            None => host == pattern,
+        })
     }
 }
 

@@ -46,11 +46,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Verify {
-            files,
-            lenient,
-            json,
-        } => verify(&files, lenient, json),
+        Command::Verify { files, lenient, json } => verify(&files, lenient, json),
         Command::Serve(config) => run_async(serve(*config)),
         Command::Simulate(config) => run_async(simulate(config)),
     };
@@ -64,9 +60,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_async(
-    future: impl std::future::Future<Output = anyhow::Result<bool>>,
-) -> anyhow::Result<bool> {
+fn run_async(future: impl std::future::Future<Output = anyhow::Result<bool>>) -> anyhow::Result<bool> {
     init_tracing();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -78,11 +72,7 @@ fn run_async(
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RELAY_LOG_LEVEL")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 async fn shutdown_signal() {
@@ -109,7 +99,9 @@ async fn shutdown_signal() {
 async fn serve(mut config: relay::config::ServeConfig) -> anyhow::Result<bool> {
     if config.admin_tokens.iter().all(|t| t.is_empty()) {
         let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-        tracing::warn!("no RELAY_ADMIN_PASSWORD set; generated an admin token for this run (see the next line)");
+        tracing::warn!(
+            "no RELAY_ADMIN_PASSWORD set; generated an admin token for this run (see the next line)"
+        );
         eprintln!("generated admin token: {token}");
         config.admin_tokens = vec![token];
     }
@@ -150,10 +142,7 @@ async fn simulate(config: relay::simulate::SimulateConfig) -> anyhow::Result<boo
         _ = runner.run() => {}
         _ = shutdown_signal() => {}
     }
-    println!(
-        "commits made: {}",
-        sim.commits.load(std::sync::atomic::Ordering::Relaxed)
-    );
+    println!("commits made: {}", sim.commits.load(std::sync::atomic::Ordering::Relaxed));
     Ok(true)
 }
 
@@ -162,23 +151,12 @@ fn verify(files: &[PathBuf], lenient: bool, json: bool) -> anyhow::Result<bool> 
     let mut all_match = true;
     for file in files {
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-        let mut scenario =
-            Scenario::parse(&bytes).with_context(|| format!("parsing {}", file.display()))?;
+        let mut scenario = Scenario::parse(&bytes).with_context(|| format!("parsing {}", file.display()))?;
         scenario.lenient |= lenient;
-        let results = scenario
-            .run()
-            .with_context(|| format!("loading accounts of {}", file.display()))?;
+        let results = scenario.run().with_context(|| format!("loading accounts of {}", file.display()))?;
         if !json {
-            println!(
-                "{} ({} messages, {})",
-                file.display(),
-                results.len(),
-                mode(scenario.lenient)
-            );
-            println!(
-                "{:>4}  {:<10} {:<7} {:<9} detail",
-                "#", "type", "verdict", "expected"
-            );
+            println!("{} ({} messages, {})", file.display(), results.len(), mode(scenario.lenient));
+            println!("{:>4}  {:<10} {:<7} {:<9} detail", "#", "type", "verdict", "expected");
         }
         for result in &results {
             let verdict = if result.dropped() { "drop" } else { "pass" };
@@ -188,11 +166,9 @@ fn verify(files: &[PathBuf], lenient: bool, json: bool) -> anyhow::Result<bool> 
                 None => "-",
             };
             let detail = match &result.outcome {
-                Ok(accepted) => accepted
-                    .chain_break
-                    .as_ref()
-                    .map(|b| format!("chain break: {b:?}"))
-                    .unwrap_or_default(),
+                Ok(accepted) => {
+                    accepted.chain_break.as_ref().map(|b| format!("chain break: {b:?}")).unwrap_or_default()
+                }
                 Err(drop) => format!("{}: {drop}", drop.reason()),
             };
             all_match &= result.as_expected();
@@ -203,11 +179,7 @@ fn verify(files: &[PathBuf], lenient: bool, json: bool) -> anyhow::Result<bool> 
                 });
                 println!("{line}");
             } else {
-                let flag = if result.as_expected() {
-                    ""
-                } else {
-                    "  <-- MISMATCH"
-                };
+                let flag = if result.as_expected() { "" } else { "  <-- MISMATCH" };
                 println!(
                     "{:>4}  {:<10} {:<7} {:<9} {detail}{flag}",
                     result.index, result.kind, verdict, expected

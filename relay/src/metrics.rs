@@ -2,8 +2,8 @@
 //! rejection reasons and host statuses are fixed sets; no DIDs or hostnames.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 #[derive(Clone)]
@@ -27,42 +27,31 @@ pub struct Metrics {
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
     metric
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let metric = IntCounter::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
     metric
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let metric = IntGauge::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
     metric
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
     metric
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-        .expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric");
+    let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
     metric
 }
 
@@ -80,9 +69,7 @@ impl Metrics {
             let process = prometheus::process_collector::ProcessCollector::for_self();
             let _ = registry.register(Box::new(process));
         }
-        let fast = vec![
-            0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
-        ];
+        let fast = vec![0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
         Metrics {
             events_in: counter_vec(
                 &registry,
@@ -112,11 +99,7 @@ impl Metrics {
                 "relay_events_sequenced_total",
                 "Events written to the log and broadcast",
             ),
-            seq_head: gauge(
-                &registry,
-                "relay_seq_head",
-                "Highest sequence number written",
-            ),
+            seq_head: gauge(&registry, "relay_seq_head", "Highest sequence number written"),
             log_write_seconds: histogram(
                 &registry,
                 "relay_log_write_seconds",
@@ -129,12 +112,7 @@ impl Metrics {
                 "relay_consumers_too_slow_total",
                 "Consumers closed because they fell out of the replay window",
             ),
-            hosts: gauge_vec(
-                &registry,
-                "relay_hosts",
-                "Known upstream hosts, by status",
-                &["status"],
-            ),
+            hosts: gauge_vec(&registry, "relay_hosts", "Known upstream hosts, by status", &["status"]),
             hosts_connected: gauge(
                 &registry,
                 "relay_hosts_connected",

@@ -26,48 +26,30 @@ pub fn internal_router(relay: Arc<Relay>) -> Router {
 }
 
 async fn metrics(State(relay): State<Arc<Relay>>) -> Response {
-    relay
-        .metrics
-        .queue_bytes
-        .with_label_values(&["validation"])
-        .set(relay.validation.queued_bytes() as i64);
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        relay.metrics.render(),
-    )
+    relay.metrics.queue_bytes.with_label_values(&["validation"]).set(relay.validation.queued_bytes() as i64);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], relay.metrics.render())
         .into_response()
 }
 
 async fn ready(State(relay): State<Arc<Relay>>) -> Response {
     match relay.readiness() {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
-        Err(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "reason": reason})),
-        )
-            .into_response(),
+        Err(reason) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not ready", "reason": reason})))
+                .into_response()
+        }
     }
 }
 
 /// Binds both listeners; returns their actual addresses (useful with port 0 in tests).
-pub async fn bind(
-    relay: &Arc<Relay>,
-) -> anyhow::Result<(tokio::net::TcpListener, tokio::net::TcpListener)> {
+pub async fn bind(relay: &Arc<Relay>) -> anyhow::Result<(tokio::net::TcpListener, tokio::net::TcpListener)> {
     use anyhow::Context;
     let public = tokio::net::TcpListener::bind(&relay.config.api_bind)
         .await
         .with_context(|| format!("binding the public listener {}", relay.config.api_bind))?;
     let internal = tokio::net::TcpListener::bind(&relay.config.internal_bind)
         .await
-        .with_context(|| {
-            format!(
-                "binding the internal listener {}",
-                relay.config.internal_bind
-            )
-        })?;
+        .with_context(|| format!("binding the internal listener {}", relay.config.internal_bind))?;
     Ok((public, internal))
 }
 
@@ -86,11 +68,9 @@ pub async fn serve(
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let public_app =
-        public_router(relay.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let public_app = public_router(relay.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let internal_app = internal_router(relay).into_make_service_with_connect_info::<SocketAddr>();
-    let public_server =
-        axum::serve(public, public_app).with_graceful_shutdown(wait(stop_rx.clone()));
+    let public_server = axum::serve(public, public_app).with_graceful_shutdown(wait(stop_rx.clone()));
     let internal_server = axum::serve(internal, internal_app).with_graceful_shutdown(wait(stop_rx));
     tokio::try_join!(public_server, internal_server)?;
     Ok(())

@@ -41,10 +41,8 @@ fn config(dir: &std::path::Path, plc: String) -> ServeConfig {
 async fn start_relay(config: ServeConfig) -> Running {
     let relay = Relay::start(config).await.expect("relay starts");
     let (public, internal) = relay::server::bind(&relay).await.expect("bind");
-    let (public_addr, internal_addr) = (
-        public.local_addr().expect("addr"),
-        internal.local_addr().expect("addr"),
-    );
+    let (public_addr, internal_addr) =
+        (public.local_addr().expect("addr"), internal.local_addr().expect("addr"));
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = relay.clone();
     let task = tokio::spawn(async move {
@@ -55,13 +53,7 @@ async fn start_relay(config: ServeConfig) -> Running {
         .await
         .expect("serve");
     });
-    Running {
-        relay,
-        public: public_addr,
-        internal: internal_addr,
-        stop,
-        task,
-    }
+    Running { relay, public: public_addr, internal: internal_addr, stop, task }
 }
 
 async fn stop_relay(running: Running) {
@@ -72,9 +64,7 @@ async fn stop_relay(running: Running) {
 
 /// Reads frames until `want` sequenced events arrived or the deadline passed.
 async fn consume(url: &str, want: usize, deadline: Duration) -> Vec<Event> {
-    let (mut socket, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("consumer connects");
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("consumer connects");
     let mut events = Vec::new();
     let until = Instant::now() + deadline;
     while events.len() < want && Instant::now() < until {
@@ -103,11 +93,8 @@ fn sim_config(hosts: usize, accounts: usize, hostile: Vec<Hostile>) -> SimulateC
 async fn wait_connected(relay: &Relay, hosts: usize) {
     let until = Instant::now() + Duration::from_secs(20);
     while Instant::now() < until {
-        let connected = relay
-            .hosts
-            .lock()
-            .map(|h| h.values().filter(|x| x.is_connected()).count())
-            .unwrap_or(0);
+        let connected =
+            relay.hosts.lock().map(|h| h.values().filter(|x| x.is_connected()).count()).unwrap_or(0);
         if connected >= hosts {
             return;
         }
@@ -120,20 +107,13 @@ async fn wait_connected(relay: &Relay, hosts: usize) {
 async fn relays_a_simulated_fleet_with_cursor_replay_and_restart() {
     let dir = std::env::temp_dir().join(format!("relay-e2e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let sim = Simulation::start(sim_config(3, 4, vec![]))
-        .await
-        .expect("simulator");
+    let sim = Simulation::start(sim_config(3, 4, vec![])).await.expect("simulator");
     let running = start_relay(config(&dir, sim.plc_url())).await;
     let admin = format!("http://{}", running.internal);
-    sim.register_with_relay(&admin, "test-token")
-        .await
-        .expect("requestCrawl");
+    sim.register_with_relay(&admin, "test-token").await.expect("requestCrawl");
     wait_connected(&running.relay, 3).await;
 
-    let firehose = format!(
-        "ws://{}/xrpc/com.atproto.sync.subscribeRepos",
-        running.public
-    );
+    let firehose = format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos", running.public);
     let live = tokio::spawn({
         let url = firehose.clone();
         async move { consume(&url, 12 * 3 + 60, Duration::from_secs(30)).await }
@@ -148,50 +128,30 @@ async fn relays_a_simulated_fleet_with_cursor_replay_and_restart() {
     // 12 accounts × (#identity, #account, #sync) + 60 commits, all valid.
     assert_eq!(events.len(), 12 * 3 + 60, "every event relayed");
     let seqs: Vec<i64> = events.iter().filter_map(Event::seq).collect();
-    assert!(
-        seqs.windows(2).all(|w| w[1] == w[0] + 1),
-        "relay seqs are contiguous and increasing"
-    );
-    let commits = events
-        .iter()
-        .filter(|e| matches!(e, Event::Commit(_)))
-        .count();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "relay seqs are contiguous and increasing");
+    let commits = events.iter().filter(|e| matches!(e, Event::Commit(_))).count();
     assert_eq!(commits, 60);
 
     // A consumer with cursor 0 gets the whole window; one with a mid cursor gets the rest.
     let all = consume(&format!("{firehose}?cursor=0"), 96, Duration::from_secs(10)).await;
     assert_eq!(all.iter().filter_map(Event::seq).collect::<Vec<_>>(), seqs);
     let middle = seqs[40];
-    let rest = consume(
-        &format!("{firehose}?cursor={middle}"),
-        96,
-        Duration::from_secs(3),
-    )
-    .await;
+    let rest = consume(&format!("{firehose}?cursor={middle}"), 96, Duration::from_secs(3)).await;
     assert_eq!(rest.first().and_then(Event::seq), Some(middle + 1));
     assert_eq!(rest.len(), seqs.len() - 41);
     // A cursor in the future gets FutureCursor.
     let future = consume(
-        &format!(
-            "{firehose}?cursor={}",
-            seqs.last().copied().unwrap_or(0) + 100
-        ),
+        &format!("{firehose}?cursor={}", seqs.last().copied().unwrap_or(0) + 100),
         1,
         Duration::from_secs(3),
     )
     .await;
-    assert!(
-        matches!(&future[..], [Event::Error(e)] if e.error == "FutureCursor"),
-        "{future:?}"
-    );
+    assert!(matches!(&future[..], [Event::Error(e)] if e.error == "FutureCursor"), "{future:?}");
 
     // XRPC reflects the relayed state.
     let client = reqwest::Client::new();
     let hosts: serde_json::Value = client
-        .get(format!(
-            "http://{}/xrpc/com.atproto.sync.listHosts",
-            running.public
-        ))
+        .get(format!("http://{}/xrpc/com.atproto.sync.listHosts", running.public))
         .send()
         .await
         .expect("listHosts")
@@ -200,10 +160,7 @@ async fn relays_a_simulated_fleet_with_cursor_replay_and_restart() {
         .expect("json");
     assert_eq!(hosts["hosts"].as_array().map(Vec::len), Some(3));
     let repos: serde_json::Value = client
-        .get(format!(
-            "http://{}/xrpc/com.atproto.sync.listRepos",
-            running.public
-        ))
+        .get(format!("http://{}/xrpc/com.atproto.sync.listRepos", running.public))
         .send()
         .await
         .expect("listRepos")
@@ -213,10 +170,7 @@ async fn relays_a_simulated_fleet_with_cursor_replay_and_restart() {
     assert_eq!(repos["repos"].as_array().map(Vec::len), Some(12));
     let some_did = repos["repos"][0]["did"].as_str().expect("did").to_string();
     let status: serde_json::Value = client
-        .get(format!(
-            "http://{}/xrpc/com.atproto.sync.getRepoStatus?did={some_did}",
-            running.public
-        ))
+        .get(format!("http://{}/xrpc/com.atproto.sync.getRepoStatus?did={some_did}", running.public))
         .send()
         .await
         .expect("status")
@@ -225,10 +179,7 @@ async fn relays_a_simulated_fleet_with_cursor_replay_and_restart() {
         .expect("json");
     assert_eq!(status["active"], true);
     let bad = client
-        .get(format!(
-            "http://{}/xrpc/com.atproto.sync.listRepos?limit=5000",
-            running.public
-        ))
+        .get(format!("http://{}/xrpc/com.atproto.sync.listRepos?limit=5000", running.public))
         .send()
         .await
         .expect("listRepos");
@@ -244,10 +195,7 @@ async fn relays_a_simulated_fleet_with_cursor_replay_and_restart() {
         .expect("takedown");
     assert!(takedown.status().is_success());
     let status: serde_json::Value = client
-        .get(format!(
-            "http://{}/xrpc/com.atproto.sync.getRepoStatus?did={some_did}",
-            running.public
-        ))
+        .get(format!("http://{}/xrpc/com.atproto.sync.getRepoStatus?did={some_did}", running.public))
         .send()
         .await
         .expect("status")
@@ -257,10 +205,7 @@ async fn relays_a_simulated_fleet_with_cursor_replay_and_restart() {
     assert_eq!(status["active"], false);
     assert_eq!(status["status"], "takendown");
     let replay = consume(&format!("{firehose}?cursor=0"), 200, Duration::from_secs(3)).await;
-    let of_did: Vec<&Event> = replay
-        .iter()
-        .filter(|e| e.did() == Some(some_did.as_str()))
-        .collect();
+    let of_did: Vec<&Event> = replay.iter().filter(|e| e.did() == Some(some_did.as_str())).collect();
     assert!(
         matches!(of_did.as_slice(), [Event::Account(a)] if !a.active),
         "only the takedown remains: {of_did:?}"
@@ -272,10 +217,8 @@ async fn relays_a_simulated_fleet_with_cursor_replay_and_restart() {
     let running = start_relay(config(&dir, sim.plc_url())).await;
     assert_eq!(running.relay.sequencer.current_head(), head_before);
     wait_connected(&running.relay, 3).await;
-    let firehose = format!(
-        "ws://{}/xrpc/com.atproto.sync.subscribeRepos?cursor={head_before}",
-        running.public
-    );
+    let firehose =
+        format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos?cursor={head_before}", running.public);
     let after = tokio::spawn(async move { consume(&firehose, 10, Duration::from_secs(20)).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     for _ in 0..30 {
@@ -283,11 +226,7 @@ async fn relays_a_simulated_fleet_with_cursor_replay_and_restart() {
     }
     let events = after.await.expect("consumer");
     assert!(events.len() >= 10, "events flow after restart");
-    assert_eq!(
-        events.first().and_then(Event::seq),
-        Some(head_before as i64 + 1),
-        "no seq reused or skipped"
-    );
+    assert_eq!(events.first().and_then(Event::seq), Some(head_before as i64 + 1), "no seq reused or skipped");
     stop_relay(running).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -296,18 +235,10 @@ async fn relays_a_simulated_fleet_with_cursor_replay_and_restart() {
 async fn hostile_host_events_are_dropped() {
     let dir = std::env::temp_dir().join(format!("relay-e2e-hostile-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let hostile = vec![
-        Hostile::CorruptBlock,
-        Hostile::ForeignDid,
-        Hostile::RevRollback,
-    ];
-    let sim = Simulation::start(sim_config(2, 3, hostile))
-        .await
-        .expect("simulator");
+    let hostile = vec![Hostile::CorruptBlock, Hostile::ForeignDid, Hostile::RevRollback];
+    let sim = Simulation::start(sim_config(2, 3, hostile)).await.expect("simulator");
     let running = start_relay(config(&dir, sim.plc_url())).await;
-    sim.register_with_relay(&format!("http://{}", running.internal), "test-token")
-        .await
-        .expect("crawl");
+    sim.register_with_relay(&format!("http://{}", running.internal), "test-token").await.expect("crawl");
     wait_connected(&running.relay, 2).await;
     sim.create_accounts();
     let mut rng = fastrand::Rng::with_seed(11);
@@ -320,28 +251,18 @@ async fn hostile_host_events_are_dropped() {
         metrics
             .lines()
             .find(|l| {
-                l.starts_with("relay_events_rejected_total")
-                    && l.contains(&format!("reason=\"{reason}\""))
+                l.starts_with("relay_events_rejected_total") && l.contains(&format!("reason=\"{reason}\""))
             })
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    assert!(
-        rejected("bad_car") > 0.0,
-        "corrupt blocks are rejected\n{metrics}"
-    );
+    assert!(rejected("bad_car") > 0.0, "corrupt blocks are rejected\n{metrics}");
     assert!(rejected("wrong_host") > 0.0, "foreign DIDs are rejected");
-    assert!(
-        rejected("rev_not_newer") > 0.0,
-        "rev rollbacks are rejected"
-    );
+    assert!(rejected("rev_not_newer") > 0.0, "rev rollbacks are rejected");
     // Nothing invalid reached the firehose: every relayed commit validates again.
     let replay = consume(
-        &format!(
-            "ws://{}/xrpc/com.atproto.sync.subscribeRepos?cursor=0",
-            running.public
-        ),
+        &format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos?cursor=0", running.public),
         1000,
         Duration::from_secs(3),
     )

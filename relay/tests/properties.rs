@@ -22,8 +22,7 @@ fn build(keys: &[String]) -> Mst {
     let value = cbor::cid_for_cbor(&cbor::encode(&1u8).expect("encode"));
     let mut tree = Mst::empty();
     for key in keys {
-        tree.insert(key.as_bytes(), value, &NoBlocks)
-            .expect("insert");
+        tree.insert(key.as_bytes(), value, &NoBlocks).expect("insert");
     }
     tree
 }
@@ -152,9 +151,8 @@ proptest! {
 
 /// The blocks a validator reads to check and invert `commit`.
 fn blocks_needed(parsed: &car::Car, commit: &relay::atproto::frame::Commit) -> Vec<cid::Cid> {
-    let signed =
-        relay::atproto::commit::SignedCommit::decode(parsed.get(&commit.commit).expect("commit"))
-            .expect("commit object");
+    let signed = relay::atproto::commit::SignedCommit::decode(parsed.get(&commit.commit).expect("commit"))
+        .expect("commit object");
     let recorder = RecordingSource::new(parsed);
     let mut tree = Mst::from_root(signed.data);
     for op in &commit.ops {
@@ -166,8 +164,7 @@ fn blocks_needed(parsed: &car::Car, commit: &relay::atproto::frame::Commit) -> V
                 tree.remove(op.path.as_bytes(), &recorder).expect("remove");
             }
             Some(prev) => {
-                tree.insert(op.path.as_bytes(), prev, &recorder)
-                    .expect("insert");
+                tree.insert(op.path.as_bytes(), prev, &recorder).expect("insert");
             }
         }
     }
@@ -178,45 +175,23 @@ fn blocks_needed(parsed: &car::Car, commit: &relay::atproto::frame::Commit) -> V
 /// A #sync event from an honest repo validates; one for an older rev is refused.
 #[test]
 fn sync_events() {
-    let mut repo = Repo::new(
-        "did:plc:syncaccount",
-        SigningKey::from_seed(Curve::K256, b"sync"),
-    );
+    let mut repo = Repo::new("did:plc:syncaccount", SigningKey::from_seed(Curve::K256, b"sync"));
     let identity = Identity {
         did: repo.did.clone(),
         handle: None,
         signing_key: Some(repo.key.public_key()),
         pds_endpoint: None,
     };
-    let view = AccountView {
-        identity: Some(&identity),
-        active: true,
-        source_host: None,
-    };
-    let writes = [Write::Create {
-        path: "app.bsky.feed.post/a".into(),
-        record: sample_post("a", "x"),
-    }];
+    let view = AccountView { identity: Some(&identity), active: true, source_host: None };
+    let writes = [Write::Create { path: "app.bsky.feed.post/a".into(), record: sample_post("a", "x") }];
     let commit = repo.commit(&writes, 1, NOW).expect("commit");
-    let first =
-        verify_event(&Event::Commit(commit), &view, None, &Policy::default(), NOW).expect("valid");
+    let first = verify_event(&Event::Commit(commit), &view, None, &Policy::default(), NOW).expect("valid");
     let sync = repo.sync_event(2, NOW + 10);
     let state = first.new_state.expect("state");
-    let accepted = verify_event(
-        &Event::Sync(sync.clone()),
-        &view,
-        Some(&state),
-        &Policy::default(),
-        NOW + 10,
-    )
-    .expect("sync accepted");
+    let accepted =
+        verify_event(&Event::Sync(sync.clone()), &view, Some(&state), &Policy::default(), NOW + 10)
+            .expect("sync accepted");
     let newer = accepted.new_state.expect("state");
-    let replay = verify_event(
-        &Event::Sync(sync),
-        &view,
-        Some(&newer),
-        &Policy::default(),
-        NOW + 10,
-    );
+    let replay = verify_event(&Event::Sync(sync), &view, Some(&newer), &Policy::default(), NOW + 10);
     assert_eq!(replay.err().map(|e| e.reason()), Some("rev_not_newer"));
 }

@@ -19,14 +19,8 @@ use std::sync::Arc;
 
 /// Equal-length digests compared without early exit, so timing says nothing about the token.
 fn tokens_match(given: &str, expected: &str) -> bool {
-    let (a, b) = (
-        Sha256::digest(given.as_bytes()),
-        Sha256::digest(expected.as_bytes()),
-    );
-    a.iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
+    let (a, b) = (Sha256::digest(given.as_bytes()), Sha256::digest(expected.as_bytes()));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The token presented in an Authorization header, Bearer or Basic `admin:<token>`.
@@ -35,9 +29,7 @@ fn presented_token(value: &str) -> Option<String> {
         return Some(token.trim().to_string());
     }
     let encoded = value.strip_prefix("Basic ")?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (user, password) = text.split_once(':')?;
     (user == "admin").then(|| password.to_string())
@@ -48,17 +40,11 @@ pub fn authorized(tokens: &[String], header_value: Option<&str>) -> bool {
         return false;
     };
     // Check every token (no early exit) so the number of configured tokens does not leak either.
-    tokens
-        .iter()
-        .filter(|t| !t.is_empty())
-        .fold(false, |ok, expected| ok | tokens_match(&given, expected))
+    tokens.iter().filter(|t| !t.is_empty()).fold(false, |ok, expected| ok | tokens_match(&given, expected))
 }
 
 async fn require_admin(State(relay): State<Arc<Relay>>, request: Request, next: Next) -> Response {
-    let header_value = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    let header_value = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     if authorized(&relay.config.admin_tokens, header_value) {
         next.run(request).await
     } else {
@@ -88,10 +74,7 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .route("/admin/repo/takeDown", post(take_down))
         .route("/admin/repo/reverseTakedown", post(reverse_takedown))
         .route("/admin/consumers/list", get(list_consumers))
-        .route_layer(axum::middleware::from_fn_with_state(
-            relay.clone(),
-            require_admin,
-        ))
+        .route_layer(axum::middleware::from_fn_with_state(relay.clone(), require_admin))
         .with_state(relay)
 }
 
@@ -106,30 +89,20 @@ struct HostnameBody {
     hostname: String,
 }
 
-async fn admin_request_crawl(
-    State(relay): State<Arc<Relay>>,
-    Json(body): Json<HostnameBody>,
-) -> AdminResult {
-    relay
-        .request_crawl(&body.hostname, true)
-        .await
-        .map_err(crawl_error)?;
+async fn admin_request_crawl(State(relay): State<Arc<Relay>>, Json(body): Json<HostnameBody>) -> AdminResult {
+    relay.request_crawl(&body.hostname, true).await.map_err(crawl_error)?;
     Ok(ok())
 }
 
 async fn list_pds(State(relay): State<Arc<Relay>>) -> AdminResult {
-    let hosts = relay
-        .store
-        .list_hosts(0, 10_000)
-        .await
-        .map_err(XrpcError::internal)?;
+    let hosts = relay.store.list_hosts(0, 10_000).await.map_err(XrpcError::internal)?;
     let running = relay.hosts.lock().unwrap_or_else(|p| p.into_inner());
     let out: Vec<_> = hosts
         .iter()
         .map(|h| {
             let handle = running.get(&h.id);
             json!({
-                "ID": h.id, "Host": h.hostname, "SSL": h.ssl, "Cursor": handle.map_or(h.last_seq, |x| x.last_seq.load(Ordering::Relaxed)),
+                "ID": h.id, "Host": h.hostname, "SSL": h.ssl, "Cursor": handle.map_or(h.last_seq, |x| x.progress.received()),
                 "Status": h.status, "Blocked": h.status == "banned", "RepoLimit": h.account_limit, "Trusted": h.trusted,
                 "HasActiveConnection": handle.is_some_and(|x| x.is_connected()), "CreatedAt": h.created_at,
             })
@@ -145,9 +118,8 @@ struct LimitsBody {
 }
 
 async fn host_named(relay: &Relay, name: &str) -> Result<crate::storage::Host, XrpcError> {
-    let normalized = crate::ingest::crawl::normalize_hostname(name, true)
-        .map(|h| h.hostname)
-        .unwrap_or(name.to_string());
+    let normalized =
+        crate::ingest::crawl::normalize_hostname(name, true).map(|h| h.hostname).unwrap_or(name.to_string());
     relay
         .store
         .host_by_name(&normalized)
@@ -156,20 +128,13 @@ async fn host_named(relay: &Relay, name: &str) -> Result<crate::storage::Host, X
         .ok_or_else(|| XrpcError::new(StatusCode::NOT_FOUND, "HostNotFound", "unknown host"))
 }
 
-async fn change_limits(
-    State(relay): State<Arc<Relay>>,
-    Json(body): Json<LimitsBody>,
-) -> AdminResult {
+async fn change_limits(State(relay): State<Arc<Relay>>, Json(body): Json<LimitsBody>) -> AdminResult {
     let host = host_named(&relay, &body.host).await?;
     if let Some(limit) = body.repo_limit {
         if limit < 0 {
             return Err(XrpcError::bad_request("repo_limit must be >= 0"));
         }
-        relay
-            .store
-            .set_host_account_limit(host.id, limit)
-            .await
-            .map_err(XrpcError::internal)?;
+        relay.store.set_host_account_limit(host.id, limit).await.map_err(XrpcError::internal)?;
     }
     Ok(ok())
 }
@@ -181,70 +146,43 @@ struct HostQuery {
     block: Option<bool>,
 }
 
-async fn block_host(
-    State(relay): State<Arc<Relay>>,
-    Query(query): Query<HostQuery>,
-) -> AdminResult {
+async fn block_host(State(relay): State<Arc<Relay>>, Query(query): Query<HostQuery>) -> AdminResult {
     let host = host_named(&relay, &query.host).await?;
-    relay
-        .store
-        .set_host_status(host.id, "banned")
-        .await
-        .map_err(XrpcError::internal)?;
+    relay.store.set_host_status(host.id, "banned").await.map_err(XrpcError::internal)?;
     relay.unsubscribe(host.id);
     relay.refresh_host_metrics().await;
     Ok(ok())
 }
 
-async fn unblock_host(
-    State(relay): State<Arc<Relay>>,
-    Query(query): Query<HostQuery>,
-) -> AdminResult {
+async fn unblock_host(State(relay): State<Arc<Relay>>, Query(query): Query<HostQuery>) -> AdminResult {
     let host = host_named(&relay, &query.host).await?;
-    relay
-        .store
-        .set_host_status(host.id, "active")
-        .await
-        .map_err(XrpcError::internal)?;
+    relay.store.set_host_status(host.id, "active").await.map_err(XrpcError::internal)?;
     relay.refresh_host_metrics().await;
     Ok(ok())
 }
 
 async fn upstream_conns(State(relay): State<Arc<Relay>>) -> AdminResult {
     let running = relay.hosts.lock().unwrap_or_else(|p| p.into_inner());
-    let mut names: Vec<String> = running
-        .values()
-        .filter(|h| h.is_connected())
-        .map(|h| h.hostname.clone())
-        .collect();
+    let mut names: Vec<String> =
+        running.values().filter(|h| h.is_connected()).map(|h| h.hostname.clone()).collect();
     names.sort();
     Ok(Json(names).into_response())
 }
 
-async fn kill_upstream(
-    State(relay): State<Arc<Relay>>,
-    Query(query): Query<HostQuery>,
-) -> AdminResult {
+async fn kill_upstream(State(relay): State<Arc<Relay>>, Query(query): Query<HostQuery>) -> AdminResult {
     let host = host_named(&relay, &query.host).await?;
     if !relay.unsubscribe(host.id) {
         return Err(XrpcError::bad_request("no active connection to that host"));
     }
     if query.block == Some(true) {
-        relay
-            .store
-            .set_host_status(host.id, "banned")
-            .await
-            .map_err(XrpcError::internal)?;
+        relay.store.set_host_status(host.id, "banned").await.map_err(XrpcError::internal)?;
         relay.refresh_host_metrics().await;
     }
     Ok(ok())
 }
 
 async fn get_enabled(State(relay): State<Arc<Relay>>) -> AdminResult {
-    Ok(
-        Json(json!({"enabled": relay.request_crawl_enabled.load(Ordering::Relaxed)}))
-            .into_response(),
-    )
+    Ok(Json(json!({"enabled": relay.request_crawl_enabled.load(Ordering::Relaxed)})).into_response())
 }
 
 #[derive(Deserialize)]
@@ -252,22 +190,13 @@ struct EnabledQuery {
     enabled: bool,
 }
 
-async fn set_enabled(
-    State(relay): State<Arc<Relay>>,
-    Query(query): Query<EnabledQuery>,
-) -> AdminResult {
-    relay
-        .request_crawl_enabled
-        .store(query.enabled, Ordering::Relaxed);
+async fn set_enabled(State(relay): State<Arc<Relay>>, Query(query): Query<EnabledQuery>) -> AdminResult {
+    relay.request_crawl_enabled.store(query.enabled, Ordering::Relaxed);
     Ok(ok())
 }
 
 async fn list_domain_bans(State(relay): State<Arc<Relay>>) -> AdminResult {
-    let bans = relay
-        .store
-        .domain_bans()
-        .await
-        .map_err(XrpcError::internal)?;
+    let bans = relay.store.domain_bans().await.map_err(XrpcError::internal)?;
     Ok(Json(json!({"banned_domains": bans})).into_response())
 }
 
@@ -279,25 +208,13 @@ struct DomainBody {
 
 async fn ban_domain(State(relay): State<Arc<Relay>>, Json(body): Json<DomainBody>) -> AdminResult {
     let domain = body.domain.trim().to_ascii_lowercase();
-    crate::atproto::syntax::validate_handle(&domain)
-        .map_err(|e| XrpcError::bad_request(e.to_string()))?;
-    relay
-        .store
-        .ban_domain(&domain)
-        .await
-        .map_err(XrpcError::internal)?;
+    crate::atproto::syntax::validate_handle(&domain).map_err(|e| XrpcError::bad_request(e.to_string()))?;
+    relay.store.ban_domain(&domain).await.map_err(XrpcError::internal)?;
     Ok(ok())
 }
 
-async fn unban_domain(
-    State(relay): State<Arc<Relay>>,
-    Json(body): Json<DomainBody>,
-) -> AdminResult {
-    relay
-        .store
-        .unban_domain(&body.domain.trim().to_ascii_lowercase())
-        .await
-        .map_err(XrpcError::internal)?;
+async fn unban_domain(State(relay): State<Arc<Relay>>, Json(body): Json<DomainBody>) -> AdminResult {
+    relay.store.unban_domain(&body.domain.trim().to_ascii_lowercase()).await.map_err(XrpcError::internal)?;
     Ok(ok())
 }
 
@@ -310,26 +227,15 @@ async fn take_down(State(relay): State<Arc<Relay>>, Json(body): Json<DidBody>) -
     set_takedown(&relay, &body.did, true).await
 }
 
-async fn reverse_takedown(
-    State(relay): State<Arc<Relay>>,
-    Json(body): Json<DidBody>,
-) -> AdminResult {
+async fn reverse_takedown(State(relay): State<Arc<Relay>>, Json(body): Json<DidBody>) -> AdminResult {
     set_takedown(&relay, &body.did, false).await
 }
 
 async fn set_takedown(relay: &Relay, did: &str, takedown: bool) -> AdminResult {
     crate::atproto::syntax::validate_did(did).map_err(|e| XrpcError::bad_request(e.to_string()))?;
-    match relay
-        .set_takedown(did, takedown)
-        .await
-        .map_err(XrpcError::internal)?
-    {
+    match relay.set_takedown(did, takedown).await.map_err(XrpcError::internal)? {
         true => Ok(ok()),
-        false => Err(XrpcError::new(
-            StatusCode::NOT_FOUND,
-            "RepoNotFound",
-            "unknown account",
-        )),
+        false => Err(XrpcError::new(StatusCode::NOT_FOUND, "RepoNotFound", "unknown account")),
     }
 }
 

@@ -92,10 +92,7 @@ pub fn read(bytes: &[u8], max_len: usize) -> Result<Car<'_>, CarError> {
     let header: Header =
         cbor::decode_trusted_shape(header_bytes).map_err(|e| CarError::BadHeader(e.to_string()))?;
     if header.version != 1 {
-        return Err(CarError::BadHeader(format!(
-            "version {} (only 1 is supported)",
-            header.version
-        )));
+        return Err(CarError::BadHeader(format!("version {} (only 1 is supported)", header.version)));
     }
     if header.roots.is_empty() {
         return Err(CarError::NoRoots);
@@ -107,10 +104,7 @@ pub fn read(bytes: &[u8], max_len: usize) -> Result<Car<'_>, CarError> {
         let (cid, data) = split_block(block)?;
         blocks.insert(cid, data);
     }
-    Ok(Car {
-        roots: header.roots,
-        blocks,
-    })
+    Ok(Car { roots: header.roots, blocks })
 }
 
 fn split_block(block: &[u8]) -> Result<(Cid, &[u8]), CarError> {
@@ -176,14 +170,8 @@ mod tests {
         let cid = cbor::cid_for_cbor(&data);
         let tampered = cbor::encode(&"hellp").expect("encode");
         let car = write(&[cid], [(&cid, tampered.as_slice())]);
-        assert!(matches!(
-            read(&car, 1 << 20),
-            Err(CarError::HashMismatch(_))
-        ));
+        assert!(matches!(read(&car, 1 << 20), Err(CarError::HashMismatch(_))));
         assert!(matches!(read(&car, 4), Err(CarError::TooLarge(_, 4))));
-        assert!(matches!(
-            read(&car[..car.len() - 1], 1 << 20),
-            Err(CarError::Truncated)
-        ));
+        assert!(matches!(read(&car[..car.len() - 1], 1 << 20), Err(CarError::Truncated)));
     }
 }

@@ -50,10 +50,7 @@ impl Default for Limits {
 
 impl Limits {
     pub fn lenient() -> Self {
-        Limits {
-            strict: false,
-            ..Limits::default()
-        }
+        Limits { strict: false, ..Limits::default() }
     }
 }
 
@@ -269,11 +266,7 @@ impl<'a> Reader<'a> {
 
 /// Length in bytes of the first CBOR item in `bytes`, after checking it against `limits`.
 pub fn item_len(bytes: &[u8], limits: Limits) -> Result<usize, CborError> {
-    let mut reader = Reader {
-        bytes,
-        pos: 0,
-        limits,
-    };
+    let mut reader = Reader { bytes, pos: 0, limits };
     reader.item(0)?;
     Ok(reader.pos)
 }
@@ -330,9 +323,7 @@ pub fn json_to_ipld(value: &serde_json::Value) -> Result<Ipld, CborError> {
         Value::Bool(b) => Ipld::Bool(*b),
         Value::Number(n) => Ipld::Integer(json_integer(n)?),
         Value::String(s) => Ipld::String(s.clone()),
-        Value::Array(items) => {
-            Ipld::List(items.iter().map(json_to_ipld).collect::<Result<_, _>>()?)
-        }
+        Value::Array(items) => Ipld::List(items.iter().map(json_to_ipld).collect::<Result<_, _>>()?),
         Value::Object(map) => object_to_ipld(map)?,
     })
 }
@@ -354,15 +345,13 @@ fn json_integer(n: &serde_json::Number) -> Result<i128, CborError> {
 fn object_to_ipld(map: &serde_json::Map<String, serde_json::Value>) -> Result<Ipld, CborError> {
     if let Some(link) = map.get("$link") {
         let text = link.as_str().filter(|_| map.len() == 1);
-        let text =
-            text.ok_or_else(|| CborError::Json("$link must be the only key, a string".into()))?;
+        let text = text.ok_or_else(|| CborError::Json("$link must be the only key, a string".into()))?;
         let cid = Cid::try_from(text).map_err(|e| CborError::BadCid(e.to_string()))?;
         return Ok(Ipld::Link(cid));
     }
     if let Some(bytes) = map.get("$bytes") {
         let text = bytes.as_str().filter(|_| map.len() == 1);
-        let text =
-            text.ok_or_else(|| CborError::Json("$bytes must be the only key, a string".into()))?;
+        let text = text.ok_or_else(|| CborError::Json("$bytes must be the only key, a string".into()))?;
         let decoded = base64::engine::general_purpose::STANDARD_NO_PAD
             .decode(text.trim_end_matches('='))
             .map_err(|e| CborError::Json(format!("$bytes: {e}")))?;
@@ -390,9 +379,7 @@ pub fn ipld_to_json(value: &Ipld) -> Result<serde_json::Value, CborError> {
         Ipld::Bytes(b) => serde_json::json!({
             "$bytes": base64::engine::general_purpose::STANDARD_NO_PAD.encode(b)
         }),
-        Ipld::List(items) => {
-            Value::Array(items.iter().map(ipld_to_json).collect::<Result<_, _>>()?)
-        }
+        Ipld::List(items) => Value::Array(items.iter().map(ipld_to_json).collect::<Result<_, _>>()?),
         Ipld::Map(map) => {
             let mut out = serde_json::Map::new();
             for (key, value) in map {
@@ -441,9 +428,7 @@ fn validate_blob(map: &BTreeMap<String, Ipld>) -> Result<(), CborError> {
     if has_ref && has_mime && has_size {
         Ok(())
     } else {
-        Err(CborError::Json(
-            "blob needs ref (link), mimeType (string) and size (integer)".into(),
-        ))
+        Err(CborError::Json("blob needs ref (link), mimeType (string) and size (integer)".into()))
     }
 }
 
@@ -453,32 +438,17 @@ mod tests {
 
     #[test]
     fn rejects_non_minimal_and_indefinite() {
-        assert_eq!(
-            check(&[0x18, 0x05], Limits::default()),
-            Err(CborError::NonMinimal)
-        );
-        assert_eq!(
-            check(&[0x9f, 0xff], Limits::default()),
-            Err(CborError::Indefinite)
-        );
-        assert_eq!(
-            check(&[0xf9, 0x3c, 0x00], Limits::default()),
-            Err(CborError::Float)
-        );
-        assert_eq!(
-            check(&[0x01, 0x01], Limits::default()),
-            Err(CborError::TrailingBytes)
-        );
+        assert_eq!(check(&[0x18, 0x05], Limits::default()), Err(CborError::NonMinimal));
+        assert_eq!(check(&[0x9f, 0xff], Limits::default()), Err(CborError::Indefinite));
+        assert_eq!(check(&[0xf9, 0x3c, 0x00], Limits::default()), Err(CborError::Float));
+        assert_eq!(check(&[0x01, 0x01], Limits::default()), Err(CborError::TrailingBytes));
     }
 
     #[test]
     fn rejects_deep_nesting() {
         let mut bytes = vec![0x81; 40];
         bytes.push(0x01);
-        assert_eq!(
-            check(&bytes, Limits::default()),
-            Err(CborError::TooDeep(32))
-        );
+        assert_eq!(check(&bytes, Limits::default()), Err(CborError::TooDeep(32)));
         let mut ok = vec![0x81; 32];
         ok.push(0x01);
         assert!(check(&ok, Limits::default()).is_ok());
@@ -487,22 +457,13 @@ mod tests {
     #[test]
     fn rejects_unsafe_integers_and_bad_key_order() {
         let big = [0x1b, 0, 0x20, 0, 0, 0, 0, 0, 0];
-        assert_eq!(
-            check(&big, Limits::default()),
-            Err(CborError::UnsafeInteger)
-        );
+        assert_eq!(check(&big, Limits::default()), Err(CborError::UnsafeInteger));
         // {"b": 1, "a": 2}
         let unordered = [0xa2, 0x61, b'b', 0x01, 0x61, b'a', 0x02];
-        assert_eq!(
-            check(&unordered, Limits::default()),
-            Err(CborError::KeyOrder)
-        );
+        assert_eq!(check(&unordered, Limits::default()), Err(CborError::KeyOrder));
         // {"aa": 1, "b": 2}: longer key first is not canonical
         let length_order = [0xa2, 0x62, b'a', b'a', 0x01, 0x61, b'b', 0x02];
-        assert_eq!(
-            check(&length_order, Limits::default()),
-            Err(CborError::KeyOrder)
-        );
+        assert_eq!(check(&length_order, Limits::default()), Err(CborError::KeyOrder));
     }
 
     #[test]
@@ -512,11 +473,7 @@ mod tests {
             version: u8,
             did: &'static str,
         }
-        let bytes = encode(&Out {
-            version: 3,
-            did: "x",
-        })
-        .expect("encode");
+        let bytes = encode(&Out { version: 3, did: "x" }).expect("encode");
         check(&bytes, Limits::default()).expect("encoder output is canonical");
     }
 }

@@ -11,13 +11,13 @@ const MULTICODEC_P256: [u8; 2] = [0x80, 0x24];
 
 /// n/2 for secp256k1: an S above this is the malleable twin of a low-S signature.
 const K256_HALF_ORDER: [u8; 32] = [
-    0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-    0x5d, 0x57, 0x6e, 0x73, 0x57, 0xa4, 0x50, 0x1d, 0xdf, 0xe9, 0x2f, 0x46, 0x68, 0x1b, 0x20, 0xa0,
+    0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x5d,
+    0x57, 0x6e, 0x73, 0x57, 0xa4, 0x50, 0x1d, 0xdf, 0xe9, 0x2f, 0x46, 0x68, 0x1b, 0x20, 0xa0,
 ];
 /// n/2 for P-256.
 const P256_HALF_ORDER: [u8; 32] = [
-    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-    0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xde,
+    0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,12 +75,11 @@ impl PublicKey {
     /// Parses a SEC1 point (compressed or uncompressed).
     pub fn from_sec1(curve: Curve, bytes: &[u8]) -> Result<PublicKey, KeyError> {
         match curve {
-            Curve::K256 => secp256k1::PublicKey::from_slice(bytes)
-                .map(PublicKey::K256)
-                .map_err(|_| KeyError::BadPoint),
+            Curve::K256 => {
+                secp256k1::PublicKey::from_slice(bytes).map(PublicKey::K256).map_err(|_| KeyError::BadPoint)
+            }
             Curve::P256 => {
-                let point =
-                    p256::PublicKey::from_sec1_bytes(bytes).map_err(|_| KeyError::BadPoint)?;
+                let point = p256::PublicKey::from_sec1_bytes(bytes).map_err(|_| KeyError::BadPoint)?;
                 use p256::elliptic_curve::sec1::ToEncodedPoint;
                 let encoded = point.to_encoded_point(false);
                 let mut out = [0u8; 65];
@@ -146,9 +145,8 @@ impl PublicKey {
 
     /// Verifies a 64-byte low-S ECDSA signature over SHA-256(`message`).
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), SignatureError> {
-        let signature: &[u8; 64] = signature
-            .try_into()
-            .map_err(|_| SignatureError::BadLength(signature.len()))?;
+        let signature: &[u8; 64] =
+            signature.try_into().map_err(|_| SignatureError::BadLength(signature.len()))?;
         let half_order = match self {
             PublicKey::K256(_) => &K256_HALF_ORDER,
             PublicKey::P256(_) => &P256_HALF_ORDER,
@@ -162,17 +160,12 @@ impl PublicKey {
                 let sig = secp256k1::ecdsa::Signature::from_compact(signature)
                     .map_err(|_| SignatureError::Invalid)?;
                 let msg = secp256k1::Message::from_digest(digest);
-                secp256k1::SECP256K1
-                    .verify_ecdsa(&msg, &sig, key)
-                    .map_err(|_| SignatureError::Invalid)
+                secp256k1::SECP256K1.verify_ecdsa(&msg, &sig, key).map_err(|_| SignatureError::Invalid)
             }
             PublicKey::P256(point) => {
-                let key = ring::signature::UnparsedPublicKey::new(
-                    &ring::signature::ECDSA_P256_SHA256_FIXED,
-                    point,
-                );
-                key.verify(message, signature)
-                    .map_err(|_| SignatureError::Invalid)
+                let key =
+                    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, point);
+                key.verify(message, signature).map_err(|_| SignatureError::Invalid)
             }
         }
     }
@@ -180,9 +173,7 @@ impl PublicKey {
 
 fn decode_base58btc(multibase: &str) -> Result<Vec<u8>, KeyError> {
     let encoded = multibase.strip_prefix('z').ok_or(KeyError::NotBase58btc)?;
-    bs58::decode(encoded)
-        .into_vec()
-        .map_err(|e| KeyError::BadBase58(e.to_string()))
+    bs58::decode(encoded).into_vec().map_err(|e| KeyError::BadBase58(e.to_string()))
 }
 
 /// A signing key, used by the simulator, tests and benchmarks to produce real commits.
@@ -194,9 +185,9 @@ pub enum SigningKey {
 impl SigningKey {
     pub fn from_bytes(curve: Curve, secret: &[u8]) -> Result<SigningKey, KeyError> {
         match curve {
-            Curve::K256 => secp256k1::SecretKey::from_slice(secret)
-                .map(SigningKey::K256)
-                .map_err(|_| KeyError::BadPoint),
+            Curve::K256 => {
+                secp256k1::SecretKey::from_slice(secret).map(SigningKey::K256).map_err(|_| KeyError::BadPoint)
+            }
             Curve::P256 => p256::ecdsa::SigningKey::from_slice(secret)
                 .map(SigningKey::P256)
                 .map_err(|_| KeyError::BadPoint),
@@ -220,10 +211,9 @@ impl SigningKey {
 
     pub fn public_key(&self) -> PublicKey {
         match self {
-            SigningKey::K256(secret) => PublicKey::K256(secp256k1::PublicKey::from_secret_key(
-                secp256k1::SECP256K1,
-                secret,
-            )),
+            SigningKey::K256(secret) => {
+                PublicKey::K256(secp256k1::PublicKey::from_secret_key(secp256k1::SECP256K1, secret))
+            }
             SigningKey::P256(key) => {
                 let point = key.verifying_key().to_encoded_point(false);
                 let mut out = [0u8; 65];
@@ -240,9 +230,7 @@ impl SigningKey {
                 let digest: [u8; 32] = Sha256::digest(message).into();
                 let msg = secp256k1::Message::from_digest(digest);
                 // libsecp256k1 always produces low-S signatures.
-                secp256k1::SECP256K1
-                    .sign_ecdsa(&msg, secret)
-                    .serialize_compact()
+                secp256k1::SECP256K1.sign_ecdsa(&msg, secret).serialize_compact()
             }
             SigningKey::P256(key) => {
                 use p256::ecdsa::signature::Signer;

@@ -30,11 +30,7 @@ pub enum FrameError {
     #[error("unknown op {0}")]
     UnknownOp(i64),
     #[error("{field} is {size}, over the limit of {limit}")]
-    FieldLimit {
-        field: &'static str,
-        size: usize,
-        limit: usize,
-    },
+    FieldLimit { field: &'static str, size: usize, limit: usize },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,10 +182,7 @@ impl Event {
 }
 
 fn body<T: serde::de::DeserializeOwned>(kind: &str, bytes: &[u8]) -> Result<T, FrameError> {
-    cbor::decode(bytes).map_err(|error| FrameError::Body {
-        kind: kind.to_string(),
-        error,
-    })
+    cbor::decode(bytes).map_err(|error| FrameError::Body { kind: kind.to_string(), error })
 }
 
 /// Decodes a frame, enforcing the size limits of the sync spec and lexicon.
@@ -245,10 +238,7 @@ fn frame_of<T: Serialize>(header: &Header, body: &T) -> Result<Vec<u8>, CborErro
 
 /// Encodes an event as a frame. Unknown events cannot be re-encoded (their body was not kept).
 pub fn encode(event: &Event) -> Result<Vec<u8>, CborError> {
-    let message = |t: &str| Header {
-        op: 1,
-        t: Some(t.to_string()),
-    };
+    let message = |t: &str| Header { op: 1, t: Some(t.to_string()) };
     match event {
         Event::Commit(c) => frame_of(&message("#commit"), c),
         Event::Sync(s) => frame_of(&message("#sync"), s),
@@ -256,35 +246,22 @@ pub fn encode(event: &Event) -> Result<Vec<u8>, CborError> {
         Event::Account(a) => frame_of(&message("#account"), a),
         Event::Info(i) => frame_of(&message("#info"), i),
         Event::Error(e) => frame_of(&Header { op: -1, t: None }, e),
-        Event::Unknown { t } => Err(CborError::Encode(format!(
-            "cannot re-encode unknown type {t}"
-        ))),
+        Event::Unknown { t } => Err(CborError::Encode(format!("cannot re-encode unknown type {t}"))),
     }
 }
 
 /// The frame for an error (`FutureCursor`, `ConsumerTooSlow`).
 pub fn error_frame(error: &str, message: Option<&str>) -> Vec<u8> {
-    let body = ErrorBody {
-        error: error.to_string(),
-        message: message.map(str::to_string),
-    };
+    let body = ErrorBody { error: error.to_string(), message: message.map(str::to_string) };
     encode(&Event::Error(body)).expect("error frames always encode")
 }
 
 /// Builds an event from atproto JSON `{header: {op, t}, body}` (test scenarios, tooling).
-pub fn event_from_json(
-    header: &serde_json::Value,
-    body: &serde_json::Value,
-) -> Result<Event, FrameError> {
+pub fn event_from_json(header: &serde_json::Value, body: &serde_json::Value) -> Result<Event, FrameError> {
     let header_ipld = cbor::json_to_ipld(header).map_err(FrameError::Header)?;
-    let body_ipld = cbor::json_to_ipld(body).map_err(|error| FrameError::Body {
-        kind: "json".into(),
-        error,
-    })?;
+    let body_ipld =
+        cbor::json_to_ipld(body).map_err(|error| FrameError::Body { kind: "json".into(), error })?;
     let mut frame = cbor::encode(&header_ipld).map_err(FrameError::Header)?;
-    frame.extend(cbor::encode(&body_ipld).map_err(|error| FrameError::Body {
-        kind: "json".into(),
-        error,
-    })?);
+    frame.extend(cbor::encode(&body_ipld).map_err(|error| FrameError::Body { kind: "json".into(), error })?);
     decode(&frame)
 }

@@ -23,9 +23,7 @@ pub enum Write {
 impl Write {
     pub fn path(&self) -> &str {
         match self {
-            Write::Create { path, .. } | Write::Update { path, .. } | Write::Delete { path } => {
-                path
-            }
+            Write::Create { path, .. } | Write::Update { path, .. } | Write::Delete { path } => path,
         }
     }
 }
@@ -77,12 +75,7 @@ impl Repo {
     }
 
     /// Applies writes, signs a new commit and returns the `#commit` event for it.
-    pub fn commit(
-        &mut self,
-        writes: &[Write],
-        seq: i64,
-        now_micros: u64,
-    ) -> Result<Commit, RepoError> {
+    pub fn commit(&mut self, writes: &[Write], seq: i64, now_micros: u64) -> Result<Commit, RepoError> {
         let prev_data = self.data;
         self.check_writes(writes)?;
         // Nodes read while applying the writes: a consumer's inverter may need them too.
@@ -113,12 +106,7 @@ impl Repo {
                     ("delete", None, prev)
                 }
             };
-            ops.push(RepoOp {
-                action: action.to_string(),
-                path: write.path().to_string(),
-                cid,
-                prev,
-            });
+            ops.push(RepoOp { action: action.to_string(), path: write.path().to_string(), cid, prev });
         }
         let forward_reads: Vec<Cid> = forward.read.borrow().iter().copied().collect();
         drop(forward);
@@ -234,11 +222,6 @@ pub fn sample_post(text: &str, created_at: &str) -> Vec<u8> {
         #[serde(rename = "createdAt")]
         created_at: &'a str,
     }
-    let post = Post {
-        text,
-        kind: "app.bsky.feed.post",
-        langs: ["en"],
-        created_at,
-    };
+    let post = Post { text, kind: "app.bsky.feed.post", langs: ["en"], created_at };
     cbor::encode(&post).expect("records always encode")
 }

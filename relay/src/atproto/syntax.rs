@@ -23,12 +23,9 @@ fn regex(pattern: &str) -> Regex {
     Regex::new(pattern).expect("static regex compiles")
 }
 
-static DID_RE: LazyLock<Regex> =
-    LazyLock::new(|| regex(r"^did:[a-z]+:[a-zA-Z0-9._:%-]*[a-zA-Z0-9._-]$"));
+static DID_RE: LazyLock<Regex> = LazyLock::new(|| regex(r"^did:[a-z]+:[a-zA-Z0-9._:%-]*[a-zA-Z0-9._-]$"));
 static HANDLE_RE: LazyLock<Regex> = LazyLock::new(|| {
-    regex(
-        r"^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$",
-    )
+    regex(r"^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 });
 static NSID_RE: LazyLock<Regex> = LazyLock::new(|| {
     regex(
@@ -44,8 +41,7 @@ static DATETIME_RE: LazyLock<Regex> = LazyLock::new(|| {
     )
 });
 static CID_RE: LazyLock<Regex> = LazyLock::new(|| regex(r"^[a-zA-Z0-9+=]{8,256}$"));
-static LANGUAGE_RE: LazyLock<Regex> =
-    LazyLock::new(|| regex(r"^(i|[a-z]{2,3}|[xX])(-[a-zA-Z0-9]{1,8})*$"));
+static LANGUAGE_RE: LazyLock<Regex> = LazyLock::new(|| regex(r"^(i|[a-z]{2,3}|[xX])(-[a-zA-Z0-9]{1,8})*$"));
 static URI_RE: LazyLock<Regex> = LazyLock::new(|| regex(r"^[a-z][a-z.-]{0,80}:[!-~]+$"));
 static ATURI_RE: LazyLock<Regex> = LazyLock::new(|| {
     regex(
@@ -135,10 +131,8 @@ pub fn validate_datetime_syntax(s: &str) -> Result<(), SyntaxError> {
 /// hour 25, and instants before year 0 once the offset is applied).
 pub fn parse_datetime(s: &str) -> Result<chrono::DateTime<chrono::FixedOffset>, SyntaxError> {
     validate_datetime_syntax(s)?;
-    let parsed = chrono::DateTime::parse_from_rfc3339(s).map_err(|_| SyntaxError {
-        kind: "datetime",
-        reason: "not a real calendar instant",
-    })?;
+    let parsed = chrono::DateTime::parse_from_rfc3339(s)
+        .map_err(|_| SyntaxError { kind: "datetime", reason: "not a real calendar instant" })?;
     if parsed.naive_utc().and_utc().timestamp() < -62_167_219_200 {
         // 0000-01-01T00:00:00Z: anything earlier cannot be written with a 4-digit year.
         return fail("datetime", "before year 0 after applying the offset");
@@ -182,8 +176,8 @@ pub fn parse_language(s: &str) -> Result<(), SyntaxError> {
             in_extension = true;
             continue;
         }
-        let is_variant = (5..=8).contains(&lower.len())
-            || (lower.len() == 4 && lower.as_bytes()[0].is_ascii_digit());
+        let is_variant =
+            (5..=8).contains(&lower.len()) || (lower.len() == 4 && lower.as_bytes()[0].is_ascii_digit());
         if !in_extension && is_variant {
             if variants.contains(&lower) {
                 return fail("language", "repeated variant subtag");
@@ -212,21 +206,15 @@ pub fn validate_at_uri(s: &str) -> Result<(), SyntaxError> {
         return fail("at-uri", "not at://authority[/collection[/rkey]]");
     };
     let authority = caps.get(1).map_or("", |m| m.as_str());
-    validate_at_identifier(authority).map_err(|_| SyntaxError {
-        kind: "at-uri",
-        reason: "authority is not a DID or handle",
-    })?;
+    validate_at_identifier(authority)
+        .map_err(|_| SyntaxError { kind: "at-uri", reason: "authority is not a DID or handle" })?;
     if let Some(collection) = caps.get(3) {
-        validate_nsid(collection.as_str()).map_err(|_| SyntaxError {
-            kind: "at-uri",
-            reason: "collection is not an NSID",
-        })?;
+        validate_nsid(collection.as_str())
+            .map_err(|_| SyntaxError { kind: "at-uri", reason: "collection is not an NSID" })?;
     }
     if let Some(rkey) = caps.get(5) {
-        validate_record_key(rkey.as_str()).map_err(|_| SyntaxError {
-            kind: "at-uri",
-            reason: "record key is invalid",
-        })?;
+        validate_record_key(rkey.as_str())
+            .map_err(|_| SyntaxError { kind: "at-uri", reason: "record key is invalid" })?;
     }
     Ok(())
 }
@@ -263,19 +251,10 @@ pub fn validate_repo_path(path: &str) -> Result<(), SyntaxError> {
     if collection.is_empty() || rkey.contains('/') {
         return fail("repo path", "must be exactly <collection>/<rkey>");
     }
-    if !collection
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
-        return fail(
-            "repo path",
-            "collection has characters outside A-Za-z0-9._-",
-        );
+    if !collection.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return fail("repo path", "collection has characters outside A-Za-z0-9._-");
     }
-    validate_record_key(rkey).map_err(|_| SyntaxError {
-        kind: "repo path",
-        reason: "invalid record key",
-    })
+    validate_record_key(rkey).map_err(|_| SyntaxError { kind: "repo path", reason: "invalid record key" })
 }
 
 #[cfg(test)]
@@ -286,10 +265,7 @@ mod tests {
     fn tid_round_trip() {
         let tid = tid_from_parts(1_700_000_000_000_000, 42);
         validate_tid(&tid).expect("valid tid");
-        assert_eq!(
-            tid_timestamp_micros(&tid).expect("parse"),
-            1_700_000_000_000_000
-        );
+        assert_eq!(tid_timestamp_micros(&tid).expect("parse"), 1_700_000_000_000_000);
     }
 
     #[test]

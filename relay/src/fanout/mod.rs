@@ -54,23 +54,11 @@ pub enum Start {
 pub fn start_position(cursor: Option<u64>, head: u64, oldest: Option<u64>) -> Start {
     let before_oldest = oldest.map_or(head, |o| o.saturating_sub(1));
     match cursor {
-        None => Start::After {
-            seq: head,
-            outdated: false,
-        },
+        None => Start::After { seq: head, outdated: false },
         Some(c) if c > head => Start::Future,
-        Some(0) => Start::After {
-            seq: before_oldest,
-            outdated: false,
-        },
-        Some(c) if c < before_oldest => Start::After {
-            seq: before_oldest,
-            outdated: true,
-        },
-        Some(c) => Start::After {
-            seq: c,
-            outdated: false,
-        },
+        Some(0) => Start::After { seq: before_oldest, outdated: false },
+        Some(c) if c < before_oldest => Start::After { seq: before_oldest, outdated: true },
+        Some(c) => Start::After { seq: c, outdated: false },
     }
 }
 
@@ -140,11 +128,7 @@ struct Feed {
 
 impl Feed {
     fn purged(fanout: &Fanout, did: &str, seq: u64) -> bool {
-        let marks = fanout
-            .sequencer
-            .purges
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let marks = fanout.sequencer.purges.read().unwrap_or_else(|p| p.into_inner());
         marks.get(did).is_some_and(|mark| seq < *mark)
     }
 
@@ -163,20 +147,12 @@ impl Feed {
                     self.catching_up = false;
                     continue;
                 }
-                if view
-                    .oldest_seq()
-                    .is_some_and(|oldest| self.position + 1 < oldest)
-                {
+                if view.oldest_seq().is_some_and(|oldest| self.position + 1 < oldest) {
                     return Next::TooSlow;
                 }
-                let (after, events, bytes) = (
-                    self.position,
-                    fanout.config.replay_chunk_events,
-                    fanout.config.replay_chunk_bytes,
-                );
-                let chunk =
-                    tokio::task::spawn_blocking(move || view.read_after(after, events, bytes))
-                        .await;
+                let (after, events, bytes) =
+                    (self.position, fanout.config.replay_chunk_events, fanout.config.replay_chunk_bytes);
+                let chunk = tokio::task::spawn_blocking(move || view.read_after(after, events, bytes)).await;
                 match chunk {
                     Ok(Ok(records)) if !records.is_empty() => self.pending.extend(records),
                     Ok(Ok(_)) => self.catching_up = false,
@@ -209,10 +185,7 @@ impl Feed {
 }
 
 fn info_frame(name: &str, message: &str) -> Vec<u8> {
-    let info = frame::Info {
-        name: name.to_string(),
-        message: Some(message.to_string()),
-    };
+    let info = frame::Info { name: name.to_string(), message: Some(message.to_string()) };
     frame::encode(&frame::Event::Info(info)).expect("info frames always encode")
 }
 
@@ -233,15 +206,8 @@ pub async fn serve_consumer(
         connected_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         events_sent: AtomicU64::new(0),
     });
-    fanout
-        .consumers
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(id, info.clone());
-    let _guard = ConsumerGuard {
-        fanout: fanout.clone(),
-        id,
-    };
+    fanout.consumers.lock().unwrap_or_else(|p| p.into_inner()).insert(id, info.clone());
+    let _guard = ConsumerGuard { fanout: fanout.clone(), id };
     // Subscribe before reading the head, so nothing written after this moment is missed.
     let live = fanout.sequencer.live.subscribe();
     let view = fanout.sequencer.view();
@@ -250,10 +216,7 @@ pub async fn serve_consumer(
     let start = start_position(cursor, view.head(), view.oldest_seq());
     let position = match start {
         Start::Future => {
-            let frame = frame::error_frame(
-                "FutureCursor",
-                Some("cursor is ahead of the relay's sequence"),
-            );
+            let frame = frame::error_frame("FutureCursor", Some("cursor is ahead of the relay's sequence"));
             let _ = tokio::time::timeout(timeout, sink.send(Message::Binary(frame.into()))).await;
             let _ = sink.close().await;
             return;
@@ -261,22 +224,14 @@ pub async fn serve_consumer(
         Start::After { seq, outdated } => {
             if outdated {
                 let frame = info_frame("OutdatedCursor", "cursor is older than the replay window");
-                if tokio::time::timeout(timeout, sink.send(Message::Binary(frame.into())))
-                    .await
-                    .is_err()
-                {
+                if tokio::time::timeout(timeout, sink.send(Message::Binary(frame.into()))).await.is_err() {
                     return;
                 }
             }
             seq
         }
     };
-    let mut feed = Feed {
-        position,
-        pending: VecDeque::new(),
-        live,
-        catching_up: cursor.is_some(),
-    };
+    let mut feed = Feed { position, pending: VecDeque::new(), live, catching_up: cursor.is_some() };
     let mut ping = tokio::time::interval(fanout.config.ping_interval);
     ping.tick().await;
     loop {
@@ -325,11 +280,7 @@ struct ConsumerGuard {
 impl Drop for ConsumerGuard {
     fn drop(&mut self) {
         self.fanout.metrics.consumers.dec();
-        self.fanout
-            .consumers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+        self.fanout.consumers.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
     }
 }
 
@@ -341,57 +292,15 @@ mod tests {
     fn cursor_rules() {
         // Log holds seqs 100..=200.
         let (head, oldest) = (200, Some(100));
-        assert_eq!(
-            start_position(None, head, oldest),
-            Start::After {
-                seq: 200,
-                outdated: false
-            }
-        );
+        assert_eq!(start_position(None, head, oldest), Start::After { seq: 200, outdated: false });
         assert_eq!(start_position(Some(201), head, oldest), Start::Future);
-        assert_eq!(
-            start_position(Some(0), head, oldest),
-            Start::After {
-                seq: 99,
-                outdated: false
-            }
-        );
-        assert_eq!(
-            start_position(Some(5), head, oldest),
-            Start::After {
-                seq: 99,
-                outdated: true
-            }
-        );
-        assert_eq!(
-            start_position(Some(99), head, oldest),
-            Start::After {
-                seq: 99,
-                outdated: false
-            }
-        );
-        assert_eq!(
-            start_position(Some(150), head, oldest),
-            Start::After {
-                seq: 150,
-                outdated: false
-            }
-        );
-        assert_eq!(
-            start_position(Some(200), head, oldest),
-            Start::After {
-                seq: 200,
-                outdated: false
-            }
-        );
+        assert_eq!(start_position(Some(0), head, oldest), Start::After { seq: 99, outdated: false });
+        assert_eq!(start_position(Some(5), head, oldest), Start::After { seq: 99, outdated: true });
+        assert_eq!(start_position(Some(99), head, oldest), Start::After { seq: 99, outdated: false });
+        assert_eq!(start_position(Some(150), head, oldest), Start::After { seq: 150, outdated: false });
+        assert_eq!(start_position(Some(200), head, oldest), Start::After { seq: 200, outdated: false });
         // Empty log.
-        assert_eq!(
-            start_position(Some(0), 0, None),
-            Start::After {
-                seq: 0,
-                outdated: false
-            }
-        );
+        assert_eq!(start_position(Some(0), 0, None), Start::After { seq: 0, outdated: false });
         assert_eq!(start_position(Some(1), 0, None), Start::Future);
     }
 }

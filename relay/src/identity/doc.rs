@@ -78,13 +78,9 @@ fn matches_fragment(id: &str, did: &str, fragment: &str) -> bool {
 
 /// Parses a DID document for `did`, taking the first `#atproto` key and first `#atproto_pds` service.
 pub fn parse_document(did: &str, json: &[u8]) -> Result<Identity, DocError> {
-    let raw: RawDocument =
-        serde_json::from_slice(json).map_err(|e| DocError::Json(e.to_string()))?;
+    let raw: RawDocument = serde_json::from_slice(json).map_err(|e| DocError::Json(e.to_string()))?;
     if raw.id != did {
-        return Err(DocError::IdMismatch {
-            expected: did.to_string(),
-            found: raw.id,
-        });
+        return Err(DocError::IdMismatch { expected: did.to_string(), found: raw.id });
     }
     let handle = raw
         .also_known_as
@@ -92,38 +88,25 @@ pub fn parse_document(did: &str, json: &[u8]) -> Result<Identity, DocError> {
         .filter_map(|aka| aka.strip_prefix("at://"))
         .find(|h| syntax::validate_handle(h).is_ok())
         .map(|h| h.to_ascii_lowercase());
-    let signing_key = match raw
-        .verification_method
-        .iter()
-        .find(|vm| matches_fragment(&vm.id, did, "#atproto"))
-    {
-        Some(vm) => Some(key_from_method(did, vm)?),
-        None => None,
-    };
+    let signing_key =
+        match raw.verification_method.iter().find(|vm| matches_fragment(&vm.id, did, "#atproto")) {
+            Some(vm) => Some(key_from_method(did, vm)?),
+            None => None,
+        };
     let pds_endpoint = raw
         .service
         .iter()
-        .find(|s| {
-            matches_fragment(&s.id, did, "#atproto_pds") && s.kind == "AtprotoPersonalDataServer"
-        })
+        .find(|s| matches_fragment(&s.id, did, "#atproto_pds") && s.kind == "AtprotoPersonalDataServer")
         .and_then(|s| s.service_endpoint.as_str())
         .and_then(normalise_endpoint);
-    Ok(Identity {
-        did: did.to_string(),
-        handle,
-        signing_key,
-        pds_endpoint,
-    })
+    Ok(Identity { did: did.to_string(), handle, signing_key, pds_endpoint })
 }
 
 fn key_from_method(did: &str, vm: &RawVerificationMethod) -> Result<PublicKey, DocError> {
     if vm.controller.as_deref().is_some_and(|c| c != did) {
         return Err(DocError::BadKey(KeyError::UnsupportedType));
     }
-    let multibase = vm
-        .public_key_multibase
-        .as_deref()
-        .ok_or(DocError::BadKey(KeyError::NotBase58btc))?;
+    let multibase = vm.public_key_multibase.as_deref().ok_or(DocError::BadKey(KeyError::NotBase58btc))?;
     let key = match vm.kind.as_str() {
         "Multikey" => PublicKey::from_multikey(multibase),
         legacy => PublicKey::from_legacy(legacy, multibase),
@@ -137,10 +120,7 @@ fn normalise_endpoint(endpoint: &str) -> Option<String> {
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return None;
     }
-    if !(url.path() == "/" || url.path().is_empty())
-        || url.query().is_some()
-        || url.fragment().is_some()
-    {
+    if !(url.path() == "/" || url.path().is_empty()) || url.query().is_some() || url.fragment().is_some() {
         return None;
     }
     let mut out = format!("{}://{}", url.scheme(), url.host_str()?);
@@ -151,12 +131,7 @@ fn normalise_endpoint(endpoint: &str) -> Option<String> {
 }
 
 /// Builds a minimal valid DID document (the simulator's PLC and tests serve these).
-pub fn build_document(
-    did: &str,
-    handle: &str,
-    key: &PublicKey,
-    pds_endpoint: &str,
-) -> serde_json::Value {
+pub fn build_document(did: &str, handle: &str, key: &PublicKey, pds_endpoint: &str) -> serde_json::Value {
     serde_json::json!({
         "@context": ["https://www.w3.org/ns/did/v1", "https://w3id.org/security/multikey/v1"],
         "id": did,

@@ -70,25 +70,13 @@ impl Resolver {
             .expect("static HTTP client configuration is valid");
         let web_client = guarded_client(config.ssrf, config.timeout);
         let capacity = NonZeroUsize::new(config.cache_entries.max(1)).expect("max(1) is non-zero");
-        Resolver {
-            config,
-            plc_client,
-            web_client,
-            cache: Mutex::new(lru::LruCache::new(capacity)),
-        }
+        Resolver { config, plc_client, web_client, cache: Mutex::new(lru::LruCache::new(capacity)) }
     }
 
     fn cached(&self, did: &str) -> Option<Result<Arc<Identity>, ResolveError>> {
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let (stored, result) = cache.get(did)?;
-        let ttl = if result.is_ok() {
-            self.config.cache_ttl
-        } else {
-            self.config.negative_ttl
-        };
+        let ttl = if result.is_ok() { self.config.cache_ttl } else { self.config.negative_ttl };
         if stored.elapsed() < ttl {
             Some(result.clone())
         } else {
@@ -98,10 +86,7 @@ impl Resolver {
     }
 
     fn store(&self, did: &str, result: Result<Arc<Identity>, ResolveError>) {
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         cache.put(did.to_string(), (Instant::now(), result));
     }
 
@@ -129,20 +114,13 @@ impl Resolver {
     async fn fetch(&self, did: &str) -> Result<Identity, ResolveError> {
         syntax::validate_did(did).map_err(|_| ResolveError::InvalidDid)?;
         let (client, url) = if did.starts_with("did:plc:") {
-            (
-                &self.plc_client,
-                format!("{}/{}", self.config.plc_url.trim_end_matches('/'), did),
-            )
+            (&self.plc_client, format!("{}/{}", self.config.plc_url.trim_end_matches('/'), did))
         } else if let Some(host) = did.strip_prefix("did:web:") {
             (&self.web_client, did_web_url(host)?)
         } else {
             return Err(ResolveError::UnsupportedMethod);
         };
-        let response = client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| ResolveError::Failed(e.to_string()))?;
+        let response = client.get(&url).send().await.map_err(|e| ResolveError::Failed(e.to_string()))?;
         match response.status().as_u16() {
             200 => {}
             404 | 410 => return Err(ResolveError::NotFound),
@@ -167,20 +145,11 @@ fn did_web_url(host: &str) -> Result<String, ResolveError> {
     Ok(format!("{scheme}://{host}/.well-known/did.json"))
 }
 
-async fn read_limited(
-    mut response: reqwest::Response,
-    limit: usize,
-) -> Result<Vec<u8>, ResolveError> {
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, ResolveError> {
     let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| ResolveError::Failed(e.to_string()))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|e| ResolveError::Failed(e.to_string()))? {
         if body.len() + chunk.len() > limit {
-            return Err(ResolveError::Failed(format!(
-                "DID document larger than {limit} bytes"
-            )));
+            return Err(ResolveError::Failed(format!("DID document larger than {limit} bytes")));
         }
         body.extend_from_slice(&chunk);
     }
@@ -193,10 +162,7 @@ mod tests {
 
     #[test]
     fn did_web_urls() {
-        assert_eq!(
-            did_web_url("example.com").as_deref(),
-            Ok("https://example.com/.well-known/did.json")
-        );
+        assert_eq!(did_web_url("example.com").as_deref(), Ok("https://example.com/.well-known/did.json"));
         assert!(did_web_url("example.com:path").is_err());
         assert_eq!(
             did_web_url("localhost%3A8080").as_deref(),

@@ -103,13 +103,9 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let policy = self.policy;
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = addrs
-                .iter()
-                .copied()
-                .filter(|addr| policy.check_ip(addr.ip()).is_ok())
-                .collect();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> =
+                addrs.iter().copied().filter(|addr| policy.check_ip(addr.ip()).is_ok()).collect();
             if allowed.is_empty() {
                 let err: Box<dyn std::error::Error + Send + Sync> =
                     format!("{host} resolves only to forbidden addresses").into();
@@ -156,9 +152,7 @@ mod tests {
         for good in ["8.8.8.8", "2606:4700::1111"] {
             assert!(strict.check_ip(good.parse().expect("ip")).is_ok());
         }
-        let dev = SsrfPolicy {
-            allow_loopback: true,
-        };
+        let dev = SsrfPolicy { allow_loopback: true };
         assert!(dev.check_ip("127.0.0.1".parse().expect("ip")).is_ok());
         assert!(dev.check_ip("10.0.0.1".parse().expect("ip")).is_err());
     }
@@ -166,17 +160,10 @@ mod tests {
     #[test]
     fn checks_urls() {
         let strict = SsrfPolicy::default();
-        assert!(matches!(
-            strict.check_url("ftp://example.com"),
-            Err(SsrfError::Scheme(_))
-        ));
+        assert!(matches!(strict.check_url("ftp://example.com"), Err(SsrfError::Scheme(_))));
         assert!(strict.check_url("http://localhost:2583").is_err());
         assert!(strict.check_url("http://127.0.0.1:2583").is_err());
         assert!(strict.check_url("https://example.com").is_ok());
-        assert!(SsrfPolicy {
-            allow_loopback: true
-        }
-        .check_url("http://localhost:2583")
-        .is_ok());
+        assert!(SsrfPolicy { allow_loopback: true }.check_url("http://localhost:2583").is_ok());
     }
 }

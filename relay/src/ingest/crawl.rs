@@ -31,26 +31,15 @@ pub struct NormalizedHost {
 
 impl NormalizedHost {
     pub fn http_base(&self) -> String {
-        format!(
-            "{}://{}",
-            if self.ssl { "https" } else { "http" },
-            self.hostname
-        )
+        format!("{}://{}", if self.ssl { "https" } else { "http" }, self.hostname)
     }
 
     pub fn ws_base(&self) -> String {
-        format!(
-            "{}://{}",
-            if self.ssl { "wss" } else { "ws" },
-            self.hostname
-        )
+        format!("{}://{}", if self.ssl { "wss" } else { "ws" }, self.hostname)
     }
 
     fn is_loopback(&self) -> bool {
-        let name = self
-            .hostname
-            .rsplit_once(':')
-            .map_or(self.hostname.as_str(), |(h, _)| h);
+        let name = self.hostname.rsplit_once(':').map_or(self.hostname.as_str(), |(h, _)| h);
         name == "localhost" || name.starts_with("127.") || name == "[::1]"
     }
 }
@@ -59,28 +48,21 @@ impl NormalizedHost {
 /// `allow_insecure` permits `http://`, `ws://` and loopback names (dev and tests only).
 pub fn normalize_hostname(input: &str, allow_insecure: bool) -> Result<NormalizedHost, CrawlError> {
     let trimmed = input.trim().trim_end_matches('/');
-    let (ssl, rest) = if let Some(rest) = trimmed
-        .strip_prefix("https://")
-        .or_else(|| trimmed.strip_prefix("wss://"))
-    {
-        (true, rest)
-    } else if let Some(rest) = trimmed
-        .strip_prefix("http://")
-        .or_else(|| trimmed.strip_prefix("ws://"))
-    {
-        (false, rest)
-    } else {
-        (true, trimmed)
-    };
+    let (ssl, rest) =
+        if let Some(rest) = trimmed.strip_prefix("https://").or_else(|| trimmed.strip_prefix("wss://")) {
+            (true, rest)
+        } else if let Some(rest) = trimmed.strip_prefix("http://").or_else(|| trimmed.strip_prefix("ws://")) {
+            (false, rest)
+        } else {
+            (true, trimmed)
+        };
     let rest = rest.to_ascii_lowercase();
     if rest.is_empty() || rest.contains('/') || rest.contains('@') || rest.contains('?') {
         return Err(CrawlError::BadHostname(input.to_string()));
     }
     let (name, port) = match rest.rsplit_once(':') {
         Some((name, port)) => {
-            let port: u16 = port
-                .parse()
-                .map_err(|_| CrawlError::BadHostname(input.to_string()))?;
+            let port: u16 = port.parse().map_err(|_| CrawlError::BadHostname(input.to_string()))?;
             (name.to_string(), Some(port))
         }
         None => (rest.clone(), None),
@@ -109,8 +91,7 @@ pub fn normalize_hostname(input: &str, allow_insecure: bool) -> Result<Normalize
 /// Whether `hostname` or any parent domain is in `bans`.
 pub fn is_banned(hostname: &str, bans: &[String]) -> bool {
     let name = hostname.split(':').next().unwrap_or(hostname);
-    bans.iter()
-        .any(|ban| name == ban || name.ends_with(&format!(".{ban}")))
+    bans.iter().any(|ban| name == ban || name.ends_with(&format!(".{ban}")))
 }
 
 /// Checks that the host answers `describeServer` and is not itself a relay.
@@ -119,24 +100,11 @@ pub async fn probe(
     allow_insecure: bool,
     timeout: std::time::Duration,
 ) -> Result<(), CrawlError> {
-    let policy = SsrfPolicy {
-        allow_loopback: allow_insecure,
-    };
+    let policy = SsrfPolicy { allow_loopback: allow_insecure };
     let client = crate::identity::ssrf::guarded_client(policy, timeout);
-    let url = format!(
-        "{}/xrpc/com.atproto.server.describeServer",
-        host.http_base()
-    );
-    let response = client
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| CrawlError::Probe(e.to_string()))?;
-    let server = response
-        .headers()
-        .get("server")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let url = format!("{}/xrpc/com.atproto.server.describeServer", host.http_base());
+    let response = client.get(&url).send().await.map_err(|e| CrawlError::Probe(e.to_string()))?;
+    let server = response.headers().get("server").and_then(|v| v.to_str().ok()).unwrap_or_default();
     if server.contains("atproto-relay") {
         return Err(CrawlError::IsRelay);
     }
@@ -153,45 +121,17 @@ mod tests {
     #[test]
     fn normalises_hosts() {
         let host = normalize_hostname("https://PDS.Example.com/", false).expect("valid");
+        assert_eq!(host, NormalizedHost { hostname: "pds.example.com".into(), ssl: true });
+        assert_eq!(normalize_hostname("pds.example.com:443", false).expect("ok").hostname, "pds.example.com");
         assert_eq!(
-            host,
-            NormalizedHost {
-                hostname: "pds.example.com".into(),
-                ssl: true
-            }
-        );
-        assert_eq!(
-            normalize_hostname("pds.example.com:443", false)
-                .expect("ok")
-                .hostname,
-            "pds.example.com"
-        );
-        assert_eq!(
-            normalize_hostname("pds.example.com:8443", false)
-                .expect("ok")
-                .hostname,
+            normalize_hostname("pds.example.com:8443", false).expect("ok").hostname,
             "pds.example.com:8443"
         );
-        assert_eq!(
-            normalize_hostname("1.2.3.4", false),
-            Err(CrawlError::IpLiteral)
-        );
-        assert_eq!(
-            normalize_hostname("http://pds.example.com", false),
-            Err(CrawlError::Insecure)
-        );
-        assert_eq!(
-            normalize_hostname("localhost:2583", false),
-            Err(CrawlError::Insecure)
-        );
+        assert_eq!(normalize_hostname("1.2.3.4", false), Err(CrawlError::IpLiteral));
+        assert_eq!(normalize_hostname("http://pds.example.com", false), Err(CrawlError::Insecure));
+        assert_eq!(normalize_hostname("localhost:2583", false), Err(CrawlError::Insecure));
         let dev = normalize_hostname("http://localhost:2583", true).expect("dev");
-        assert_eq!(
-            dev,
-            NormalizedHost {
-                hostname: "localhost:2583".into(),
-                ssl: false
-            }
-        );
+        assert_eq!(dev, NormalizedHost { hostname: "localhost:2583".into(), ssl: false });
         assert!(normalize_hostname("pds.example.com/path", false).is_err());
         assert!(normalize_hostname("bad_host.example", false).is_err());
     }

@@ -22,12 +22,66 @@ use tokio_tungstenite::tungstenite::Message;
 /// Failures in a row before a host is marked offline.
 const OFFLINE_AFTER_FAILURES: u32 = 8;
 
+/// Where a host's events are: the last upstream seq received, and the seqs still in the
+/// pipeline (queued, being validated, or waiting for the log's fsync). The cursor saved to
+/// the database stays below anything in flight, so after a crash the host re-sends exactly
+/// what had not reached the log.
+#[derive(Debug, Default)]
+pub struct HostProgress {
+    received: AtomicI64,
+    in_flight: std::sync::Mutex<std::collections::BTreeSet<i64>>,
+}
+
+impl HostProgress {
+    fn new(cursor: i64) -> HostProgress {
+        HostProgress { received: AtomicI64::new(cursor), in_flight: Default::default() }
+    }
+
+    pub fn received(&self) -> i64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    fn reset(&self, cursor: i64) {
+        self.received.store(cursor, Ordering::Relaxed);
+    }
+
+    /// Marks `seq` received and in flight; the guard finishes it when dropped.
+    fn start(self: &Arc<Self>, seq: i64) -> InFlight {
+        self.received.store(seq, Ordering::Relaxed);
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(seq);
+        InFlight { progress: self.clone(), seq }
+    }
+
+    /// The highest seq below which everything is persisted or dropped.
+    pub fn durable_cursor(&self) -> i64 {
+        let in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        match in_flight.first() {
+            Some(first) => first - 1,
+            None => self.received(),
+        }
+    }
+}
+
+/// An upstream event still in the pipeline; dropping it (after the log's fsync, or when
+/// the event is rejected) marks it done.
+#[derive(Debug)]
+pub struct InFlight {
+    progress: Arc<HostProgress>,
+    seq: i64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.progress.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.seq);
+    }
+}
+
 /// A running subscription.
 pub struct HostHandle {
     stop: watch::Sender<bool>,
     connected: Arc<AtomicBool>,
     pub hostname: String,
-    pub last_seq: Arc<AtomicI64>,
+    pub progress: Arc<HostProgress>,
 }
 
 impl HostHandle {
@@ -43,14 +97,14 @@ impl HostHandle {
 pub fn spawn_subscription(relay: Arc<Relay>, host: Host) -> HostHandle {
     let (stop, stop_rx) = watch::channel(false);
     let connected = Arc::new(AtomicBool::new(false));
-    let last_seq = Arc::new(AtomicI64::new(host.last_seq));
+    let progress = Arc::new(HostProgress::new(host.last_seq));
     let handle = HostHandle {
         stop,
         connected: connected.clone(),
         hostname: host.hostname.clone(),
-        last_seq: last_seq.clone(),
+        progress: progress.clone(),
     };
-    tokio::spawn(run(relay, host, stop_rx, connected, last_seq));
+    tokio::spawn(run(relay, host, stop_rx, connected, progress));
     handle
 }
 
@@ -66,7 +120,7 @@ async fn run(
     host: Host,
     mut stop: watch::Receiver<bool>,
     connected: Arc<AtomicBool>,
-    last_seq: Arc<AtomicI64>,
+    progress: Arc<HostProgress>,
 ) {
     let mut failures = 0u32;
     let mut use_cursor = true;
@@ -75,17 +129,17 @@ async fn run(
             break;
         }
         let outcome = tokio::select! {
-            outcome = subscribe_once(&relay, &host, &connected, &last_seq, use_cursor) => outcome,
+            outcome = subscribe_once(&relay, &host, &connected, &progress, use_cursor) => outcome,
             _ = stop.changed() => break,
         };
         connected.store(false, Ordering::Relaxed);
         relay.metrics.hosts_connected.set(count_connected(&relay));
-        save_cursor(&relay, &host, &last_seq).await;
+        save_cursor(&relay, &host, &progress).await;
         match outcome {
             Ended::FutureCursor => {
                 // The upstream's sequence is behind our cursor (it was reset): start live.
                 tracing::warn!(host = %host.hostname, "upstream says our cursor is in the future; reconnecting without a cursor");
-                last_seq.store(0, Ordering::Relaxed);
+                progress.reset(0);
                 use_cursor = false;
                 failures = 0;
             }
@@ -106,19 +160,15 @@ async fn run(
         }
     }
     connected.store(false, Ordering::Relaxed);
-    save_cursor(&relay, &host, &last_seq).await;
+    save_cursor(&relay, &host, &progress).await;
 }
 
 fn count_connected(relay: &Relay) -> i64 {
-    relay
-        .hosts
-        .lock()
-        .map(|h| h.values().filter(|h| h.is_connected()).count() as i64)
-        .unwrap_or(0)
+    relay.hosts.lock().map(|h| h.values().filter(|h| h.is_connected()).count() as i64).unwrap_or(0)
 }
 
-async fn save_cursor(relay: &Relay, host: &Host, last_seq: &AtomicI64) {
-    let seq = last_seq.load(Ordering::Relaxed);
+async fn save_cursor(relay: &Relay, host: &Host, progress: &HostProgress) {
+    let seq = progress.durable_cursor();
     if seq > 0 {
         if let Err(error) = relay.store.save_host_cursor(host.id, seq).await {
             tracing::warn!(host = %host.hostname, %error, "saving upstream cursor");
@@ -136,23 +186,20 @@ async fn subscribe_once(
     relay: &Arc<Relay>,
     host: &Host,
     connected: &AtomicBool,
-    last_seq: &AtomicI64,
+    progress: &Arc<HostProgress>,
     use_cursor: bool,
 ) -> Ended {
     let scheme = if host.ssl { "wss" } else { "ws" };
-    let cursor = last_seq.load(Ordering::Relaxed);
-    let mut url = format!(
-        "{scheme}://{}/xrpc/com.atproto.sync.subscribeRepos",
-        host.hostname
-    );
+    // Events still in the pipeline will be processed: resume after the last one received.
+    let cursor = progress.received();
+    let mut url = format!("{scheme}://{}/xrpc/com.atproto.sync.subscribeRepos", host.hostname);
     if use_cursor && cursor > 0 {
         url.push_str(&format!("?cursor={cursor}"));
     }
     let mut ws_config = WebSocketConfig::default();
     ws_config.max_message_size = Some(MAX_FRAME_BYTES);
     ws_config.max_frame_size = Some(MAX_FRAME_BYTES);
-    let connect =
-        tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), false);
+    let connect = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), false);
     let (mut socket, _) = match tokio::time::timeout(Duration::from_secs(30), connect).await {
         Ok(Ok(pair)) => pair,
         Ok(Err(error)) => return Ended::Failed(format!("connect: {error}")),
@@ -185,11 +232,7 @@ async fn subscribe_once(
         let event = match frame::decode(&bytes) {
             Ok(event) => event,
             Err(error) => {
-                relay
-                    .metrics
-                    .rejections
-                    .with_label_values(&["bad_frame"])
-                    .inc();
+                relay.metrics.rejections.with_label_values(&["bad_frame"]).inc();
                 // Invalid framing is a protocol error: drop the connection (event-stream spec).
                 return Ended::Failed(format!("undecodable frame: {error}"));
             }
@@ -204,28 +247,16 @@ async fn subscribe_once(
             Event::Unknown { .. } => continue,
             other => other.seq().unwrap_or(0),
         };
-        relay
-            .metrics
-            .events_in
-            .with_label_values(&[event.type_name()])
-            .inc();
-        let previous = last_seq.load(Ordering::Relaxed);
-        if seq <= previous {
-            relay
-                .metrics
-                .rejections
-                .with_label_values(&["seq_not_increasing"])
-                .inc();
+        relay.metrics.events_in.with_label_values(&[event.type_name()]).inc();
+        if seq <= progress.received() {
+            relay.metrics.rejections.with_label_values(&["seq_not_increasing"]).inc();
             continue;
         }
-        last_seq.store(seq, Ordering::Relaxed);
-        relay
-            .validation
-            .submit(host.id, hostname.clone(), event, bytes.len())
-            .await;
-        if last_save.elapsed() > Duration::from_secs(5) {
+        let in_flight = progress.start(seq);
+        relay.validation.submit(host.id, hostname.clone(), event, bytes.len(), in_flight).await;
+        if last_save.elapsed() > Duration::from_secs(1) {
             last_save = std::time::Instant::now();
-            let _ = relay.store.save_host_cursor(host.id, seq).await;
+            let _ = relay.store.save_host_cursor(host.id, progress.durable_cursor()).await;
         }
     }
 }

@@ -23,11 +23,7 @@ pub enum LogError {
     #[error("event log I/O: {0}")]
     Io(#[from] io::Error),
     #[error("event log record at {path}:{offset} is corrupt: {reason}")]
-    Corrupt {
-        path: PathBuf,
-        offset: u64,
-        reason: &'static str,
-    },
+    Corrupt { path: PathBuf, offset: u64, reason: &'static str },
     #[error("seq {seq} is not above the log head {head}")]
     SeqNotIncreasing { seq: u64, head: u64 },
 }
@@ -91,10 +87,7 @@ fn encode_record(seq: u64, time_micros: u64, did: &str, frame: &[u8], out: &mut 
 }
 
 /// Reads one record; `Ok(None)` at a clean end, `Err` on a torn or corrupt record.
-fn read_record(
-    reader: &mut impl Read,
-    max_body: usize,
-) -> Result<Option<(LogRecord, u64)>, &'static str> {
+fn read_record(reader: &mut impl Read, max_body: usize) -> Result<Option<(LogRecord, u64)>, &'static str> {
     let mut header = [0u8; HEADER_BYTES];
     match read_full(reader, &mut header) {
         Ok(0) => return Ok(None),
@@ -122,15 +115,7 @@ fn read_record(
     }
     let did = String::from_utf8(body[17..17 + did_len].to_vec()).map_err(|_| "did not utf-8")?;
     let frame = body[17 + did_len..].to_vec();
-    Ok(Some((
-        LogRecord {
-            seq,
-            time_micros,
-            did,
-            frame,
-        },
-        (HEADER_BYTES + len) as u64,
-    )))
+    Ok(Some((LogRecord { seq, time_micros, did, frame }, (HEADER_BYTES + len) as u64)))
 }
 
 fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> Result<usize, ()> {
@@ -155,18 +140,10 @@ impl EventLog {
         fs::create_dir_all(&config.dir)?;
         let mut segments: Vec<Segment> = fs::read_dir(&config.dir)?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter_map(|path| {
-                parse_segment_name(&path).map(|first_seq| Segment { first_seq, path })
-            })
+            .filter_map(|path| parse_segment_name(&path).map(|first_seq| Segment { first_seq, path }))
             .collect();
         segments.sort_by_key(|s| s.first_seq);
-        let mut log = EventLog {
-            config,
-            segments,
-            active: None,
-            active_len: 0,
-            head: 0,
-        };
+        let mut log = EventLog { config, segments, active: None, active_len: 0, head: 0 };
         log.recover_tail()?;
         Ok(log)
     }
@@ -273,10 +250,7 @@ impl EventLog {
 
     /// A cheap snapshot that readers use without holding the writer's lock during I/O.
     pub fn view(&self) -> LogView {
-        LogView {
-            segments: self.segments.clone(),
-            head: self.head,
-        }
+        LogView { segments: self.segments.clone(), head: self.head }
     }
 
     /// Reads up to `max_events` records with seq > `after` (see [`LogView::read_after`]).
@@ -343,10 +317,8 @@ impl LogView {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         // The segment that can hold `after + 1`: the last one starting at or below it.
-        let start = self
-            .segments
-            .partition_point(|s| s.first_seq <= after.saturating_add(1))
-            .saturating_sub(1);
+        let start =
+            self.segments.partition_point(|s| s.first_seq <= after.saturating_add(1)).saturating_sub(1);
         for segment in &self.segments[start..] {
             let file = match File::open(&segment.path) {
                 Ok(file) => file,
@@ -373,11 +345,7 @@ impl LogView {
                     }
                     Ok(None) => break,
                     Err(reason) => {
-                        return Err(LogError::Corrupt {
-                            path: segment.path.clone(),
-                            offset,
-                            reason,
-                        });
+                        return Err(LogError::Corrupt { path: segment.path.clone(), offset, reason });
                     }
                 }
             }
@@ -397,11 +365,7 @@ mod tests {
     }
 
     fn config(dir: &Path, segment_bytes: u64) -> LogConfig {
-        LogConfig {
-            dir: dir.to_path_buf(),
-            segment_bytes,
-            sync: false,
-        }
+        LogConfig { dir: dir.to_path_buf(), segment_bytes, sync: false }
     }
 
     #[test]
@@ -410,25 +374,18 @@ mod tests {
         let mut log = EventLog::open(config(&dir, 200)).expect("open");
         for seq in 1..=50u64 {
             let frame = vec![seq as u8; 30];
-            log.append_batch(&[(seq, seq * 10, "did:plc:a", &frame)])
-                .expect("append");
+            log.append_batch(&[(seq, seq * 10, "did:plc:a", &frame)]).expect("append");
         }
         assert!(log.segments.len() > 3, "small segments roll over");
         let all = log.read_after(0, 1000, usize::MAX).expect("read");
-        assert_eq!(
-            all.iter().map(|r| r.seq).collect::<Vec<_>>(),
-            (1..=50).collect::<Vec<_>>()
-        );
+        assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=50).collect::<Vec<_>>());
         let tail = log.read_after(45, 1000, usize::MAX).expect("read");
         assert_eq!(tail.first().map(|r| r.seq), Some(46));
         assert_eq!(log.read_after(10, 3, usize::MAX).expect("read").len(), 3);
         drop(log);
         let reopened = EventLog::open(config(&dir, 200)).expect("reopen");
         assert_eq!(reopened.head(), 50);
-        assert!(reopened
-            .read_after(50, 10, usize::MAX)
-            .expect("read")
-            .is_empty());
+        assert!(reopened.read_after(50, 10, usize::MAX).expect("read").is_empty());
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -436,24 +393,16 @@ mod tests {
     fn torn_tail_is_truncated() {
         let dir = temp_dir("torn");
         let mut log = EventLog::open(config(&dir, 1 << 20)).expect("open");
-        log.append_batch(&[(1, 1, "did:plc:a", b"one"), (2, 2, "did:plc:a", b"two")])
-            .expect("append");
+        log.append_batch(&[(1, 1, "did:plc:a", b"one"), (2, 2, "did:plc:a", b"two")]).expect("append");
         let path = log.segments[0].path.clone();
         drop(log);
         let mut file = OpenOptions::new().append(true).open(&path).expect("open");
-        file.write_all(&[40, 0, 0, 0, 1, 2, 3])
-            .expect("write garbage");
+        file.write_all(&[40, 0, 0, 0, 1, 2, 3]).expect("write garbage");
         drop(file);
         let mut log = EventLog::open(config(&dir, 1 << 20)).expect("reopen");
         assert_eq!(log.head(), 2);
-        log.append_batch(&[(3, 3, "did:plc:a", b"three")])
-            .expect("append after recovery");
-        let seqs: Vec<u64> = log
-            .read_after(0, 10, usize::MAX)
-            .expect("read")
-            .iter()
-            .map(|r| r.seq)
-            .collect();
+        log.append_batch(&[(3, 3, "did:plc:a", b"three")]).expect("append after recovery");
+        let seqs: Vec<u64> = log.read_after(0, 10, usize::MAX).expect("read").iter().map(|r| r.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3]);
         let _ = fs::remove_dir_all(&dir);
     }
@@ -463,13 +412,9 @@ mod tests {
         let dir = temp_dir("gc");
         let mut log = EventLog::open(config(&dir, 100)).expect("open");
         for seq in 1..=30u64 {
-            log.append_batch(&[(seq, seq, "did:plc:a", &[0u8; 40])])
-                .expect("append");
+            log.append_batch(&[(seq, seq, "did:plc:a", &[0u8; 40])]).expect("append");
         }
-        assert!(matches!(
-            log.append_batch(&[(30, 31, "d", b"x")]),
-            Err(LogError::SeqNotIncreasing { .. })
-        ));
+        assert!(matches!(log.append_batch(&[(30, 31, "d", b"x")]), Err(LogError::SeqNotIncreasing { .. })));
         let before = log.segments.len();
         let removed = log.collect_garbage(20).expect("gc");
         assert!(removed > 0 && log.segments.len() == before - removed);

@@ -19,6 +19,8 @@ use tokio::sync::{broadcast, mpsc, watch};
 pub struct Outgoing {
     pub did: String,
     pub event: Event,
+    /// Marks the upstream event done when dropped, which happens after the fsync.
+    pub in_flight: Option<crate::ingest::InFlight>,
 }
 
 /// A sequenced event as sent to consumers.
@@ -93,22 +95,14 @@ pub fn start(
     config: SequencerConfig,
     queue_events: usize,
     metrics: crate::metrics::Metrics,
-) -> (
-    SequencerHandle,
-    std::thread::JoinHandle<Result<(), LogError>>,
-) {
+) -> (SequencerHandle, std::thread::JoinHandle<Result<(), LogError>>) {
     let (input, rx) = mpsc::channel(queue_events.max(1));
     let (live, _) = broadcast::channel(config.live_buffer_events.max(16));
     let (head_tx, head) = watch::channel(log.head());
     metrics.seq_head.set(log.head() as i64);
     let log = Arc::new(Mutex::new(log));
-    let handle = SequencerHandle {
-        input,
-        live: live.clone(),
-        head,
-        log: log.clone(),
-        purges: PurgeMarks::default(),
-    };
+    let handle =
+        SequencerHandle { input, live: live.clone(), head, log: log.clone(), purges: PurgeMarks::default() };
     let thread = std::thread::Builder::new()
         .name("sequencer".into())
         .spawn(move || run(log, rx, live, head_tx, config, metrics))
@@ -144,31 +138,25 @@ fn run(
         }
         let now = now_micros();
         let mut sequenced = Vec::with_capacity(batch.len());
-        for Outgoing { did, mut event } in batch.drain(..) {
+        let mut completions = Vec::with_capacity(batch.len());
+        for Outgoing { did, mut event, in_flight } in batch.drain(..) {
+            completions.push(in_flight);
             event.set_seq(next_seq as i64);
             match frame::encode(&event) {
                 Ok(bytes) => {
-                    sequenced.push(Sequenced {
-                        seq: next_seq,
-                        did,
-                        frame: bytes,
-                    });
+                    sequenced.push(Sequenced { seq: next_seq, did, frame: bytes });
                     next_seq += 1;
                 }
                 Err(error) => tracing::error!(%error, "dropping an event that cannot be encoded"),
             }
         }
-        let records: Vec<(u64, u64, &str, &[u8])> = sequenced
-            .iter()
-            .map(|s| (s.seq, now, s.did.as_str(), s.frame.as_slice()))
-            .collect();
+        let records: Vec<(u64, u64, &str, &[u8])> =
+            sequenced.iter().map(|s| (s.seq, now, s.did.as_str(), s.frame.as_slice())).collect();
         let write_started = std::time::Instant::now();
-        log.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .append_batch(&records)?;
-        metrics
-            .log_write_seconds
-            .observe(write_started.elapsed().as_secs_f64());
+        log.lock().unwrap_or_else(|p| p.into_inner()).append_batch(&records)?;
+        metrics.log_write_seconds.observe(write_started.elapsed().as_secs_f64());
+        // Durable now: the upstream cursors may move past these events.
+        drop(completions);
         if let Some(last) = sequenced.last() {
             let _ = head_tx.send(last.seq);
             metrics.seq_head.set(last.seq as i64);
@@ -181,15 +169,9 @@ fn run(
         if last_gc.elapsed() >= config.gc_interval {
             last_gc = std::time::Instant::now();
             let cutoff = now.saturating_sub(config.replay_window.as_micros() as u64);
-            let removed = log
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .collect_garbage(cutoff)?;
+            let removed = log.lock().unwrap_or_else(|p| p.into_inner()).collect_garbage(cutoff)?;
             if removed > 0 {
-                tracing::info!(
-                    removed,
-                    "collected event log segments older than the replay window"
-                );
+                tracing::info!(removed, "collected event log segments older than the replay window");
             }
         }
     }

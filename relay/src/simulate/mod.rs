@@ -94,18 +94,12 @@ impl SimHost {
         *next += 1;
         event.set_seq(seq);
         let bytes = frame::encode(&event).expect("simulated events encode");
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((seq, bytes.clone()));
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).push((seq, bytes.clone()));
         let _ = self.live.send((seq, bytes));
     }
 
     fn emit_raw(&self, seq: i64, bytes: Vec<u8>) {
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((seq, bytes.clone()));
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).push((seq, bytes.clone()));
         let _ = self.live.send((seq, bytes));
     }
 
@@ -154,19 +148,13 @@ impl Simulation {
         let plc = Arc::new(SimPlc::default());
         let plc_listener = tokio::net::TcpListener::bind((config.bind.as_str(), 0)).await?;
         let plc_addr = plc_listener.local_addr()?;
-        let plc_app = Router::new()
-            .route("/{did}", get(plc_doc))
-            .with_state(plc.clone());
+        let plc_app = Router::new().route("/{did}", get(plc_doc)).with_state(plc.clone());
         tokio::spawn(async move { axum::serve(plc_listener, plc_app).await });
         let mut hosts = Vec::new();
         for index in 0..config.hosts {
             let listener = tokio::net::TcpListener::bind((config.bind.as_str(), 0)).await?;
             let addr = listener.local_addr()?;
-            let hostile = if index + 1 == config.hosts {
-                config.hostile.clone()
-            } else {
-                Vec::new()
-            };
+            let hostile = if index + 1 == config.hosts { config.hostile.clone() } else { Vec::new() };
             let (live, _) = broadcast::channel(4096);
             let host = Arc::new(SimHost {
                 addr,
@@ -177,23 +165,14 @@ impl Simulation {
                 hostile,
             });
             let app = Router::new()
-                .route(
-                    "/xrpc/com.atproto.server.describeServer",
-                    get(describe_server),
-                )
+                .route("/xrpc/com.atproto.server.describeServer", get(describe_server))
                 .route("/xrpc/com.atproto.sync.subscribeRepos", get(subscribe))
                 .route("/xrpc/com.atproto.sync.listRepos", get(list_repos))
                 .with_state(host.clone());
             tokio::spawn(async move { axum::serve(listener, app).await });
             hosts.push(host);
         }
-        Ok(Arc::new(Simulation {
-            hosts,
-            plc,
-            plc_addr,
-            commits: 0.into(),
-            config,
-        }))
+        Ok(Arc::new(Simulation { hosts, plc, plc_addr, commits: 0.into(), config }))
     }
 
     /// Creates the accounts; each announces `#identity`, `#account` and `#sync` on its host.
@@ -210,11 +189,7 @@ impl Simulation {
                     &key.public_key(),
                     &format!("http://{}", host.addr),
                 );
-                self.plc
-                    .docs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(did.clone(), doc);
+                self.plc.docs.lock().unwrap_or_else(|p| p.into_inner()).insert(did.clone(), doc);
                 let mut repo = Repo::new(&did, key);
                 host.emit(Event::Identity(IdentityEvent {
                     seq: 0,
@@ -230,14 +205,11 @@ impl Simulation {
                     status: None,
                 }));
                 host.emit(Event::Sync(repo.sync_event(0, now_micros())));
-                host.accounts
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(SimAccount {
-                        repo,
-                        handle,
-                        posts: Vec::new(),
-                    });
+                host.accounts.lock().unwrap_or_else(|p| p.into_inner()).push(SimAccount {
+                    repo,
+                    handle,
+                    posts: Vec::new(),
+                });
             }
         }
     }
@@ -273,8 +245,7 @@ impl Simulation {
         let Ok(mut commit) = account.repo.commit(&[write], 0, now) else {
             return;
         };
-        self.commits
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let hostile = host.hostile.clone();
         drop(accounts);
         if hostile.is_empty() || rng.u8(..4) != 0 {
@@ -317,9 +288,7 @@ impl Simulation {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         loop {
             ticker.tick().await;
-            let burst = (self.config.rate * ticker.period().as_secs_f64())
-                .ceil()
-                .max(1.0) as usize;
+            let burst = (self.config.rate * ticker.period().as_secs_f64()).ceil().max(1.0) as usize;
             for _ in 0..burst {
                 self.step(&mut rng);
             }
@@ -335,10 +304,7 @@ impl Simulation {
         let client = reqwest::Client::new();
         for host in &self.hosts {
             let response = client
-                .post(format!(
-                    "{}/admin/pds/requestCrawl",
-                    admin_url.trim_end_matches('/')
-                ))
+                .post(format!("{}/admin/pds/requestCrawl", admin_url.trim_end_matches('/')))
                 .bearer_auth(token)
                 .json(&json!({ "hostname": format!("http://{}", host.hostname()) }))
                 .send()
@@ -359,10 +325,7 @@ impl Simulation {
 async fn plc_doc(State(plc): State<Arc<SimPlc>>, Path(did): Path<String>) -> Response {
     match plc.docs.lock().unwrap_or_else(|p| p.into_inner()).get(&did) {
         Some(doc) => Json(doc.clone()).into_response(),
-        None => (
-            axum::http::StatusCode::NOT_FOUND,
-            Json(json!({"message": "DID not registered"})),
-        )
+        None => (axum::http::StatusCode::NOT_FOUND, Json(json!({"message": "DID not registered"})))
             .into_response(),
     }
 }
@@ -401,13 +364,7 @@ async fn stream_events(mut socket: WebSocket, host: Arc<SimHost>, cursor: Option
         let backlog: Vec<(i64, Vec<u8>)> = host
             .events
             .lock()
-            .map(|events| {
-                events
-                    .iter()
-                    .filter(|(seq, _)| *seq > cursor)
-                    .cloned()
-                    .collect()
-            })
+            .map(|events| events.iter().filter(|(seq, _)| *seq > cursor).cloned().collect())
             .unwrap_or_default();
         for (seq, bytes) in backlog {
             if socket.send(Message::Binary(bytes.into())).await.is_err() {

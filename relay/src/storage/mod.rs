@@ -97,10 +97,8 @@ fn account_from_row(row: &AnyRow) -> Result<Account, sqlx::Error> {
     })
 }
 
-const HOST_COLUMNS: &str =
-    "id, hostname, status, last_seq, account_limit, trusted, ssl, created_at";
-const ACCOUNT_COLUMNS: &str =
-    "did, host_id, local_status, upstream_status, rev, data_cid, commit_cid";
+const HOST_COLUMNS: &str = "id, hostname, status, last_seq, account_limit, trusted, ssl, created_at";
+const ACCOUNT_COLUMNS: &str = "did, host_id, local_status, upstream_status, rev, data_cid, commit_cid";
 
 impl Store {
     /// Connects (creating an SQLite file if needed) and runs migrations.
@@ -117,26 +115,16 @@ impl Store {
             url.to_string()
         };
         // SQLite allows one writer; a small pool avoids lock contention.
-        let connections = if is_sqlite {
-            max_connections.min(4)
-        } else {
-            max_connections
-        };
+        let connections = if is_sqlite { max_connections.min(4) } else { max_connections };
         let pool = AnyPoolOptions::new()
             .max_connections(connections.max(1))
             .acquire_timeout(Duration::from_secs(30))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if is_sqlite {
-                        sqlx::query("PRAGMA journal_mode = WAL")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA synchronous = NORMAL")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA busy_timeout = 10000")
-                            .execute(&mut *conn)
-                            .await?;
+                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
                     }
                     Ok(())
                 })
@@ -160,19 +148,13 @@ impl Store {
 
     pub async fn host_by_name(&self, hostname: &str) -> Result<Option<Host>, StoreError> {
         let sql = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE hostname = $1");
-        let row = sqlx::query(&sql)
-            .bind(hostname)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&sql).bind(hostname).fetch_optional(&self.pool).await?;
         Ok(row.as_ref().map(host_from_row).transpose()?)
     }
 
     pub async fn host_by_id(&self, id: i64) -> Result<Option<Host>, StoreError> {
         let sql = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = $1");
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
         Ok(row.as_ref().map(host_from_row).transpose()?)
     }
 
@@ -196,19 +178,13 @@ impl Store {
         .bind(now)
         .execute(&self.pool)
         .await?;
-        self.host_by_name(hostname)
-            .await?
-            .ok_or(StoreError::Sql(sqlx::Error::RowNotFound))
+        self.host_by_name(hostname).await?.ok_or(StoreError::Sql(sqlx::Error::RowNotFound))
     }
 
     /// Hosts with id > `after`, in id order.
     pub async fn list_hosts(&self, after: i64, limit: i64) -> Result<Vec<Host>, StoreError> {
         let sql = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id > $1 ORDER BY id LIMIT $2");
-        let rows = sqlx::query(&sql)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&sql).bind(after).bind(limit).fetch_all(&self.pool).await?;
         Ok(rows.iter().map(host_from_row).collect::<Result<_, _>>()?)
     }
 
@@ -254,19 +230,12 @@ impl Store {
 
     pub async fn account(&self, did: &str) -> Result<Option<Account>, StoreError> {
         let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE did = $1");
-        let row = sqlx::query(&sql)
-            .bind(did)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&sql).bind(did).fetch_optional(&self.pool).await?;
         Ok(row.as_ref().map(account_from_row).transpose()?)
     }
 
     /// Creates the account row if missing (first event seen for the DID).
-    pub async fn ensure_account(
-        &self,
-        did: &str,
-        host_id: Option<i64>,
-    ) -> Result<Account, StoreError> {
+    pub async fn ensure_account(&self, did: &str, host_id: Option<i64>) -> Result<Account, StoreError> {
         sqlx::query(
             "INSERT INTO accounts (did, host_id, local_status, upstream_status, updated_at) \
              VALUES ($1, $2, 'active', 'active', $3) ON CONFLICT (did) DO NOTHING",
@@ -276,9 +245,7 @@ impl Store {
         .bind(now_seconds())
         .execute(&self.pool)
         .await?;
-        self.account(did)
-            .await?
-            .ok_or(StoreError::Sql(sqlx::Error::RowNotFound))
+        self.account(did).await?.ok_or(StoreError::Sql(sqlx::Error::RowNotFound))
     }
 
     pub async fn set_account_host(&self, did: &str, host_id: i64) -> Result<(), StoreError> {
@@ -302,13 +269,12 @@ impl Store {
     }
 
     pub async fn set_local_status(&self, did: &str, status: &str) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("UPDATE accounts SET local_status = $1, updated_at = $2 WHERE did = $3")
-                .bind(status)
-                .bind(now_seconds())
-                .bind(did)
-                .execute(&self.pool)
-                .await?;
+        let done = sqlx::query("UPDATE accounts SET local_status = $1, updated_at = $2 WHERE did = $3")
+            .bind(status)
+            .bind(now_seconds())
+            .bind(did)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -337,44 +303,32 @@ impl Store {
             "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE did > $1 AND rev IS NOT NULL \
              AND local_status = 'active' AND upstream_status = 'active' ORDER BY did LIMIT $2"
         );
-        let rows = sqlx::query(&sql)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(account_from_row)
-            .collect::<Result<_, _>>()?)
+        let rows = sqlx::query(&sql).bind(after).bind(limit).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(account_from_row).collect::<Result<_, _>>()?)
     }
 
     // ---- bans and purges
 
     pub async fn ban_domain(&self, domain: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO domain_bans (domain, created_at) VALUES ($1, $2) ON CONFLICT (domain) DO NOTHING")
-            .bind(domain)
-            .bind(now_seconds())
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO domain_bans (domain, created_at) VALUES ($1, $2) ON CONFLICT (domain) DO NOTHING",
+        )
+        .bind(domain)
+        .bind(now_seconds())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     pub async fn unban_domain(&self, domain: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM domain_bans WHERE domain = $1")
-            .bind(domain)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query("DELETE FROM domain_bans WHERE domain = $1").bind(domain).execute(&self.pool).await?;
         Ok(())
     }
 
     pub async fn domain_bans(&self) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query("SELECT domain FROM domain_bans ORDER BY domain")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| r.try_get("domain"))
-            .collect::<Result<_, _>>()?)
+        let rows =
+            sqlx::query("SELECT domain FROM domain_bans ORDER BY domain").fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(|r| r.try_get("domain")).collect::<Result<_, _>>()?)
     }
 
     pub async fn save_purge(&self, did: &str, before_seq: i64) -> Result<(), StoreError> {
@@ -390,9 +344,7 @@ impl Store {
     }
 
     pub async fn purges(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query("SELECT did, before_seq FROM purges")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query("SELECT did, before_seq FROM purges").fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| Ok((r.try_get("did")?, r.try_get("before_seq")?)))
             .collect::<Result<_, sqlx::Error>>()

@@ -81,24 +81,14 @@ impl MessageResult {
 
 fn identity_of(account: &ScenarioAccount) -> Result<Identity, ScenarioError> {
     let id = &account.identity;
-    let fail = |problem: String| ScenarioError::Account {
-        did: id.did.clone(),
-        problem,
-    };
+    let fail = |problem: String| ScenarioError::Account { did: id.did.clone(), problem };
     let multibase = id.keys["atproto"]["publicKeyMultibase"].as_str();
     let signing_key = match multibase {
         Some(m) => Some(PublicKey::from_multikey(m).map_err(|e| fail(e.to_string()))?),
         None => None,
     };
-    let pds_endpoint = id.services["atproto_pds"]["url"]
-        .as_str()
-        .map(str::to_string);
-    Ok(Identity {
-        did: id.did.clone(),
-        handle: id.handle.clone(),
-        signing_key,
-        pds_endpoint,
-    })
+    let pds_endpoint = id.services["atproto_pds"]["url"].as_str().map(str::to_string);
+    Ok(Identity { did: id.did.clone(), handle: id.handle.clone(), signing_key, pds_endpoint })
 }
 
 impl Scenario {
@@ -108,21 +98,12 @@ impl Scenario {
 
     /// A tracker loaded with the scenario's accounts and validation mode.
     pub fn tracker(&self) -> Result<Tracker, ScenarioError> {
-        let mut tracker = Tracker::new(Policy {
-            lenient: self.lenient,
-            ..Policy::default()
-        });
+        let mut tracker = Tracker::new(Policy { lenient: self.lenient, ..Policy::default() });
         for account in &self.accounts {
             let identity = identity_of(account)?;
             let status = account.status.clone().unwrap_or_else(|| "active".into());
             let active = status == "active";
-            tracker.statuses.insert(
-                identity.did.clone(),
-                AccountStatus {
-                    active,
-                    status: Some(status),
-                },
-            );
+            tracker.statuses.insert(identity.did.clone(), AccountStatus { active, status: Some(status) });
             tracker.identities.insert(identity.did.clone(), identity);
         }
         Ok(tracker)
@@ -136,21 +117,10 @@ impl Scenario {
         for (index, message) in self.messages.iter().enumerate() {
             let decoded = frame::event_from_json(&message.frame.header, &message.frame.body);
             let (kind, outcome) = match decoded {
-                Ok(event) => (
-                    event.type_name().to_string(),
-                    tracker.process("upstream", &event, now),
-                ),
-                Err(e) => (
-                    "undecodable".to_string(),
-                    Err(Drop::Rejected(frame_rejection(e))),
-                ),
+                Ok(event) => (event.type_name().to_string(), tracker.process("upstream", &event, now)),
+                Err(e) => ("undecodable".to_string(), Err(Drop::Rejected(frame_rejection(e)))),
             };
-            results.push(MessageResult {
-                index,
-                kind,
-                outcome,
-                expected_drop: message.drop,
-            });
+            results.push(MessageResult { index, kind, outcome, expected_drop: message.drop });
         }
         Ok(results)
     }

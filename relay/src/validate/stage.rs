@@ -16,6 +16,7 @@ pub struct Incoming {
     pub host_id: i64,
     pub hostname: Arc<str>,
     pub event: Event,
+    in_flight: crate::ingest::InFlight,
     _budget: OwnedSemaphorePermit,
 }
 
@@ -26,18 +27,11 @@ pub struct ValidationStage {
 }
 
 /// Creates the queues; the receivers go to `spawn_workers`.
-pub fn channels(
-    workers: usize,
-    budget_bytes: usize,
-) -> (ValidationStage, Vec<mpsc::Receiver<Incoming>>) {
+pub fn channels(workers: usize, budget_bytes: usize) -> (ValidationStage, Vec<mpsc::Receiver<Incoming>>) {
     let workers = workers.max(1);
     let (shards, receivers) = (0..workers).map(|_| mpsc::channel(4096)).unzip();
     let budget_bytes = budget_bytes.clamp(8 << 20, u32::MAX as usize >> 4);
-    let stage = ValidationStage {
-        shards,
-        budget: Arc::new(Semaphore::new(budget_bytes)),
-        budget_bytes,
-    };
+    let stage = ValidationStage { shards, budget: Arc::new(Semaphore::new(budget_bytes)), budget_bytes };
     (stage, receivers)
 }
 
@@ -49,20 +43,21 @@ fn shard_of(did: &str, shards: usize) -> usize {
 
 impl ValidationStage {
     /// Queues an event, waiting while the byte budget is spent.
-    pub async fn submit(&self, host_id: i64, hostname: Arc<str>, event: Event, size: usize) {
+    pub async fn submit(
+        &self,
+        host_id: i64,
+        hostname: Arc<str>,
+        event: Event,
+        size: usize,
+        in_flight: crate::ingest::InFlight,
+    ) {
         let permits = size.clamp(1, self.budget_bytes) as u32;
         let Ok(budget) = self.budget.clone().acquire_many_owned(permits).await else {
             return;
         };
         let shard = shard_of(event.did().unwrap_or_default(), self.shards.len());
-        let _ = self.shards[shard]
-            .send(Incoming {
-                host_id,
-                hostname,
-                event,
-                _budget: budget,
-            })
-            .await;
+        let _ =
+            self.shards[shard].send(Incoming { host_id, hostname, event, in_flight, _budget: budget }).await;
     }
 
     /// Bytes currently queued.
@@ -78,10 +73,7 @@ pub fn spawn_workers(relay: Arc<Relay>, receivers: Vec<mpsc::Receiver<Incoming>>
             while let Some(incoming) = receiver.recv().await {
                 let started = std::time::Instant::now();
                 process(&relay, incoming).await;
-                relay
-                    .metrics
-                    .validation_seconds
-                    .observe(started.elapsed().as_secs_f64());
+                relay.metrics.validation_seconds.observe(started.elapsed().as_secs_f64());
                 relay
                     .metrics
                     .queue_bytes
@@ -97,12 +89,7 @@ fn reject(relay: &Relay, reason: &str) {
 }
 
 async fn process(relay: &Arc<Relay>, incoming: Incoming) {
-    let Incoming {
-        host_id,
-        hostname,
-        mut event,
-        ..
-    } = incoming;
+    let Incoming { host_id, hostname, mut event, in_flight, .. } = incoming;
     let Some(did) = event.did().map(str::to_string) else {
         return;
     };
@@ -118,39 +105,25 @@ async fn process(relay: &Arc<Relay>, incoming: Incoming) {
     }
     let mut identity = relay.resolver.resolve(&did).await.ok();
     let last = match (&account.rev, &account.data_cid) {
-        (Some(rev), Some(data)) => cid::Cid::try_from(data.as_str())
-            .ok()
-            .map(|data| RepoState {
-                rev: rev.clone(),
-                data,
-            }),
+        (Some(rev), Some(data)) => {
+            cid::Cid::try_from(data.as_str()).ok().map(|data| RepoState { rev: rev.clone(), data })
+        }
         _ => None,
     };
     // #account carries the upstream's status; judge the event itself as active.
     let active = matches!(event, Event::Account(_)) || account.is_active();
     let now = super::verdict::now_micros();
     let judge = |identity: Option<&crate::identity::Identity>| {
-        let view = AccountView {
-            identity,
-            active,
-            source_host: Some(&hostname),
-        };
+        let view = AccountView { identity, active, source_host: Some(&hostname) };
         verify_event(&event, &view, last.as_ref(), &relay.policy, now)
     };
     let mut verdict = judge(identity.as_deref());
-    if verdict
-        .as_ref()
-        .err()
-        .is_some_and(Rejection::identity_may_be_stale)
-    {
+    if verdict.as_ref().err().is_some_and(Rejection::identity_may_be_stale) {
         // Key rotation or migration: look the identity up again once before dropping.
         identity = relay.resolver.refresh(&did).await.ok();
         verdict = judge(identity.as_deref());
     }
-    relay
-        .metrics
-        .identity_cache_entries
-        .set(relay.resolver.cache_len() as i64);
+    relay.metrics.identity_cache_entries.set(relay.resolver.cache_len() as i64);
     let accepted = match verdict {
         Ok(accepted) => accepted,
         Err(rejection) => {
@@ -165,21 +138,13 @@ async fn process(relay: &Arc<Relay>, incoming: Incoming) {
         tracing::error!(%error, %did, "storing account state");
         return reject(relay, "store_error");
     }
-    relay
-        .metrics
-        .events_accepted
-        .with_label_values(&[event.type_name()])
-        .inc();
+    relay.metrics.events_accepted.with_label_values(&[event.type_name()]).inc();
     relay.note_accepted();
-    let _ = relay.sequencer.input.send(Outgoing { did, event }).await;
+    let _ = relay.sequencer.input.send(Outgoing { did, event, in_flight: Some(in_flight) }).await;
 }
 
 /// Refuses events for accounts beyond a host's account limit (new accounts only).
-async fn account_within_host_limit(
-    relay: &Relay,
-    account: &crate::storage::Account,
-    host_id: i64,
-) -> bool {
+async fn account_within_host_limit(relay: &Relay, account: &crate::storage::Account, host_id: i64) -> bool {
     if account.rev.is_some() || account.host_id != Some(host_id) {
         return true;
     }
@@ -210,20 +175,13 @@ async fn apply(
             let status = if upstream.active {
                 "active".to_string()
             } else {
-                upstream
-                    .status
-                    .clone()
-                    .unwrap_or_else(|| "deactivated".into())
+                upstream.status.clone().unwrap_or_else(|| "deactivated".into())
             };
-            relay
-                .store
-                .set_upstream_status(&account.did, &status)
-                .await?;
+            relay.store.set_upstream_status(&account.did, &status).await?;
             updated.upstream_status = status;
             // Hop by hop: consumers see the status at this relay (a local takedown wins).
             upstream.active = updated.is_active();
-            upstream.status =
-                (!updated.is_active()).then(|| updated.effective_status().to_string());
+            upstream.status = (!updated.is_active()).then(|| updated.effective_status().to_string());
         }
         Event::Identity(_) => {
             let _ = relay.resolver.refresh(&account.did).await;
@@ -236,10 +194,7 @@ async fn apply(
             _ => None,
         };
         let data = state.data.to_string();
-        relay
-            .store
-            .save_repo_state(&account.did, &state.rev, &data, commit_cid.as_deref())
-            .await?;
+        relay.store.save_repo_state(&account.did, &state.rev, &data, commit_cid.as_deref()).await?;
         updated.rev = Some(state.rev.clone());
         updated.data_cid = Some(data);
         if commit_cid.is_some() {

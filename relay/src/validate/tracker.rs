@@ -45,19 +45,11 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(policy: Policy) -> Tracker {
-        Tracker {
-            policy,
-            ..Tracker::default()
-        }
+        Tracker { policy, ..Tracker::default() }
     }
 
     /// Processes one event received from `host`; returns what was accepted or why it was dropped.
-    pub fn process(
-        &mut self,
-        host: &str,
-        event: &Event,
-        now_micros: u64,
-    ) -> Result<Accepted, Drop> {
+    pub fn process(&mut self, host: &str, event: &Event, now_micros: u64) -> Result<Accepted, Drop> {
         if let Some(seq) = event.seq() {
             let last = self.host_seq.get(host).copied();
             if let Some(last) = last.filter(|last| seq <= *last) {
@@ -74,10 +66,7 @@ impl Tracker {
         };
         let accepted = verify_event(event, &view, self.repos.get(&did), &self.policy, now_micros)?;
         if let Event::Account(account) = event {
-            let status = AccountStatus {
-                active: account.active,
-                status: account.status.clone(),
-            };
+            let status = AccountStatus { active: account.active, status: account.status.clone() };
             self.statuses.insert(did.clone(), status);
         }
         if let Some(state) = &accepted.new_state {

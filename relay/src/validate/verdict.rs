@@ -49,10 +49,7 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy {
-            lenient: false,
-            max_rev_future: Duration::from_secs(300),
-        }
+        Policy { lenient: false, max_rev_future: Duration::from_secs(300) }
     }
 }
 
@@ -64,10 +61,7 @@ pub enum Rejection {
     #[error("identity has no #atproto signing key")]
     NoSigningKey,
     #[error("event came from {got}, but the account's PDS is {expected:?}")]
-    WrongHost {
-        expected: Option<String>,
-        got: String,
-    },
+    WrongHost { expected: Option<String>, got: String },
     #[error("account is not active")]
     AccountInactive,
     #[error("rev {0:?} is not a valid TID")]
@@ -133,24 +127,15 @@ impl Rejection {
 
     /// Rejections that a fresh identity lookup might cure (key rotation, migration).
     pub fn identity_may_be_stale(&self) -> bool {
-        matches!(
-            self,
-            Rejection::BadSignature(_) | Rejection::WrongHost { .. } | Rejection::NoSigningKey
-        )
+        matches!(self, Rejection::BadSignature(_) | Rejection::WrongHost { .. } | Rejection::NoSigningKey)
     }
 }
 
 /// A discontinuity: the commit does not follow from the last state we accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChainBreak {
-    SinceMismatch {
-        expected: String,
-        got: Option<String>,
-    },
-    PrevDataMismatch {
-        expected: Cid,
-        got: Option<Cid>,
-    },
+    SinceMismatch { expected: String, got: Option<String> },
+    PrevDataMismatch { expected: Cid, got: Option<Cid> },
 }
 
 /// An accepted event and what it changes.
@@ -198,33 +183,18 @@ fn check_host(account: &AccountView) -> Result<(), Rejection> {
         return Ok(());
     };
     let expected = identity.pds_host();
-    if expected
-        .as_deref()
-        .is_some_and(|pds| pds.eq_ignore_ascii_case(source))
-    {
+    if expected.as_deref().is_some_and(|pds| pds.eq_ignore_ascii_case(source)) {
         Ok(())
     } else {
-        Err(Rejection::WrongHost {
-            expected,
-            got: source.to_string(),
-        })
+        Err(Rejection::WrongHost { expected, got: source.to_string() })
     }
 }
 
-fn check_rev(
-    rev: &str,
-    last: Option<&RepoState>,
-    policy: &Policy,
-    now_micros: u64,
-) -> Result<(), Rejection> {
-    let micros =
-        syntax::tid_timestamp_micros(rev).map_err(|_| Rejection::BadRev(rev.to_string()))?;
+fn check_rev(rev: &str, last: Option<&RepoState>, policy: &Policy, now_micros: u64) -> Result<(), Rejection> {
+    let micros = syntax::tid_timestamp_micros(rev).map_err(|_| Rejection::BadRev(rev.to_string()))?;
     if let Some(last) = last {
         if rev <= last.rev.as_str() {
-            return Err(Rejection::RevNotNewer {
-                last: last.rev.clone(),
-                got: rev.to_string(),
-            });
+            return Err(Rejection::RevNotNewer { last: last.rev.clone(), got: rev.to_string() });
         }
     }
     let allowed = now_micros.saturating_add(policy.max_rev_future.as_micros() as u64);
@@ -246,8 +216,7 @@ fn open_commit<'b>(
         return Err(Rejection::CarRootMismatch);
     }
     let bytes = car.get(&root).ok_or(Rejection::CommitBlockMissing)?;
-    let commit =
-        SignedCommit::decode(bytes).map_err(|e| Rejection::BadCommitObject(e.to_string()))?;
+    let commit = SignedCommit::decode(bytes).map_err(|e| Rejection::BadCommitObject(e.to_string()))?;
     if commit.version != 3 {
         return Err(Rejection::CommitVersion(commit.version));
     }
@@ -255,10 +224,7 @@ fn open_commit<'b>(
 }
 
 fn verify_signature(commit: &SignedCommit, account: &AccountView) -> Result<(), Rejection> {
-    let key = account
-        .identity
-        .and_then(|i| i.signing_key.as_ref())
-        .ok_or(Rejection::NoSigningKey)?;
+    let key = account.identity.and_then(|i| i.signing_key.as_ref()).ok_or(Rejection::NoSigningKey)?;
     commit.verify(key).map_err(Rejection::BadSignature)
 }
 
@@ -271,8 +237,7 @@ fn verify_commit(
 ) -> Result<Accepted, Rejection> {
     check_account(account)?;
     check_rev(&event.rev, last, policy, now_micros)?;
-    let (car, commit, _) =
-        open_commit(&event.blocks, MAX_COMMIT_BLOCKS_BYTES, Some(&event.commit))?;
+    let (car, commit, _) = open_commit(&event.blocks, MAX_COMMIT_BLOCKS_BYTES, Some(&event.commit))?;
     if commit.did != event.repo {
         return Err(Rejection::FieldMismatch("repo"));
     }
@@ -290,36 +255,21 @@ fn verify_commit(
         None => return Err(Rejection::MissingPrevData),
     }
     let chain_break = last.and_then(|last| detect_chain_break(event, last));
-    Ok(Accepted {
-        new_state: Some(RepoState {
-            rev: commit.rev,
-            data: commit.data,
-        }),
-        chain_break,
-    })
+    Ok(Accepted { new_state: Some(RepoState { rev: commit.rev, data: commit.data }), chain_break })
 }
 
 fn detect_chain_break(event: &Commit, last: &RepoState) -> Option<ChainBreak> {
     if event.since.as_deref() != Some(last.rev.as_str()) {
-        return Some(ChainBreak::SinceMismatch {
-            expected: last.rev.clone(),
-            got: event.since.clone(),
-        });
+        return Some(ChainBreak::SinceMismatch { expected: last.rev.clone(), got: event.since.clone() });
     }
     if event.prev_data.is_some_and(|prev| prev != last.data) {
-        return Some(ChainBreak::PrevDataMismatch {
-            expected: last.data,
-            got: event.prev_data,
-        });
+        return Some(ChainBreak::PrevDataMismatch { expected: last.data, got: event.prev_data });
     }
     None
 }
 
 fn bad_op(op: &RepoOp, problem: &'static str) -> Rejection {
-    Rejection::BadOp {
-        path: op.path.clone(),
-        problem,
-    }
+    Rejection::BadOp { path: op.path.clone(), problem }
 }
 
 /// Each op must be well-formed for its action; paths must be unique.
@@ -373,10 +323,8 @@ fn check_records(ops: &[RepoOp], car: &car::Car) -> Result<(), Rejection> {
             });
         }
         if cid.codec() == cbor::DAG_CBOR {
-            cbor::check(bytes, Limits::lenient()).map_err(|e| Rejection::BadRecord {
-                path: op.path.clone(),
-                problem: e.to_string(),
-            })?;
+            cbor::check(bytes, Limits::lenient())
+                .map_err(|e| Rejection::BadRecord { path: op.path.clone(), problem: e.to_string() })?;
         }
     }
     Ok(())
@@ -450,13 +398,7 @@ fn verify_sync(
         return Err(Rejection::FieldMismatch("rev"));
     }
     verify_signature(&commit, account)?;
-    Ok(Accepted {
-        new_state: Some(RepoState {
-            rev: commit.rev,
-            data: commit.data,
-        }),
-        chain_break: None,
-    })
+    Ok(Accepted { new_state: Some(RepoState { rev: commit.rev, data: commit.data }), chain_break: None })
 }
 
 /// Microseconds since the Unix epoch, for `verify_event`.

@@ -21,11 +21,7 @@ pub struct XrpcError {
 
 impl XrpcError {
     pub fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> XrpcError {
-        XrpcError {
-            status,
-            error,
-            message: message.into(),
-        }
+        XrpcError { status, error, message: message.into() }
     }
 
     pub fn bad_request(message: impl Into<String>) -> XrpcError {
@@ -34,21 +30,13 @@ impl XrpcError {
 
     pub fn internal(error: impl std::fmt::Display) -> XrpcError {
         tracing::error!(%error, "internal error serving a request");
-        XrpcError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalServerError",
-            "internal error",
-        )
+        XrpcError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", "internal error")
     }
 }
 
 impl IntoResponse for XrpcError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({ "error": self.error, "message": self.message })),
-        )
-            .into_response()
+        (self.status, Json(json!({ "error": self.error, "message": self.message }))).into_response()
     }
 }
 
@@ -59,9 +47,7 @@ fn parse_limit(raw: Option<&str>, default: i64, max: i64) -> Result<i64, XrpcErr
         None => Ok(default),
         Some(text) => match text.parse::<i64>() {
             Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(XrpcError::bad_request(format!(
-                "limit must be an integer from 1 to {max}"
-            ))),
+            _ => Err(XrpcError::bad_request(format!("limit must be an integer from 1 to {max}"))),
         },
     }
 }
@@ -71,19 +57,13 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .route("/", get(banner))
         .route("/_health", get(health))
         .route("/xrpc/_health", get(health))
-        .route(
-            "/xrpc/com.atproto.sync.subscribeRepos",
-            get(subscribe_repos),
-        )
+        .route("/xrpc/com.atproto.sync.subscribeRepos", get(subscribe_repos))
         .route("/xrpc/com.atproto.sync.listHosts", get(list_hosts))
         .route("/xrpc/com.atproto.sync.getHostStatus", get(get_host_status))
         .route("/xrpc/com.atproto.sync.requestCrawl", post(request_crawl))
         .route("/xrpc/com.atproto.sync.listRepos", get(list_repos))
         .route("/xrpc/com.atproto.sync.getRepoStatus", get(get_repo_status))
-        .route(
-            "/xrpc/com.atproto.sync.getLatestCommit",
-            get(get_latest_commit),
-        )
+        .route("/xrpc/com.atproto.sync.getLatestCommit", get(get_latest_commit))
         .route("/xrpc/com.atproto.sync.getRepo", get(get_repo))
         .with_state(relay)
 }
@@ -94,9 +74,7 @@ async fn banner() -> &'static str {
 
 pub async fn health(State(relay): State<Arc<Relay>>) -> Response {
     match relay.store.ping().await {
-        Ok(()) => {
-            Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") })).into_response()
-        }
+        Ok(()) => Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") })).into_response(),
         Err(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             Json(json!({ "status": "error", "msg": "database unavailable" })),
@@ -122,24 +100,14 @@ async fn subscribe_repos(
         None | Some("") => None,
         Some(text) => match text.parse::<u64>() {
             Ok(cursor) if cursor <= crate::atproto::cbor::MAX_SAFE_INTEGER => Some(cursor),
-            _ => {
-                return Err(XrpcError::bad_request(
-                    "cursor must be a non-negative integer",
-                ))
-            }
+            _ => return Err(XrpcError::bad_request("cursor must be a non-negative integer")),
         },
     };
-    let user_agent = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let fanout = relay.fanout.clone();
-    Ok(upgrade
-        .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| {
-            crate::fanout::serve_consumer(socket, cursor, fanout, remote.to_string(), user_agent)
-        }))
+    Ok(upgrade.max_message_size(64 * 1024).on_upgrade(move |socket| {
+        crate::fanout::serve_consumer(socket, cursor, fanout, remote.to_string(), user_agent)
+    }))
 }
 
 async fn host_json(relay: &Relay, host: &crate::storage::Host) -> serde_json::Value {
@@ -147,22 +115,13 @@ async fn host_json(relay: &Relay, host: &crate::storage::Host) -> serde_json::Va
     json!({ "hostname": host.hostname, "seq": host.last_seq, "accountCount": accounts, "status": host.status })
 }
 
-async fn list_hosts(
-    State(relay): State<Arc<Relay>>,
-    Query(params): Query<CursorParams>,
-) -> XrpcResult {
+async fn list_hosts(State(relay): State<Arc<Relay>>, Query(params): Query<CursorParams>) -> XrpcResult {
     let limit = parse_limit(params.limit.as_deref(), 200, 1000)?;
     let after = match params.cursor.as_deref() {
         None | Some("") => 0,
-        Some(text) => text
-            .parse::<i64>()
-            .map_err(|_| XrpcError::bad_request("invalid cursor"))?,
+        Some(text) => text.parse::<i64>().map_err(|_| XrpcError::bad_request("invalid cursor"))?,
     };
-    let hosts = relay
-        .store
-        .list_hosts(after, limit)
-        .await
-        .map_err(XrpcError::internal)?;
+    let hosts = relay.store.list_hosts(after, limit).await.map_err(XrpcError::internal)?;
     let mut out = Vec::with_capacity(hosts.len());
     for host in &hosts {
         out.push(host_json(&relay, host).await);
@@ -181,28 +140,14 @@ struct HostnameParam {
     hostname: Option<String>,
 }
 
-async fn get_host_status(
-    State(relay): State<Arc<Relay>>,
-    Query(params): Query<HostnameParam>,
-) -> XrpcResult {
-    let hostname = params
-        .hostname
-        .ok_or_else(|| XrpcError::bad_request("hostname is required"))?;
+async fn get_host_status(State(relay): State<Arc<Relay>>, Query(params): Query<HostnameParam>) -> XrpcResult {
+    let hostname = params.hostname.ok_or_else(|| XrpcError::bad_request("hostname is required"))?;
     let normalized = crate::ingest::crawl::normalize_hostname(&hostname, true)
         .map(|h| h.hostname)
         .unwrap_or(hostname.to_ascii_lowercase());
-    match relay
-        .store
-        .host_by_name(&normalized)
-        .await
-        .map_err(XrpcError::internal)?
-    {
+    match relay.store.host_by_name(&normalized).await.map_err(XrpcError::internal)? {
         Some(host) => Ok(Json(host_json(&relay, &host).await).into_response()),
-        None => Err(XrpcError::new(
-            StatusCode::NOT_FOUND,
-            "HostNotFound",
-            "host is not known to this relay",
-        )),
+        None => Err(XrpcError::new(StatusCode::NOT_FOUND, "HostNotFound", "host is not known to this relay")),
     }
 }
 
@@ -214,17 +159,11 @@ struct CrawlBody {
 pub fn crawl_error(error: crate::ingest::crawl::CrawlError) -> XrpcError {
     use crate::ingest::crawl::CrawlError;
     match error {
-        CrawlError::Banned => {
-            XrpcError::new(StatusCode::BAD_REQUEST, "HostBanned", error.to_string())
+        CrawlError::Banned => XrpcError::new(StatusCode::BAD_REQUEST, "HostBanned", error.to_string()),
+        CrawlError::Disabled => XrpcError::new(StatusCode::FORBIDDEN, "Forbidden", error.to_string()),
+        CrawlError::DailyLimit => {
+            XrpcError::new(StatusCode::TOO_MANY_REQUESTS, "RateLimitExceeded", error.to_string())
         }
-        CrawlError::Disabled => {
-            XrpcError::new(StatusCode::FORBIDDEN, "Forbidden", error.to_string())
-        }
-        CrawlError::DailyLimit => XrpcError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "RateLimitExceeded",
-            error.to_string(),
-        ),
         CrawlError::Probe(_) | CrawlError::IsRelay => {
             XrpcError::new(StatusCode::BAD_REQUEST, "HostNotFound", error.to_string())
         }
@@ -237,24 +176,14 @@ async fn request_crawl(
     body: Result<Json<CrawlBody>, axum::extract::rejection::JsonRejection>,
 ) -> XrpcResult {
     let Json(body) = body.map_err(|e| XrpcError::bad_request(e.body_text()))?;
-    relay
-        .request_crawl(&body.hostname, false)
-        .await
-        .map_err(crawl_error)?;
+    relay.request_crawl(&body.hostname, false).await.map_err(crawl_error)?;
     Ok(StatusCode::OK.into_response())
 }
 
-async fn list_repos(
-    State(relay): State<Arc<Relay>>,
-    Query(params): Query<CursorParams>,
-) -> XrpcResult {
+async fn list_repos(State(relay): State<Arc<Relay>>, Query(params): Query<CursorParams>) -> XrpcResult {
     let limit = parse_limit(params.limit.as_deref(), 500, 1000)?;
     let after = params.cursor.unwrap_or_default();
-    let accounts = relay
-        .store
-        .list_repos(&after, limit)
-        .await
-        .map_err(XrpcError::internal)?;
+    let accounts = relay.store.list_repos(&after, limit).await.map_err(XrpcError::internal)?;
     let repos: Vec<_> = accounts
         .iter()
         .map(|a| json!({ "did": a.did, "head": a.commit_cid, "rev": a.rev, "active": true }))
@@ -273,10 +202,7 @@ struct DidParam {
     did: Option<String>,
 }
 
-async fn account_for(
-    relay: &Relay,
-    did: Option<String>,
-) -> Result<crate::storage::Account, XrpcError> {
+async fn account_for(relay: &Relay, did: Option<String>) -> Result<crate::storage::Account, XrpcError> {
     let did = did.ok_or_else(|| XrpcError::bad_request("did is required"))?;
     syntax::validate_did(&did).map_err(|e| XrpcError::bad_request(e.to_string()))?;
     relay
@@ -287,10 +213,7 @@ async fn account_for(
         .ok_or_else(|| XrpcError::new(StatusCode::NOT_FOUND, "RepoNotFound", "repo not found"))
 }
 
-async fn get_repo_status(
-    State(relay): State<Arc<Relay>>,
-    Query(params): Query<DidParam>,
-) -> XrpcResult {
+async fn get_repo_status(State(relay): State<Arc<Relay>>, Query(params): Query<DidParam>) -> XrpcResult {
     let account = account_for(&relay, params.did).await?;
     let mut body = json!({ "did": account.did, "active": account.is_active() });
     if account.is_active() {
@@ -316,21 +239,14 @@ fn inactive_error(account: &crate::storage::Account) -> Option<XrpcError> {
     Some(XrpcError::new(StatusCode::BAD_REQUEST, name, message))
 }
 
-async fn get_latest_commit(
-    State(relay): State<Arc<Relay>>,
-    Query(params): Query<DidParam>,
-) -> XrpcResult {
+async fn get_latest_commit(State(relay): State<Arc<Relay>>, Query(params): Query<DidParam>) -> XrpcResult {
     let account = account_for(&relay, params.did).await?;
     if let Some(error) = inactive_error(&account) {
         return Err(error);
     }
     match (&account.commit_cid, &account.rev) {
         (Some(cid), Some(rev)) => Ok(Json(json!({ "cid": cid, "rev": rev })).into_response()),
-        _ => Err(XrpcError::new(
-            StatusCode::NOT_FOUND,
-            "RepoNotFound",
-            "no commit seen for this repo",
-        )),
+        _ => Err(XrpcError::new(StatusCode::NOT_FOUND, "RepoNotFound", "no commit seen for this repo")),
     }
 }
 
@@ -343,18 +259,16 @@ async fn get_repo(
     if let Some(error) = inactive_error(&account) {
         return Err(error);
     }
-    let identity = relay.resolver.resolve(&account.did).await.map_err(|_| {
-        XrpcError::new(
-            StatusCode::NOT_FOUND,
-            "RepoNotFound",
-            "identity does not resolve",
-        )
-    })?;
-    let endpoint = identity.pds_endpoint.clone().ok_or_else(|| {
-        XrpcError::new(StatusCode::NOT_FOUND, "RepoNotFound", "account has no PDS")
-    })?;
-    let mut url = url::Url::parse(&format!("{endpoint}/xrpc/com.atproto.sync.getRepo"))
-        .map_err(XrpcError::internal)?;
+    let identity =
+        relay.resolver.resolve(&account.did).await.map_err(|_| {
+            XrpcError::new(StatusCode::NOT_FOUND, "RepoNotFound", "identity does not resolve")
+        })?;
+    let endpoint = identity
+        .pds_endpoint
+        .clone()
+        .ok_or_else(|| XrpcError::new(StatusCode::NOT_FOUND, "RepoNotFound", "account has no PDS"))?;
+    let mut url =
+        url::Url::parse(&format!("{endpoint}/xrpc/com.atproto.sync.getRepo")).map_err(XrpcError::internal)?;
     url.query_pairs_mut().append_pair("did", &account.did);
     if let Some(since) = params.get("since") {
         url.query_pairs_mut().append_pair("since", since);

@@ -52,12 +52,8 @@ impl<'a> Reader<'a> {
         let arg = match info {
             0..=23 => u64::from(info),
             24 => u64::from(self.byte()?),
-            25 => u64::from(u16::from_be_bytes(
-                self.take(2)?.try_into().map_err(|_| "truncated")?,
-            )),
-            26 => u64::from(u32::from_be_bytes(
-                self.take(4)?.try_into().map_err(|_| "truncated")?,
-            )),
+            25 => u64::from(u16::from_be_bytes(self.take(2)?.try_into().map_err(|_| "truncated")?)),
+            26 => u64::from(u32::from_be_bytes(self.take(4)?.try_into().map_err(|_| "truncated")?)),
             27 => u64::from_be_bytes(self.take(8)?.try_into().map_err(|_| "truncated")?),
             _ => return Err("indefinite or reserved length".into()),
         };
@@ -109,12 +105,7 @@ impl<'a> Reader<'a> {
                 b"p" => set_once(&mut prefix, self.expect(0)?)?,
                 b"t" => set_once(&mut right, self.nullable_cid()?)?,
                 b"v" => set_once(&mut value, self.cid()?)?,
-                other => {
-                    return Err(format!(
-                        "unknown entry field {:?}",
-                        String::from_utf8_lossy(other)
-                    ))
-                }
+                other => return Err(format!("unknown entry field {:?}", String::from_utf8_lossy(other))),
             }
         }
         Ok(RawEntry {
@@ -151,21 +142,13 @@ pub(super) fn decode(bytes: &[u8]) -> Result<RawNode<'_>> {
                 set_once(&mut entries, list)?;
             }
             b"l" => set_once(&mut left, reader.nullable_cid()?)?,
-            other => {
-                return Err(format!(
-                    "unknown node field {:?}",
-                    String::from_utf8_lossy(other)
-                ))
-            }
+            other => return Err(format!("unknown node field {:?}", String::from_utf8_lossy(other))),
         }
     }
     if reader.pos != bytes.len() {
         return Err("trailing bytes after the node".into());
     }
-    Ok(RawNode {
-        left: left.ok_or("node without l")?,
-        entries: entries.ok_or("node without e")?,
-    })
+    Ok(RawNode { left: left.ok_or("node without l")?, entries: entries.ok_or("node without e")? })
 }
 
 fn write_head(out: &mut Vec<u8>, major: u8, arg: u64) {
@@ -190,8 +173,7 @@ fn write_cid(out: &mut Vec<u8>, cid: &Cid) {
     out.extend_from_slice(&[0xd8, 0x2a]);
     write_head(out, 2, cid.encoded_len() as u64 + 1);
     out.push(0);
-    cid.write_bytes(&mut *out)
-        .expect("writing to a Vec cannot fail");
+    cid.write_bytes(&mut *out).expect("writing to a Vec cannot fail");
 }
 
 fn write_nullable_cid(out: &mut Vec<u8>, cid: Option<&Cid>) {
@@ -248,34 +230,14 @@ mod tests {
         let b = cbor::cid_for_cbor(b"\x02");
         let long_key = vec![b'x'; 300];
         let raw = vec![
-            RawEntry {
-                prefix: 0,
-                suffix: b"app.bsky.feed.post/abc",
-                value: a,
-                right: Some(b),
-            },
-            RawEntry {
-                prefix: 19,
-                suffix: &long_key,
-                value: b,
-                right: None,
-            },
+            RawEntry { prefix: 0, suffix: b"app.bsky.feed.post/abc", value: a, right: Some(b) },
+            RawEntry { prefix: 19, suffix: &long_key, value: b, right: None },
         ];
         let ours = encode(Some(&a), &raw);
         let reference = cbor::encode(&SerdeNode {
             e: vec![
-                SerdeEntry {
-                    k: b"app.bsky.feed.post/abc".to_vec(),
-                    p: 0,
-                    t: Some(b),
-                    v: a,
-                },
-                SerdeEntry {
-                    k: long_key.clone(),
-                    p: 19,
-                    t: None,
-                    v: b,
-                },
+                SerdeEntry { k: b"app.bsky.feed.post/abc".to_vec(), p: 0, t: Some(b), v: a },
+                SerdeEntry { k: long_key.clone(), p: 19, t: None, v: b },
             ],
             l: Some(a),
         })

@@ -44,10 +44,7 @@ pub struct RecordingSource<'s, S: BlockSource> {
 
 impl<'s, S: BlockSource> RecordingSource<'s, S> {
     pub fn new(inner: &'s S) -> Self {
-        RecordingSource {
-            inner,
-            read: RefCell::new(HashSet::new()),
-        }
+        RecordingSource { inner, read: RefCell::new(HashSet::new()) }
     }
 }
 
@@ -127,11 +124,7 @@ struct Node {
 
 impl Node {
     fn empty(height: u8) -> Node {
-        Node {
-            height,
-            items: Vec::new(),
-            cid: None,
-        }
+        Node { height, items: Vec::new(), cid: None }
     }
 
     fn has_leaves(&self) -> bool {
@@ -147,9 +140,7 @@ impl Node {
     }
 
     fn leaf_index(&self, key: &[u8]) -> Option<usize> {
-        self.items
-            .iter()
-            .position(|item| matches!(item, Item::Leaf(leaf) if leaf.key == key))
+        self.items.iter().position(|item| matches!(item, Item::Leaf(leaf) if leaf.key == key))
     }
 
     /// The subtree just before `index`, if the item there is a subtree.
@@ -171,10 +162,7 @@ fn decode_node(cid: &Cid, bytes: &[u8], expected_height: Option<u8>) -> Result<N
         let previous: &[u8] = leaves.last().map_or(&[], |(key, _, _)| key.as_slice());
         let prefix = usize::try_from(entry.prefix).unwrap_or(usize::MAX);
         if prefix > previous.len() || (leaves.is_empty() && prefix != 0) {
-            return Err(MstError::Structure(
-                *cid,
-                "prefix length longer than the previous key",
-            ));
+            return Err(MstError::Structure(*cid, "prefix length longer than the previous key"));
         }
         let mut key = Vec::with_capacity(prefix + entry.suffix.len());
         key.extend_from_slice(&previous[..prefix]);
@@ -190,10 +178,7 @@ fn decode_node(cid: &Cid, bytes: &[u8], expected_height: Option<u8>) -> Result<N
         check_key(&key)?;
         let this_height = key_height(&key);
         if *height.get_or_insert(this_height) != this_height {
-            return Err(MstError::Structure(
-                *cid,
-                "key height does not match the node's layer",
-            ));
+            return Err(MstError::Structure(*cid, "key height does not match the node's layer"));
         }
         leaves.push((key, entry.value, entry.right));
     }
@@ -206,21 +191,12 @@ fn decode_node(cid: &Cid, bytes: &[u8], expected_height: Option<u8>) -> Result<N
     let height = match height {
         Some(h) => h,
         None if items.is_empty() => 0,
-        None => {
-            return Err(MstError::Structure(
-                *cid,
-                "top node has no keys, only a subtree",
-            ))
-        }
+        None => return Err(MstError::Structure(*cid, "top node has no keys, only a subtree")),
     };
     if height == 0 && items.iter().any(|item| matches!(item, Item::Tree(_))) {
         return Err(MstError::Structure(*cid, "subtree below the lowest layer"));
     }
-    Ok(Node {
-        height,
-        items,
-        cid: Some(*cid),
-    })
+    Ok(Node { height, items, cid: Some(*cid) })
 }
 
 fn check_key(key: &[u8]) -> Result<(), MstError> {
@@ -233,10 +209,7 @@ fn check_key(key: &[u8]) -> Result<(), MstError> {
             _ => return Err(MstError::BadKey),
         }
     }
-    let valid = slashes == 1
-        && key.len() <= 1024
-        && key.first() != Some(&b'/')
-        && key.last() != Some(&b'/');
+    let valid = slashes == 1 && key.len() <= 1024 && key.first() != Some(&b'/') && key.last() != Some(&b'/');
     if valid {
         Ok(())
     } else {
@@ -309,18 +282,13 @@ fn insert<S: BlockSource>(
 ) -> Result<Option<Cid>, MstError> {
     if height == node.height {
         if let Some(index) = node.leaf_index(key) {
-            let Item::Leaf(leaf) = &mut node.items[index] else {
-                unreachable!()
-            };
+            let Item::Leaf(leaf) = &mut node.items[index] else { unreachable!() };
             let old = std::mem::replace(&mut leaf.value, value);
             node.cid = None;
             return Ok(Some(old));
         }
         let bound = node.upper_bound(key);
-        let leaf = Item::Leaf(Leaf {
-            key: key.to_vec(),
-            value,
-        });
+        let leaf = Item::Leaf(Leaf { key: key.to_vec(), value });
         match node.tree_before(bound) {
             Some(index) => {
                 let straddling = node.items.remove(index);
@@ -344,8 +312,7 @@ fn insert<S: BlockSource>(
         None => {
             let mut child = Node::empty(node.height - 1);
             insert(&mut child, key, value, height, store)?;
-            node.items
-                .insert(bound, Item::Tree(Child::Loaded(Box::new(child))));
+            node.items.insert(bound, Item::Tree(Child::Loaded(Box::new(child))));
             None
         }
     };
@@ -383,11 +350,7 @@ fn split<S: BlockSource>(
         }
     }
     let wrap = |items: Vec<Item>, cid: Option<Cid>| {
-        (!items.is_empty()).then_some(Node {
-            height: node.height,
-            items,
-            cid,
-        })
+        (!items.is_empty()).then_some(Node { height: node.height, items, cid })
     };
     let left_cid = if unchanged { original_cid } else { None };
     Ok((wrap(left_items, left_cid), wrap(right_items, None)))
@@ -406,9 +369,7 @@ fn remove<S: BlockSource>(
         let Some(index) = node.leaf_index(key) else {
             return Ok(None);
         };
-        let Item::Leaf(leaf) = node.items.remove(index) else {
-            unreachable!()
-        };
+        let Item::Leaf(leaf) = node.items.remove(index) else { unreachable!() };
         let both_trees = index > 0
             && index < node.items.len()
             && matches!(node.items[index - 1], Item::Tree(_))
@@ -422,8 +383,7 @@ fn remove<S: BlockSource>(
                 take_subtree(right, child_height, store)?,
                 store,
             )?;
-            node.items
-                .insert(index - 1, Item::Tree(Child::Loaded(Box::new(merged))));
+            node.items.insert(index - 1, Item::Tree(Child::Loaded(Box::new(merged))));
         }
         node.cid = None;
         return Ok(Some(leaf.value));
@@ -546,16 +506,12 @@ impl Default for Mst {
 
 impl Mst {
     pub fn empty() -> Mst {
-        Mst {
-            root: Child::Loaded(Box::new(Node::empty(0))),
-        }
+        Mst { root: Child::Loaded(Box::new(Node::empty(0))) }
     }
 
     /// A tree whose root block will be read from a source on first use.
     pub fn from_root(root: Cid) -> Mst {
-        Mst {
-            root: Child::Stub(root),
-        }
+        Mst { root: Child::Stub(root) }
     }
 
     fn root_node<S: BlockSource>(&mut self, store: &S) -> Result<&mut Node, MstError> {
@@ -605,20 +561,13 @@ impl Mst {
             Item::Tree(Child::Loaded(Box::new(side)))
         };
         root.items.extend(left.map(raise));
-        root.items.push(Item::Leaf(Leaf {
-            key: key.to_vec(),
-            value,
-        }));
+        root.items.push(Item::Leaf(Leaf { key: key.to_vec(), value }));
         root.items.extend(right.map(raise));
         Ok(None)
     }
 
     /// Removes `key`; returns the value it had.
-    pub fn remove<S: BlockSource>(
-        &mut self,
-        key: &[u8],
-        store: &S,
-    ) -> Result<Option<Cid>, MstError> {
+    pub fn remove<S: BlockSource>(&mut self, key: &[u8], store: &S) -> Result<Option<Cid>, MstError> {
         let height = key_height(key);
         let root = self.root_node(store)?;
         let removed = remove(root, key, height, store)?;
@@ -636,9 +585,7 @@ impl Mst {
                 return Ok(());
             }
             let height = root.height.saturating_sub(1);
-            let Some(Item::Tree(mut child)) = root.items.pop() else {
-                unreachable!()
-            };
+            let Some(Item::Tree(mut child)) = root.items.pop() else { unreachable!() };
             load_child(&mut child, height, store)?;
             self.root = child;
         }
@@ -686,19 +633,14 @@ mod tests {
     #[test]
     fn insert_then_remove_restores_the_root() {
         let mut tree = Mst::empty();
-        let keys: Vec<String> = (0..300)
-            .map(|i| format!("com.example.record/{i:06}"))
-            .collect();
+        let keys: Vec<String> = (0..300).map(|i| format!("com.example.record/{i:06}")).collect();
         for (i, key) in keys.iter().enumerate() {
-            tree.insert(key.as_bytes(), value(i as u32), &NoBlocks)
-                .expect("insert");
+            tree.insert(key.as_bytes(), value(i as u32), &NoBlocks).expect("insert");
         }
         let full = tree.root_cid();
-        tree.insert(b"com.example.record/zzz", value(9), &NoBlocks)
-            .expect("insert");
+        tree.insert(b"com.example.record/zzz", value(9), &NoBlocks).expect("insert");
         assert_ne!(tree.root_cid(), full);
-        tree.remove(b"com.example.record/zzz", &NoBlocks)
-            .expect("remove");
+        tree.remove(b"com.example.record/zzz", &NoBlocks).expect("remove");
         assert_eq!(tree.root_cid(), full);
         for key in &keys {
             tree.remove(key.as_bytes(), &NoBlocks).expect("remove");
