@@ -57,8 +57,10 @@ impl Relay {
             replay_window: config.replay_window,
             ..SequencerConfig::default()
         };
+        recover_state(&store, &log).await.context("replaying repo state from the event log")?;
+        let (state_tx, state_rx) = tokio::sync::mpsc::channel(65_536);
         let (sequencer, _thread) =
-            sequence::start(log, sequencer_config, config.sequencer_queue_events, metrics.clone());
+            sequence::start(log, sequencer_config, config.sequencer_queue_events, metrics.clone(), state_tx);
         for (did, before) in store.purges().await.context("loading takedown purges")? {
             sequencer.purges.write().unwrap_or_else(|p| p.into_inner()).insert(did, before as u64);
         }
@@ -88,6 +90,7 @@ impl Relay {
             config,
         });
         stage::spawn_workers(relay.clone(), receivers);
+        tokio::spawn(write_state(relay.store.clone(), state_rx));
         Ok(relay)
     }
 
@@ -239,7 +242,11 @@ impl Relay {
             active: account.is_active(),
             status: (!account.is_active()).then(|| account.effective_status().to_string()),
         });
-        let _ = self.sequencer.input.send(Outgoing { did: did.to_string(), event, in_flight: None }).await;
+        let _ = self
+            .sequencer
+            .input
+            .send(Outgoing { did: did.to_string(), event, in_flight: None, state: None })
+            .await;
         Ok(true)
     }
 
@@ -378,4 +385,56 @@ pub async fn bootstrap_from_upstream(relay: Arc<Relay>) {
     }
     tracing::info!(added, upstream = %base, "bootstrap from upstream listHosts done");
     relay.refresh_host_metrics().await;
+}
+
+/// Applies repo state from durable events to SQL, in seq order, and advances the checkpoint.
+async fn write_state(
+    store: Store,
+    mut updates: tokio::sync::mpsc::Receiver<(u64, String, crate::sequence::StateUpdate)>,
+) {
+    let mut last_checkpoint = Instant::now();
+    while let Some((seq, did, state)) = updates.recv().await {
+        if let Err(error) =
+            store.save_repo_state(&did, &state.rev, &state.data, state.commit.as_deref()).await
+        {
+            tracing::error!(%error, %did, "storing repo state (the log replays it on restart)");
+            continue;
+        }
+        if last_checkpoint.elapsed() > Duration::from_secs(1) || updates.is_empty() {
+            last_checkpoint = Instant::now();
+            if let Err(error) = store.save_state_checkpoint(seq as i64).await {
+                tracing::warn!(%error, "saving the repo state checkpoint");
+            }
+        }
+    }
+}
+
+/// Replays `#commit`/`#sync` events after the SQL checkpoint into the accounts table.
+async fn recover_state(store: &Store, log: &EventLog) -> anyhow::Result<()> {
+    use crate::atproto::{car, commit::SignedCommit, frame};
+    let mut after = store.state_checkpoint().await? as u64;
+    let mut replayed = 0usize;
+    loop {
+        let records = log.read_after(after, 2000, 16 << 20)?;
+        let Some(last) = records.last() else { break };
+        after = last.seq;
+        for record in &records {
+            let (did, blocks, commit_cid) = match frame::decode(&record.frame) {
+                Ok(frame::Event::Commit(c)) => (c.repo, c.blocks, Some(c.commit.to_string())),
+                Ok(frame::Event::Sync(s)) => (s.did, s.blocks, None),
+                _ => continue,
+            };
+            let Ok(parsed) = car::read(&blocks, frame::MAX_COMMIT_BLOCKS_BYTES) else { continue };
+            let Some(bytes) = parsed.get(&parsed.roots[0]) else { continue };
+            let Ok(signed) = SignedCommit::decode(bytes) else { continue };
+            store.ensure_account(&did, None).await?;
+            store.save_repo_state(&did, &signed.rev, &signed.data.to_string(), commit_cid.as_deref()).await?;
+            replayed += 1;
+        }
+        store.save_state_checkpoint(after as i64).await?;
+    }
+    if replayed > 0 {
+        tracing::info!(replayed, "repo state recovered from the event log");
+    }
+    Ok(())
 }

@@ -241,7 +241,12 @@ impl<'a> Reader<'a> {
         let raw = self.take(len)?;
         match raw.split_first() {
             Some((0, cid_bytes)) => {
-                Cid::try_from(cid_bytes).map_err(|e| CborError::BadCid(e.to_string()))?;
+                let cid = Cid::try_from(cid_bytes).map_err(|e| CborError::BadCid(e.to_string()))?;
+                // Strict data: only blessed CIDs. (Found by fuzzing: a sha2-256 multihash with a
+                // truncated digest parses, but does not survive a decode/encode round trip.)
+                if self.limits.strict && !is_blessed(&cid) {
+                    return Err(CborError::BadCid("not v1 dag-cbor/raw sha2-256".into()));
+                }
                 Ok(())
             }
             _ => Err(CborError::BadCid("missing 0x00 multibase prefix".into())),
@@ -442,6 +447,14 @@ mod tests {
         assert_eq!(check(&[0x9f, 0xff], Limits::default()), Err(CborError::Indefinite));
         assert_eq!(check(&[0xf9, 0x3c, 0x00], Limits::default()), Err(CborError::Float));
         assert_eq!(check(&[0x01, 0x01], Limits::default()), Err(CborError::TrailingBytes));
+    }
+
+    #[test]
+    fn rejects_unblessed_cids_in_strict_mode() {
+        // {"a": CID(v1, raw, sha2-256 with a 1-byte digest)}: from a fuzzing crash.
+        let bytes = [0xa1, 0x61, b'a', 0xd8, 0x2a, 0x46, 0x00, 0x01, 0x55, 0x12, 0x01, 0x00];
+        assert!(matches!(check(&bytes, Limits::default()), Err(CborError::BadCid(_))));
+        assert!(check(&bytes, Limits::lenient()).is_ok());
     }
 
     #[test]

@@ -21,7 +21,22 @@ pub struct Outgoing {
     pub event: Event,
     /// Marks the upstream event done when dropped, which happens after the fsync.
     pub in_flight: Option<crate::ingest::InFlight>,
+    /// Repo state to store once the event is durable.
+    pub state: Option<StateUpdate>,
 }
+
+/// The repo state an accepted `#commit`/`#sync` sets. It is written to SQL only after the
+/// event is in the log (and replayed from the log on start), so SQL never claims a rev the
+/// log does not have: a host re-sending an event after a crash gets exactly-once behaviour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateUpdate {
+    pub rev: String,
+    pub data: String,
+    pub commit: Option<String>,
+}
+
+/// (relay seq, DID, update), in seq order.
+pub type StateSender = mpsc::Sender<(u64, String, StateUpdate)>;
 
 /// A sequenced event as sent to consumers.
 #[derive(Debug)]
@@ -95,6 +110,7 @@ pub fn start(
     config: SequencerConfig,
     queue_events: usize,
     metrics: crate::metrics::Metrics,
+    state_tx: StateSender,
 ) -> (SequencerHandle, std::thread::JoinHandle<Result<(), LogError>>) {
     let (input, rx) = mpsc::channel(queue_events.max(1));
     let (live, _) = broadcast::channel(config.live_buffer_events.max(16));
@@ -105,7 +121,7 @@ pub fn start(
         SequencerHandle { input, live: live.clone(), head, log: log.clone(), purges: PurgeMarks::default() };
     let thread = std::thread::Builder::new()
         .name("sequencer".into())
-        .spawn(move || run(log, rx, live, head_tx, config, metrics))
+        .spawn(move || run(log, rx, live, head_tx, config, metrics, state_tx))
         .expect("spawning the sequencer thread");
     (handle, thread)
 }
@@ -117,6 +133,7 @@ fn run(
     head_tx: watch::Sender<u64>,
     config: SequencerConfig,
     metrics: crate::metrics::Metrics,
+    state_tx: StateSender,
 ) -> Result<(), LogError> {
     let mut next_seq = {
         let log = log.lock().unwrap_or_else(|p| p.into_inner());
@@ -139,11 +156,15 @@ fn run(
         let now = now_micros();
         let mut sequenced = Vec::with_capacity(batch.len());
         let mut completions = Vec::with_capacity(batch.len());
-        for Outgoing { did, mut event, in_flight } in batch.drain(..) {
+        let mut states = Vec::new();
+        for Outgoing { did, mut event, in_flight, state } in batch.drain(..) {
             completions.push(in_flight);
             event.set_seq(next_seq as i64);
             match frame::encode(&event) {
                 Ok(bytes) => {
+                    if let Some(state) = state {
+                        states.push((next_seq, did.clone(), state));
+                    }
                     sequenced.push(Sequenced { seq: next_seq, did, frame: bytes });
                     next_seq += 1;
                 }
@@ -155,8 +176,15 @@ fn run(
         let write_started = std::time::Instant::now();
         log.lock().unwrap_or_else(|p| p.into_inner()).append_batch(&records)?;
         metrics.log_write_seconds.observe(write_started.elapsed().as_secs_f64());
-        // Durable now: the upstream cursors may move past these events.
+        // Durable now: the upstream cursors may move past these events, and the repo
+        // state they set may be stored.
         drop(completions);
+        for update in states {
+            if state_tx.blocking_send(update).is_err() {
+                tracing::warn!("repo state writer has stopped; state will be recovered from the log");
+                break;
+            }
+        }
         if let Some(last) = sequenced.last() {
             let _ = head_tx.send(last.seq);
             metrics.seq_head.set(last.seq as i64);

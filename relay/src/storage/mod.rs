@@ -307,6 +307,20 @@ impl Store {
         Ok(rows.iter().map(account_from_row).collect::<Result<_, _>>()?)
     }
 
+    /// The relay seq up to which repo state from the log is applied.
+    pub async fn state_checkpoint(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT seq FROM state_checkpoint WHERE id = 1").fetch_one(&self.pool).await?;
+        Ok(row.try_get("seq")?)
+    }
+
+    pub async fn save_state_checkpoint(&self, seq: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE state_checkpoint SET seq = $1 WHERE id = 1 AND seq < $1")
+            .bind(seq)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     // ---- bans and purges
 
     pub async fn ban_domain(&self, domain: &str) -> Result<(), StoreError> {

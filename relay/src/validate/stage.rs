@@ -134,13 +134,17 @@ async fn process(relay: &Arc<Relay>, incoming: Incoming) {
     if accepted.chain_break.is_some() {
         relay.metrics.chain_breaks.inc();
     }
-    if let Err(error) = apply(relay, &account, host_id, &mut event, &accepted).await {
-        tracing::error!(%error, %did, "storing account state");
-        return reject(relay, "store_error");
-    }
+    let state = match apply(relay, &account, host_id, &mut event, &accepted).await {
+        Ok(state) => state,
+        Err(error) => {
+            tracing::error!(%error, %did, "storing account state");
+            return reject(relay, "store_error");
+        }
+    };
     relay.metrics.events_accepted.with_label_values(&[event.type_name()]).inc();
     relay.note_accepted();
-    let _ = relay.sequencer.input.send(Outgoing { did, event, in_flight: Some(in_flight) }).await;
+    let outgoing = Outgoing { did, event, in_flight: Some(in_flight), state };
+    let _ = relay.sequencer.input.send(outgoing).await;
 }
 
 /// Refuses events for accounts beyond a host's account limit (new accounts only).
@@ -164,7 +168,7 @@ async fn apply(
     host_id: i64,
     event: &mut Event,
     accepted: &super::verdict::Accepted,
-) -> Result<(), crate::storage::StoreError> {
+) -> Result<Option<crate::sequence::StateUpdate>, crate::storage::StoreError> {
     let mut updated = account.clone();
     if account.host_id != Some(host_id) {
         relay.store.set_account_host(&account.did, host_id).await?;
@@ -188,19 +192,22 @@ async fn apply(
         }
         _ => {}
     }
+    // The new repo state is cached now (the next event of this DID needs it) and stored in
+    // SQL by the sequencer's state writer once the event is durable in the log.
+    let mut update = None;
     if let Some(state) = &accepted.new_state {
         let commit_cid = match event {
             Event::Commit(commit) => Some(commit.commit.to_string()),
             _ => None,
         };
         let data = state.data.to_string();
-        relay.store.save_repo_state(&account.did, &state.rev, &data, commit_cid.as_deref()).await?;
         updated.rev = Some(state.rev.clone());
-        updated.data_cid = Some(data);
+        updated.data_cid = Some(data.clone());
         if commit_cid.is_some() {
-            updated.commit_cid = commit_cid;
+            updated.commit_cid = commit_cid.clone();
         }
+        update = Some(crate::sequence::StateUpdate { rev: state.rev.clone(), data, commit: commit_cid });
     }
     relay.cache_account(updated);
-    Ok(())
+    Ok(update)
 }
