@@ -25,6 +25,24 @@ for component in rustfmt clippy; do
 done
 cargo --version
 
+step "PostgreSQL for the storage and daemon tests"
+# A throwaway cluster on a loopback port, owned by the postgres user, removed on exit.
+if [ -z "${RELAY_TEST_POSTGRES_URL:-}" ]; then
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq postgresql
+  fi
+  pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+  pg_port="${RELAY_TEST_POSTGRES_PORT:-55432}"
+  pg_data=$(mktemp -d /tmp/relay-test-pg.XXXXXX)
+  run_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "$*"; else sh -c "$*"; fi; }
+  [ "$(id -u)" = 0 ] && chown postgres "$pg_data"
+  run_pg "$pg_bin/initdb -D $pg_data -A trust -U postgres" >/dev/null
+  run_pg "$pg_bin/pg_ctl -D $pg_data -l $pg_data/server.log -w -o \"-p $pg_port -k $pg_data -c listen_addresses=127.0.0.1 -c fsync=off\" start" >/dev/null
+  trap 'run_pg "$pg_bin/pg_ctl -D $pg_data -m immediate stop" >/dev/null 2>&1; rm -rf "$pg_data"' EXIT
+  export RELAY_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
+fi
+echo "PostgreSQL: $RELAY_TEST_POSTGRES_URL"
+
 step "cargo fmt --check"
 cargo fmt --all --check
 

@@ -1,6 +1,8 @@
 //! End-to-end: a simulated PDS fleet → the relay daemon (in process, real sockets,
 //! SQLite + event log in a temp dir) → firehose consumers over WebSocket.
 
+mod common;
+
 use futures_util::StreamExt;
 use relay::app::Relay;
 use relay::atproto::frame::{self, Event};
@@ -104,11 +106,27 @@ async fn wait_connected(relay: &Relay, hosts: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relays_a_simulated_fleet_with_cursor_replay_and_restart() {
-    let dir = std::env::temp_dir().join(format!("relay-e2e-{}", std::process::id()));
+async fn relays_a_simulated_fleet_on_sqlite() {
+    relays_a_simulated_fleet_with_cursor_replay_and_restart(None, "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_a_simulated_fleet_on_postgres() {
+    let Some(server) = common::postgres_server() else { return };
+    let url = common::fresh_postgres_database(&server).await;
+    relays_a_simulated_fleet_with_cursor_replay_and_restart(Some(url), "postgres").await;
+}
+
+async fn relays_a_simulated_fleet_with_cursor_replay_and_restart(database_url: Option<String>, name: &str) {
+    let dir = std::env::temp_dir().join(format!("relay-e2e-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let sim = Simulation::start(sim_config(3, 4, vec![])).await.expect("simulator");
-    let running = start_relay(config(&dir, sim.plc_url())).await;
+    let config_for = |dir: &std::path::Path| {
+        let mut config = config(dir, sim.plc_url());
+        config.database_url = database_url.clone();
+        config
+    };
+    let running = start_relay(config_for(&dir)).await;
     let admin = format!("http://{}", running.internal);
     sim.register_with_relay(&admin, "test-token").await.expect("requestCrawl");
     wait_connected(&running.relay, 3).await;
@@ -214,7 +232,7 @@ async fn relays_a_simulated_fleet_with_cursor_replay_and_restart() {
     // Restart: the log and cursors survive; new events continue the sequence.
     let head_before = running.relay.sequencer.current_head();
     stop_relay(running).await;
-    let running = start_relay(config(&dir, sim.plc_url())).await;
+    let running = start_relay(config_for(&dir)).await;
     assert_eq!(running.relay.sequencer.current_head(), head_before);
     wait_connected(&running.relay, 3).await;
     let firehose =

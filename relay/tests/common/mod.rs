@@ -1,0 +1,42 @@
+//! Test helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The PostgreSQL server for tests (`RELAY_TEST_POSTGRES_URL`, started by scripts/test.sh).
+/// Under CI its absence is an error, so the Postgres tests can never be skipped silently there.
+pub fn postgres_server() -> Option<String> {
+    match std::env::var("RELAY_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok() => panic!("RELAY_TEST_POSTGRES_URL must be set in CI"),
+        _ => {
+            eprintln!("RELAY_TEST_POSTGRES_URL not set: skipping the PostgreSQL variant");
+            None
+        }
+    }
+}
+
+/// A fresh, empty PostgreSQL database on the test server; returns its URL.
+pub async fn fresh_postgres_database(server: &str) -> String {
+    use sqlx::Connection;
+    let name = format!("relay_test_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    let mut conn = sqlx::PgConnection::connect(server).await.expect("connect to the test PostgreSQL");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name}")).execute(&mut conn).await.expect("drop");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
+    let base = server.rsplit_once('/').map_or(server, |(base, _)| base);
+    format!("{base}/{name}")
+}
+
+/// A fresh SQLite database file URL.
+pub fn fresh_sqlite_database() -> (String, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "relay-sqlite-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    (format!("sqlite://{}", dir.join("relay.sqlite").display()), dir)
+}
