@@ -98,8 +98,9 @@ pub struct ServeConfig {
     #[arg(long, env = "RELAY_DISABLE_REQUEST_CRAWL")]
     pub disable_request_crawl: bool,
 
-    /// Validation workers (per-DID order is kept; 0 = number of cores).
-    #[arg(long, env = "RELAY_VALIDATION_WORKERS", default_value_t = 0)]
+    /// Validation workers (async tasks; per-DID order is kept). Many more than cores, so
+    /// that identity lookups and database waits of some accounts do not idle the CPU.
+    #[arg(long, env = "RELAY_VALIDATION_WORKERS", default_value_t = 64)]
     pub validation_workers: usize,
 
     /// Byte budget of the queue between ingest and validation.
@@ -151,11 +152,7 @@ impl ServeConfig {
     }
 
     pub fn workers(&self) -> usize {
-        if self.validation_workers > 0 {
-            self.validation_workers
-        } else {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
-        }
+        self.validation_workers.max(1)
     }
 
     /// Whether a hostname matches a trusted pattern.

@@ -93,6 +93,7 @@ async fn kill_nine_under_load_loses_and_repeats_nothing() {
         relay_admin_token: None,
         hostile: vec![],
         seed: 5,
+        backlog_on_connect: false,
     })
     .await
     .expect("simulator");

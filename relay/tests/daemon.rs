@@ -89,6 +89,7 @@ fn sim_config(hosts: usize, accounts: usize, hostile: Vec<Hostile>) -> SimulateC
         relay_admin_token: None,
         hostile,
         seed: 7,
+        backlog_on_connect: false,
     }
 }
 

@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 /// Consumer limits; defaults are used by `relay serve`.
 #[derive(Debug, Clone)]
@@ -184,6 +184,39 @@ impl Feed {
     }
 }
 
+/// Most frames written before one flush.
+const MAX_BURST: usize = 64;
+
+impl Feed {
+    /// The next frame if one is available without waiting (in order, same rules as `next`).
+    fn next_ready(&mut self, fanout: &Fanout) -> Option<Next> {
+        loop {
+            if let Some(record) = self.pending.pop_front() {
+                self.position = record.seq;
+                if Self::purged(fanout, &record.did, record.seq) {
+                    continue;
+                }
+                return Some(Next::Frame(record.frame));
+            }
+            if self.catching_up {
+                return None;
+            }
+            match self.live.try_recv() {
+                Ok(event) if event.seq <= self.position => continue,
+                Ok(event) if event.seq == self.position + 1 => {
+                    self.position = event.seq;
+                    return Some(Next::Shared(event));
+                }
+                Ok(_) | Err(TryRecvError::Lagged(_)) => {
+                    self.catching_up = true;
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
 fn info_frame(name: &str, message: &str) -> Vec<u8> {
     let info = frame::Info { name: name.to_string(), message: Some(message.to_string()) };
     frame::encode(&frame::Event::Info(info)).expect("info frames always encode")
@@ -239,7 +272,7 @@ pub async fn serve_consumer(
             next = feed.next(&fanout) => {
                 let message = match next {
                     Next::Frame(bytes) => Message::Binary(bytes.into()),
-                    Next::Shared(event) => Message::Binary(event.frame.clone().into()),
+                    Next::Shared(event) => Message::Binary(event.frame.clone()),
                     Next::TooSlow => {
                         fanout.metrics.consumer_too_slow.inc();
                         let frame = frame::error_frame("ConsumerTooSlow", Some("fell out of the replay window"));
@@ -248,9 +281,26 @@ pub async fn serve_consumer(
                     }
                     Next::Closed => break,
                 };
-                match tokio::time::timeout(timeout, sink.send(message)).await {
+                // Queue this frame and whatever else is ready, then flush once: one write
+                // syscall per burst instead of one per frame.
+                let mut burst = vec![message];
+                while burst.len() < MAX_BURST {
+                    match feed.next_ready(&fanout) {
+                        Some(Next::Frame(bytes)) => burst.push(Message::Binary(bytes.into())),
+                        Some(Next::Shared(event)) => burst.push(Message::Binary(event.frame.clone())),
+                        _ => break,
+                    }
+                }
+                let count = burst.len() as u64;
+                let write = async {
+                    for message in burst {
+                        sink.feed(message).await?;
+                    }
+                    sink.flush().await
+                };
+                match tokio::time::timeout(timeout, write).await {
                     Ok(Ok(())) => {
-                        info.events_sent.fetch_add(1, Ordering::Relaxed);
+                        info.events_sent.fetch_add(count, Ordering::Relaxed);
                     }
                     _ => break,
                 }

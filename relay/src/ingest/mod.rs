@@ -19,6 +19,9 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
+/// Read buffer per upstream socket.
+const UPSTREAM_READ_BUFFER: usize = 16 * 1024;
+
 /// Failures in a row before a host is marked offline.
 const OFFLINE_AFTER_FAILURES: u32 = 8;
 
@@ -199,6 +202,10 @@ async fn subscribe_once(
     let mut ws_config = WebSocketConfig::default();
     ws_config.max_message_size = Some(MAX_FRAME_BYTES);
     ws_config.max_frame_size = Some(MAX_FRAME_BYTES);
+    // tungstenite zeroes a read chunk of this size for every read: its 128 KiB default costs
+    // both CPU and, times thousands of hosts, hundreds of MiB.
+    ws_config.read_buffer_size = UPSTREAM_READ_BUFFER;
+    ws_config.write_buffer_size = 0;
     let connect = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), false);
     let (mut socket, _) = match tokio::time::timeout(Duration::from_secs(30), connect).await {
         Ok(Ok(pair)) => pair,

@@ -64,6 +64,10 @@ pub struct SimulateConfig {
     /// Seed for keys and choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Send a new subscriber without a cursor the host's whole history (benchmarks use this
+    /// to feed the relay pre-generated events as fast as it takes them).
+    #[arg(long)]
+    pub backlog_on_connect: bool,
 }
 
 struct SimAccount {
@@ -80,6 +84,7 @@ pub struct SimHost {
     accounts: Mutex<Vec<SimAccount>>,
     next_seq: Mutex<i64>,
     hostile: Vec<Hostile>,
+    backlog_on_connect: bool,
 }
 
 impl SimHost {
@@ -163,6 +168,7 @@ impl Simulation {
                 accounts: Mutex::new(Vec::new()),
                 next_seq: Mutex::new(1),
                 hostile,
+                backlog_on_connect: config.backlog_on_connect,
             });
             let app = Router::new()
                 .route("/xrpc/com.atproto.server.describeServer", get(describe_server))
@@ -354,12 +360,13 @@ async fn subscribe(
     Query(query): Query<CursorQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    upgrade.on_upgrade(move |socket| stream_events(socket, host, query.cursor))
+    upgrade.read_buffer_size(4 * 1024).on_upgrade(move |socket| stream_events(socket, host, query.cursor))
 }
 
 async fn stream_events(mut socket: WebSocket, host: Arc<SimHost>, cursor: Option<i64>) {
     let mut live = host.live.subscribe();
     let mut sent = 0i64;
+    let cursor = if host.backlog_on_connect { Some(cursor.unwrap_or(0)) } else { cursor };
     if let Some(cursor) = cursor {
         let backlog: Vec<(i64, Vec<u8>)> = host
             .events

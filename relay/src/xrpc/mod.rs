@@ -105,6 +105,8 @@ async fn subscribe_repos(
     };
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let fanout = relay.fanout.clone();
+    // Consumers send nothing worth buffering; writes are flushed per burst.
+    let upgrade = upgrade.read_buffer_size(4 * 1024).write_buffer_size(64 * 1024);
     Ok(upgrade.max_message_size(64 * 1024).on_upgrade(move |socket| {
         crate::fanout::serve_consumer(socket, cursor, fanout, remote.to_string(), user_agent)
     }))
