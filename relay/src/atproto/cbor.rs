@@ -242,6 +242,11 @@ impl<'a> Reader<'a> {
         match raw.split_first() {
             Some((0, cid_bytes)) => {
                 let cid = Cid::try_from(cid_bytes).map_err(|e| CborError::BadCid(e.to_string()))?;
+                // `Cid::try_from` ignores trailing bytes (another fuzzing find): the link must be
+                // exactly one CID.
+                if cid.encoded_len() != cid_bytes.len() {
+                    return Err(CborError::BadCid("trailing bytes after the CID".into()));
+                }
                 // Strict data: only blessed CIDs. (Found by fuzzing: a sha2-256 multihash with a
                 // truncated digest parses, but does not survive a decode/encode round trip.)
                 if self.limits.strict && !is_blessed(&cid) {
@@ -455,6 +460,12 @@ mod tests {
         let bytes = [0xa1, 0x61, b'a', 0xd8, 0x2a, 0x46, 0x00, 0x01, 0x55, 0x12, 0x01, 0x00];
         assert!(matches!(check(&bytes, Limits::default()), Err(CborError::BadCid(_))));
         assert!(check(&bytes, Limits::lenient()).is_ok());
+        // A valid CID followed by extra bytes inside the tag-42 byte string.
+        let cid = cid_for_cbor(b"x").to_bytes();
+        let mut trailing = vec![0xd8, 0x2a, 0x58, (cid.len() + 3) as u8, 0x00];
+        trailing.extend_from_slice(&cid);
+        trailing.extend_from_slice(&[1, 2]);
+        assert!(matches!(check(&trailing, Limits::lenient()), Err(CborError::BadCid(_))));
     }
 
     #[test]

@@ -80,7 +80,13 @@ impl<'a> Reader<'a> {
         }
         let len = self.expect(2)?;
         match self.take(len)?.split_first() {
-            Some((0, raw)) => Cid::try_from(raw).map_err(|e| e.to_string()),
+            Some((0, raw)) => {
+                let cid = Cid::try_from(raw).map_err(|e| e.to_string())?;
+                if cid.encoded_len() != raw.len() {
+                    return Err("trailing bytes after a CID link".into());
+                }
+                Ok(cid)
+            }
             _ => Err("CID link without the 0x00 prefix".into()),
         }
     }
