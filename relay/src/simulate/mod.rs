@@ -103,7 +103,8 @@ impl SimHost {
         let _ = self.live.send((seq, bytes));
     }
 
-    fn emit_raw(&self, seq: i64, bytes: Vec<u8>) {
+    /// Sends a frame as-is with the given upstream seq (scripted scenarios, hostile hosts).
+    pub fn emit_raw(&self, seq: i64, bytes: Vec<u8>) {
         self.events.lock().unwrap_or_else(|p| p.into_inner()).push((seq, bytes.clone()));
         let _ = self.live.send((seq, bytes));
     }
@@ -117,6 +118,13 @@ impl SimHost {
 #[derive(Default)]
 pub struct SimPlc {
     docs: Mutex<HashMap<String, serde_json::Value>>,
+}
+
+impl SimPlc {
+    /// Serves `doc` for `did` (scripted scenarios bring their own identities).
+    pub fn set_document(&self, did: &str, doc: serde_json::Value) {
+        self.docs.lock().unwrap_or_else(|p| p.into_inner()).insert(did.to_string(), doc);
+    }
 }
 
 /// A running simulation.
