@@ -60,6 +60,7 @@ async fn start_relay(name: &str, plc: &str) -> (RelayProcess, Duration) {
             &format!("127.0.0.1:{internal}"),
         ])
         .args(["--plc-host", plc, "--connect-stagger", "1ms", "--default-account-limit", "1000000"])
+        .args(["--host-events-per-second", "100000"])
         .env("RELAY_LOG_LEVEL", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

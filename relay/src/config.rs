@@ -119,6 +119,19 @@ pub struct ServeConfig {
     #[arg(long, env = "RELAY_IDENT_CACHE_SIZE", default_value_t = 1_000_000)]
     pub identity_cache_entries: usize,
 
+    /// Events per second taken from an untrusted host; beyond it the relay reads the socket
+    /// more slowly (the host is slowed down, nothing is dropped).
+    #[arg(long, env = "RELAY_HOST_EVENTS_PER_SECOND", default_value_t = 50.0)]
+    pub host_events_per_second: f64,
+
+    /// Events per second taken from a trusted host.
+    #[arg(long, env = "RELAY_TRUSTED_HOST_EVENTS_PER_SECOND", default_value_t = 5000.0)]
+    pub trusted_host_events_per_second: f64,
+
+    /// Re-read the upstream's listHosts this often to discover new hosts (0 disables).
+    #[arg(long, env = "RELAY_REDISCOVERY_INTERVAL", default_value = "6h", value_parser = parse_duration)]
+    pub rediscovery_interval: Duration,
+
     /// Seconds between dials when starting many host subscriptions.
     #[arg(long, env = "RELAY_CONNECT_STAGGER", default_value = "20ms", value_parser = parse_duration)]
     pub connect_stagger: Duration,

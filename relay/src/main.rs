@@ -113,8 +113,13 @@ async fn serve(mut config: relay::config::ServeConfig) -> anyhow::Result<bool> {
         if let Err(error) = resume.resume_hosts().await {
             tracing::error!(%error, "resuming host subscriptions");
         }
-        if !resume.config.upstream.is_empty() {
+        // Bootstrap, then rediscover new hosts periodically.
+        while !resume.config.upstream.is_empty() {
             relay::app::bootstrap_from_upstream(resume.clone()).await;
+            if resume.config.rediscovery_interval.is_zero() {
+                break;
+            }
+            tokio::time::sleep(resume.config.rediscovery_interval).await;
         }
     });
     relay::server::serve(relay.clone(), public, internal, shutdown_signal()).await?;

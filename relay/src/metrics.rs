@@ -20,6 +20,7 @@ pub struct Metrics {
     pub consumer_too_slow: IntCounter,
     pub hosts: IntGaugeVec,
     pub hosts_connected: IntGauge,
+    pub host_throttled: IntCounter,
     pub queue_bytes: IntGaugeVec,
     pub identity_cache_entries: IntGauge,
     pub validation_seconds: Histogram,
@@ -113,6 +114,11 @@ impl Metrics {
                 "Consumers closed because they fell out of the replay window",
             ),
             hosts: gauge_vec(&registry, "relay_hosts", "Known upstream hosts, by status", &["status"]),
+            host_throttled: counter(
+                &registry,
+                "relay_host_throttled_events_total",
+                "Events read later than they arrived because their host exceeded its event rate",
+            ),
             hosts_connected: gauge(
                 &registry,
                 "relay_hosts_connected",

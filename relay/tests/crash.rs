@@ -29,7 +29,16 @@ fn spawn_relay(dir: &std::path::Path, plc: &str, public: u16, internal: u16) -> 
             "--metrics-listen",
             &format!("127.0.0.1:{internal}"),
         ])
-        .args(["--plc-host", plc, "--admin-password", "crash-token", "--max-backoff", "1s"])
+        .args([
+            "--plc-host",
+            plc,
+            "--admin-password",
+            "crash-token",
+            "--max-backoff",
+            "1s",
+            "--host-events-per-second",
+            "100000",
+        ])
         .env("RELAY_LOG_LEVEL", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -37,6 +37,7 @@ fn config(dir: &std::path::Path, plc: String) -> ServeConfig {
     config.allow_insecure_hosts = true;
     config.connect_stagger = Duration::from_millis(1);
     config.max_backoff = Duration::from_secs(1);
+    config.host_events_per_second = 100_000.0;
     config
 }
 

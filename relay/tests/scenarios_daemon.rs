@@ -85,6 +85,7 @@ async fn run(name: &str) {
     config.allow_insecure_hosts = true;
     config.lenient_sync_validation = scenario.lenient;
     config.upstream = String::new();
+    config.host_events_per_second = 100_000.0;
     let relay = Relay::start(config).await.expect("relay");
     let (public, internal) = relay::server::bind(&relay).await.expect("bind");
     let (public_addr, internal_addr) =

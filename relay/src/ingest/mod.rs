@@ -221,6 +221,12 @@ async fn subscribe_once(
         }
     }
     let hostname: Arc<str> = Arc::from(host.hostname.as_str());
+    let rate = if host.trusted {
+        relay.config.trusted_host_events_per_second
+    } else {
+        relay.config.host_events_per_second
+    };
+    let mut limiter = RateLimiter::new(rate);
     let mut last_save = std::time::Instant::now();
     // An idle upstream is normal; a dead TCP connection is caught by this read timeout.
     let idle_timeout = Duration::from_secs(600);
@@ -259,6 +265,9 @@ async fn subscribe_once(
             relay.metrics.rejections.with_label_values(&["seq_not_increasing"]).inc();
             continue;
         }
+        if limiter.take().await {
+            relay.metrics.host_throttled.inc();
+        }
         let in_flight = progress.start(seq);
         relay.validation.submit(host.id, hostname.clone(), event, bytes.len(), in_flight).await;
         if last_save.elapsed() > Duration::from_secs(1) {
@@ -268,9 +277,57 @@ async fn subscribe_once(
     }
 }
 
+/// A token bucket: `rate` events per second with a burst of one second's worth.
+/// `take` waits for a token instead of refusing, which slows reading from the socket.
+struct RateLimiter {
+    rate: f64,
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl RateLimiter {
+    fn new(rate: f64) -> RateLimiter {
+        let rate = rate.max(0.1);
+        RateLimiter { rate, tokens: rate, last: tokio::time::Instant::now() }
+    }
+
+    /// Takes a token; returns whether it had to wait.
+    async fn take(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return false;
+        }
+        let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.rate);
+        tokio::time::sleep(wait).await;
+        self.last = tokio::time::Instant::now();
+        self.tokens = 0.0;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limiter_slows_down_instead_of_dropping() {
+        let mut limiter = RateLimiter::new(10.0);
+        let start = tokio::time::Instant::now();
+        let mut waited = 0;
+        for _ in 0..30 {
+            waited += usize::from(limiter.take().await);
+        }
+        // 10 from the burst, then 20 more at 10/s: about two seconds, and every event taken.
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(1900) && elapsed <= Duration::from_millis(2100),
+            "{elapsed:?}"
+        );
+        assert_eq!(waited, 20);
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
