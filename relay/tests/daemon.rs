@@ -22,23 +22,14 @@ struct Running {
 }
 
 fn config(dir: &std::path::Path, plc: String) -> ServeConfig {
-    use clap::Parser;
-    #[derive(clap::Parser)]
-    struct Wrapper {
-        #[command(flatten)]
-        config: ServeConfig,
-    }
-    let mut config = Wrapper::parse_from(["relay"]).config;
-    config.data_dir = dir.to_path_buf();
-    config.api_bind = "127.0.0.1:0".into();
-    config.internal_bind = "127.0.0.1:0".into();
+    let mut config = common::relay_config(dir, plc);
     config.admin_tokens = vec!["test-token".into()];
-    config.plc_url = plc;
-    config.allow_insecure_hosts = true;
-    config.connect_stagger = Duration::from_millis(1);
-    config.max_backoff = Duration::from_secs(1);
-    config.host_events_per_second = 100_000.0;
     config
+}
+
+async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {
+    let response = client.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    response.json().await.unwrap_or_else(|e| panic!("GET {url}: body is not JSON: {e}"))
 }
 
 async fn start_relay(config: ServeConfig) -> Running {
@@ -170,33 +161,18 @@ async fn relays_a_simulated_fleet_with_cursor_replay_and_restart(database_url: O
 
     // XRPC reflects the relayed state.
     let client = reqwest::Client::new();
-    let hosts: serde_json::Value = client
-        .get(format!("http://{}/xrpc/com.atproto.sync.listHosts", running.public))
-        .send()
-        .await
-        .expect("listHosts")
-        .json()
-        .await
-        .expect("json");
+    let hosts: serde_json::Value =
+        get_json(&client, format!("http://{}/xrpc/com.atproto.sync.listHosts", running.public)).await;
     assert_eq!(hosts["hosts"].as_array().map(Vec::len), Some(3));
-    let repos: serde_json::Value = client
-        .get(format!("http://{}/xrpc/com.atproto.sync.listRepos", running.public))
-        .send()
-        .await
-        .expect("listRepos")
-        .json()
-        .await
-        .expect("json");
+    let repos: serde_json::Value =
+        get_json(&client, format!("http://{}/xrpc/com.atproto.sync.listRepos", running.public)).await;
     assert_eq!(repos["repos"].as_array().map(Vec::len), Some(12));
     let some_did = repos["repos"][0]["did"].as_str().expect("did").to_string();
-    let status: serde_json::Value = client
-        .get(format!("http://{}/xrpc/com.atproto.sync.getRepoStatus?did={some_did}", running.public))
-        .send()
-        .await
-        .expect("status")
-        .json()
-        .await
-        .expect("json");
+    let status: serde_json::Value = get_json(
+        &client,
+        format!("http://{}/xrpc/com.atproto.sync.getRepoStatus?did={some_did}", running.public),
+    )
+    .await;
     assert_eq!(status["active"], true);
     let bad = client
         .get(format!("http://{}/xrpc/com.atproto.sync.listRepos?limit=5000", running.public))
@@ -214,14 +190,11 @@ async fn relays_a_simulated_fleet_with_cursor_replay_and_restart(database_url: O
         .await
         .expect("takedown");
     assert!(takedown.status().is_success());
-    let status: serde_json::Value = client
-        .get(format!("http://{}/xrpc/com.atproto.sync.getRepoStatus?did={some_did}", running.public))
-        .send()
-        .await
-        .expect("status")
-        .json()
-        .await
-        .expect("json");
+    let status: serde_json::Value = get_json(
+        &client,
+        format!("http://{}/xrpc/com.atproto.sync.getRepoStatus?did={some_did}", running.public),
+    )
+    .await;
     assert_eq!(status["active"], false);
     assert_eq!(status["status"], "takendown");
     let replay = consume(&format!("{firehose}?cursor=0"), 200, Duration::from_secs(3)).await;

@@ -68,24 +68,9 @@ async fn run(name: &str) {
     }
     let dir = std::env::temp_dir().join(format!("relay-scenario-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut config: ServeConfig = {
-        use clap::Parser;
-        #[derive(clap::Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            config: ServeConfig,
-        }
-        Wrapper::parse_from(["relay"]).config
-    };
-    config.data_dir = dir.clone();
-    config.api_bind = "127.0.0.1:0".into();
-    config.internal_bind = "127.0.0.1:0".into();
+    let mut config: ServeConfig = common::relay_config(&dir, sim.plc_url());
     config.admin_tokens = vec!["t".into()];
-    config.plc_url = sim.plc_url();
-    config.allow_insecure_hosts = true;
     config.lenient_sync_validation = scenario.lenient;
-    config.upstream = String::new();
-    config.host_events_per_second = 100_000.0;
     let relay = Relay::start(config).await.expect("relay");
     let (public, internal) = relay::server::bind(&relay).await.expect("bind");
     let (public_addr, internal_addr) =

@@ -40,3 +40,25 @@ pub fn fresh_sqlite_database() -> (String, std::path::PathBuf) {
     std::fs::create_dir_all(&dir).expect("temp dir");
     (format!("sqlite://{}", dir.join("relay.sqlite").display()), dir)
 }
+
+/// A relay configuration for in-process tests: loopback listeners on free ports, data in
+/// `dir`, the given PLC, insecure (loopback) hosts allowed, no bootstrap, no rate limits.
+pub fn relay_config(dir: &std::path::Path, plc: String) -> relay::config::ServeConfig {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        config: relay::config::ServeConfig,
+    }
+    let mut config = Wrapper::parse_from(["relay"]).config;
+    config.data_dir = dir.to_path_buf();
+    config.api_bind = "127.0.0.1:0".into();
+    config.internal_bind = "127.0.0.1:0".into();
+    config.plc_url = plc;
+    config.allow_insecure_hosts = true;
+    config.upstream = String::new();
+    config.connect_stagger = std::time::Duration::from_millis(1);
+    config.max_backoff = std::time::Duration::from_secs(1);
+    config.host_events_per_second = 100_000.0;
+    config
+}
