@@ -32,7 +32,8 @@ if [ -z "${RELAY_TEST_POSTGRES_URL:-}" ]; then
     apt-get update -qq && apt-get install -y -qq postgresql
   fi
   pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-  pg_port="${RELAY_TEST_POSTGRES_PORT:-55432}"
+  # A port per run, so a cluster left behind by a killed run cannot get in the way.
+  pg_port="${RELAY_TEST_POSTGRES_PORT:-$((55000 + $$ % 4000))}"
   pg_data=$(mktemp -d /tmp/relay-test-pg.XXXXXX)
   run_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "$*"; else sh -c "$*"; fi; }
   [ "$(id -u)" = 0 ] && chown postgres "$pg_data"
