@@ -91,6 +91,7 @@ impl Relay {
         });
         stage::spawn_workers(relay.clone(), receivers);
         tokio::spawn(write_state(relay.store.clone(), state_rx));
+        tokio::spawn(watch_idle_hosts(relay.clone()));
         Ok(relay)
     }
 
@@ -437,4 +438,41 @@ async fn recover_state(store: &Store, log: &EventLog) -> anyhow::Result<()> {
         tracing::info!(replayed, "repo state recovered from the event log");
     }
     Ok(())
+}
+
+/// Marks connected hosts that have been silent for `idle_after` as `idle` (indigo's intent:
+/// such hosts are expected to send requestCrawl when they come back; we also flip them back
+/// to `active` on their next event).
+async fn watch_idle_hosts(relay: Arc<Relay>) {
+    let idle_after = relay.config.idle_after;
+    if idle_after.is_zero() {
+        return;
+    }
+    let period = (idle_after / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    loop {
+        tokio::time::sleep(period).await;
+        let silent: Vec<i64> = {
+            let hosts = relay.hosts.lock().unwrap_or_else(|p| p.into_inner());
+            hosts
+                .iter()
+                .filter(|(_, h)| {
+                    h.is_connected() && !h.progress.idle.load(std::sync::atomic::Ordering::Relaxed)
+                })
+                .filter(|(_, h)| h.progress.silent_for() >= idle_after.as_secs())
+                .map(|(id, h)| {
+                    h.progress.idle.store(true, std::sync::atomic::Ordering::Relaxed);
+                    *id
+                })
+                .collect()
+        };
+        for id in &silent {
+            if let Err(error) = relay.store.set_host_status(*id, "idle").await {
+                tracing::warn!(%error, host_id = id, "marking host idle");
+            }
+        }
+        if !silent.is_empty() {
+            tracing::info!(hosts = silent.len(), "marked silent hosts idle");
+            relay.refresh_host_metrics().await;
+        }
+    }
 }

@@ -128,6 +128,10 @@ pub struct ServeConfig {
     #[arg(long, env = "RELAY_TRUSTED_HOST_EVENTS_PER_SECOND", default_value_t = 5000.0)]
     pub trusted_host_events_per_second: f64,
 
+    /// A connected host that sends nothing for this long is marked `idle` (0 disables).
+    #[arg(long, env = "RELAY_IDLE_AFTER", default_value = "12h", value_parser = parse_duration)]
+    pub idle_after: Duration,
+
     /// Re-read the upstream's listHosts this often to discover new hosts (0 disables).
     #[arg(long, env = "RELAY_REDISCOVERY_INTERVAL", default_value = "6h", value_parser = parse_duration)]
     pub rediscovery_interval: Duration,

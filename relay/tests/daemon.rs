@@ -269,3 +269,40 @@ async fn hostile_host_events_are_dropped() {
     stop_relay(running).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_hosts_become_idle_and_come_back() {
+    let dir = std::env::temp_dir().join(format!("relay-e2e-idle-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let sim = Simulation::start(sim_config(1, 2, vec![])).await.expect("simulator");
+    let mut relay_config = config(&dir, sim.plc_url());
+    relay_config.idle_after = Duration::from_secs(2);
+    let running = start_relay(relay_config).await;
+    sim.register_with_relay(&format!("http://{}", running.internal), "test-token").await.expect("crawl");
+    wait_connected(&running.relay, 1).await;
+    let client = reqwest::Client::new();
+    let status_url = format!(
+        "http://{}/xrpc/com.atproto.sync.getHostStatus?hostname={}",
+        running.public,
+        sim.hosts[0].hostname()
+    );
+    let wait_for = |want: &'static str| {
+        let (client, url) = (client.clone(), status_url.clone());
+        async move {
+            let until = Instant::now() + Duration::from_secs(15);
+            loop {
+                let status = get_json(&client, url.clone()).await;
+                if status["status"] == want {
+                    return;
+                }
+                assert!(Instant::now() < until, "host never became {want}: {status}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    wait_for("idle").await;
+    sim.create_accounts();
+    wait_for("active").await;
+    stop_relay(running).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -19,6 +19,10 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
 /// Read buffer per upstream socket.
 const UPSTREAM_READ_BUFFER: usize = 16 * 1024;
 
@@ -32,12 +36,21 @@ const OFFLINE_AFTER_FAILURES: u32 = 8;
 #[derive(Debug, Default)]
 pub struct HostProgress {
     received: AtomicI64,
+    /// Unix seconds of the last event (for idle detection); 0 = none yet.
+    last_event_unix: std::sync::atomic::AtomicU64,
+    /// Set when the host was marked `idle`; the next event marks it `active` again.
+    pub idle: AtomicBool,
     in_flight: std::sync::Mutex<std::collections::BTreeSet<i64>>,
 }
 
 impl HostProgress {
     fn new(cursor: i64) -> HostProgress {
-        HostProgress { received: AtomicI64::new(cursor), in_flight: Default::default() }
+        HostProgress {
+            received: AtomicI64::new(cursor),
+            last_event_unix: unix_now().into(),
+            idle: AtomicBool::new(false),
+            in_flight: Default::default(),
+        }
     }
 
     pub fn received(&self) -> i64 {
@@ -49,8 +62,14 @@ impl HostProgress {
     }
 
     /// Marks `seq` received and in flight; the guard finishes it when dropped.
+    /// Seconds since the host's last event (or since the subscription started).
+    pub fn silent_for(&self) -> u64 {
+        unix_now().saturating_sub(self.last_event_unix.load(Ordering::Relaxed))
+    }
+
     fn start(self: &Arc<Self>, seq: i64) -> InFlight {
         self.received.store(seq, Ordering::Relaxed);
+        self.last_event_unix.store(unix_now(), Ordering::Relaxed);
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(seq);
         InFlight { progress: self.clone(), seq }
     }
@@ -269,6 +288,10 @@ async fn subscribe_once(
             relay.metrics.host_throttled.inc();
         }
         let in_flight = progress.start(seq);
+        if progress.idle.swap(false, Ordering::Relaxed) {
+            let _ = relay.store.set_host_status(host.id, "active").await;
+            relay.refresh_host_metrics().await;
+        }
         relay.validation.submit(host.id, hostname.clone(), event, bytes.len(), in_flight).await;
         if last_save.elapsed() > Duration::from_secs(1) {
             last_save = std::time::Instant::now();
