@@ -3,23 +3,14 @@
 
 mod common;
 
+use common::{start_relay, stop_relay};
 use futures_util::StreamExt;
 use relay::app::Relay;
 use relay::atproto::frame::{self, Event};
 use relay::config::ServeConfig;
 use relay::simulate::{Hostile, SimulateConfig, Simulation};
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
-
-struct Running {
-    relay: Arc<Relay>,
-    public: SocketAddr,
-    internal: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
 
 fn config(dir: &std::path::Path, plc: String) -> ServeConfig {
     let mut config = common::relay_config(dir, plc);
@@ -30,30 +21,6 @@ fn config(dir: &std::path::Path, plc: String) -> ServeConfig {
 async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {
     let response = client.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
     response.json().await.unwrap_or_else(|e| panic!("GET {url}: body is not JSON: {e}"))
-}
-
-async fn start_relay(config: ServeConfig) -> Running {
-    let relay = Relay::start(config).await.expect("relay starts");
-    let (public, internal) = relay::server::bind(&relay).await.expect("bind");
-    let (public_addr, internal_addr) =
-        (public.local_addr().expect("addr"), internal.local_addr().expect("addr"));
-    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = relay.clone();
-    let task = tokio::spawn(async move {
-        serving.resume_hosts().await.expect("resume");
-        relay::server::serve(serving, public, internal, async {
-            let _ = stop_rx.await;
-        })
-        .await
-        .expect("serve");
-    });
-    Running { relay, public: public_addr, internal: internal_addr, stop, task }
-}
-
-async fn stop_relay(running: Running) {
-    running.relay.shutdown().await;
-    let _ = running.stop.send(());
-    let _ = running.task.await;
 }
 
 /// Reads frames until `want` sequenced events arrived or the deadline passed.

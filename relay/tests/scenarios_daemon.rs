@@ -7,7 +7,6 @@
 mod common;
 
 use futures_util::StreamExt;
-use relay::app::Relay;
 use relay::atproto::crypto::PublicKey;
 use relay::atproto::frame::{self, Event};
 use relay::config::ServeConfig;
@@ -71,18 +70,8 @@ async fn run(name: &str) {
     let mut config: ServeConfig = common::relay_config(&dir, sim.plc_url());
     config.admin_tokens = vec!["t".into()];
     config.lenient_sync_validation = scenario.lenient;
-    let relay = Relay::start(config).await.expect("relay");
-    let (public, internal) = relay::server::bind(&relay).await.expect("bind");
-    let (public_addr, internal_addr) =
-        (public.local_addr().expect("addr"), internal.local_addr().expect("addr"));
-    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = relay.clone();
-    let server = tokio::spawn(async move {
-        let _ = relay::server::serve(serving, public, internal, async {
-            let _ = stop_rx.await;
-        })
-        .await;
-    });
+    let running = common::start_relay(config).await;
+    let (relay, public_addr, internal_addr) = (running.relay.clone(), running.public, running.internal);
     sim.register_with_relay(&format!("http://{internal_addr}"), "t").await.expect("crawl");
     let until = Instant::now() + Duration::from_secs(10);
     while relay.hosts.lock().map(|h| h.values().filter(|x| x.is_connected()).count()).unwrap_or(0) < 1 {
@@ -123,9 +112,7 @@ async fn run(name: &str) {
     for (index, (got, want)) in output.iter().zip(&expected).enumerate() {
         assert_eq!(got, want, "{name}: event {index} differs");
     }
-    relay.shutdown().await;
-    let _ = stop.send(());
-    let _ = server.await;
+    common::stop_relay(running).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 

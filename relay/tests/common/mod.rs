@@ -62,3 +62,36 @@ pub fn relay_config(dir: &std::path::Path, plc: String) -> relay::config::ServeC
     config.host_events_per_second = 100_000.0;
     config
 }
+
+/// A relay running in this process with both listeners on loopback.
+pub struct Running {
+    pub relay: std::sync::Arc<relay::app::Relay>,
+    pub public: std::net::SocketAddr,
+    pub internal: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub async fn start_relay(config: relay::config::ServeConfig) -> Running {
+    let relay = relay::app::Relay::start(config).await.expect("relay starts");
+    let (public, internal) = relay::server::bind(&relay).await.expect("bind");
+    let (public_addr, internal_addr) =
+        (public.local_addr().expect("addr"), internal.local_addr().expect("addr"));
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = relay.clone();
+    let task = tokio::spawn(async move {
+        serving.resume_hosts().await.expect("resume");
+        relay::server::serve(serving, public, internal, async {
+            let _ = stop_rx.await;
+        })
+        .await
+        .expect("serve");
+    });
+    Running { relay, public: public_addr, internal: internal_addr, stop, task }
+}
+
+pub async fn stop_relay(running: Running) {
+    running.relay.shutdown().await;
+    let _ = running.stop.send(());
+    let _ = running.task.await;
+}
