@@ -3,7 +3,7 @@
 //! `admin:<token>`; several tokens may be configured (rotation); constant-time compare.
 
 use crate::app::Relay;
-use crate::xrpc::{crawl_error, XrpcError};
+use crate::xrpc::{crawl_error, known_host, XrpcError};
 use axum::extract::{Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -117,19 +117,8 @@ struct LimitsBody {
     repo_limit: Option<i64>,
 }
 
-async fn host_named(relay: &Relay, name: &str) -> Result<crate::storage::Host, XrpcError> {
-    let normalized =
-        crate::ingest::crawl::normalize_hostname(name, true).map(|h| h.hostname).unwrap_or(name.to_string());
-    relay
-        .store
-        .host_by_name(&normalized)
-        .await
-        .map_err(XrpcError::internal)?
-        .ok_or_else(|| XrpcError::new(StatusCode::NOT_FOUND, "HostNotFound", "unknown host"))
-}
-
 async fn change_limits(State(relay): State<Arc<Relay>>, Json(body): Json<LimitsBody>) -> AdminResult {
-    let host = host_named(&relay, &body.host).await?;
+    let host = known_host(&relay, &body.host).await?;
     if let Some(limit) = body.repo_limit {
         if limit < 0 {
             return Err(XrpcError::bad_request("repo_limit must be >= 0"));
@@ -147,7 +136,7 @@ struct HostQuery {
 }
 
 async fn block_host(State(relay): State<Arc<Relay>>, Query(query): Query<HostQuery>) -> AdminResult {
-    let host = host_named(&relay, &query.host).await?;
+    let host = known_host(&relay, &query.host).await?;
     relay.store.set_host_status(host.id, "banned").await.map_err(XrpcError::internal)?;
     relay.unsubscribe(host.id);
     relay.refresh_host_metrics().await;
@@ -155,7 +144,7 @@ async fn block_host(State(relay): State<Arc<Relay>>, Query(query): Query<HostQue
 }
 
 async fn unblock_host(State(relay): State<Arc<Relay>>, Query(query): Query<HostQuery>) -> AdminResult {
-    let host = host_named(&relay, &query.host).await?;
+    let host = known_host(&relay, &query.host).await?;
     relay.store.set_host_status(host.id, "active").await.map_err(XrpcError::internal)?;
     relay.refresh_host_metrics().await;
     Ok(ok())
@@ -170,7 +159,7 @@ async fn upstream_conns(State(relay): State<Arc<Relay>>) -> AdminResult {
 }
 
 async fn kill_upstream(State(relay): State<Arc<Relay>>, Query(query): Query<HostQuery>) -> AdminResult {
-    let host = host_named(&relay, &query.host).await?;
+    let host = known_host(&relay, &query.host).await?;
     if !relay.unsubscribe(host.id) {
         return Err(XrpcError::bad_request("no active connection to that host"));
     }

@@ -144,13 +144,18 @@ struct HostnameParam {
 
 async fn get_host_status(State(relay): State<Arc<Relay>>, Query(params): Query<HostnameParam>) -> XrpcResult {
     let hostname = params.hostname.ok_or_else(|| XrpcError::bad_request("hostname is required"))?;
-    let normalized = crate::ingest::crawl::normalize_hostname(&hostname, true)
+    let host = known_host(&relay, &hostname).await?;
+    Ok(Json(host_json(&relay, &host).await).into_response())
+}
+
+/// A stored host named in user input (with or without scheme, any case); `HostNotFound` otherwise.
+pub async fn known_host(relay: &Relay, input: &str) -> Result<crate::storage::Host, XrpcError> {
+    let normalized = crate::ingest::crawl::normalize_hostname(input, true)
         .map(|h| h.hostname)
-        .unwrap_or(hostname.to_ascii_lowercase());
-    match relay.store.host_by_name(&normalized).await.map_err(XrpcError::internal)? {
-        Some(host) => Ok(Json(host_json(&relay, &host).await).into_response()),
-        None => Err(XrpcError::new(StatusCode::NOT_FOUND, "HostNotFound", "host is not known to this relay")),
-    }
+        .unwrap_or_else(|_| input.to_ascii_lowercase());
+    relay.store.host_by_name(&normalized).await.map_err(XrpcError::internal)?.ok_or_else(|| {
+        XrpcError::new(StatusCode::NOT_FOUND, "HostNotFound", "host is not known to this relay")
+    })
 }
 
 #[derive(Deserialize)]
