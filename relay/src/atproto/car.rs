@@ -108,9 +108,15 @@ pub fn read(bytes: &[u8], max_len: usize) -> Result<Car<'_>, CarError> {
 }
 
 fn split_block(block: &[u8]) -> Result<(Cid, &[u8]), CarError> {
-    let mut cursor = std::io::Cursor::new(block);
-    let cid = Cid::read_bytes(&mut cursor).map_err(|e| CarError::BadCid(e.to_string()))?;
-    let data = &block[cursor.position() as usize..];
+    // Nearly every block starts with a blessed 36-byte CID; parse that directly.
+    let (cid, data) = match block.get(..36).map(cbor::cid_from_bytes) {
+        Some(Ok(cid)) => (cid, &block[36..]),
+        _ => {
+            let mut cursor = std::io::Cursor::new(block);
+            let cid = Cid::read_bytes(&mut cursor).map_err(|e| CarError::BadCid(e.to_string()))?;
+            (cid, &block[cursor.position() as usize..])
+        }
+    };
     verify_block(&cid, data)?;
     Ok((cid, data))
 }

@@ -241,12 +241,7 @@ impl<'a> Reader<'a> {
         let raw = self.take(len)?;
         match raw.split_first() {
             Some((0, cid_bytes)) => {
-                let cid = Cid::try_from(cid_bytes).map_err(|e| CborError::BadCid(e.to_string()))?;
-                // `Cid::try_from` ignores trailing bytes (another fuzzing find): the link must be
-                // exactly one CID.
-                if cid.encoded_len() != cid_bytes.len() {
-                    return Err(CborError::BadCid("trailing bytes after the CID".into()));
-                }
+                let cid = cid_from_bytes(cid_bytes)?;
                 // Strict data: only blessed CIDs. (Found by fuzzing: a sha2-256 multihash with a
                 // truncated digest parses, but does not survive a decode/encode round trip.)
                 if self.limits.strict && !is_blessed(&cid) {
@@ -315,6 +310,25 @@ pub fn cid_with_codec(codec: u64, bytes: &[u8]) -> Cid {
     let hash = cid::multihash::Multihash::<64>::wrap(SHA2_256, &digest)
         .expect("a 32-byte digest always fits a 64-byte multihash");
     Cid::new_v1(codec, hash)
+}
+
+/// Parses CID bytes, taking a fast path for the blessed 36-byte form
+/// (`0x01 codec 0x12 0x20 <32-byte sha2-256>`) that nearly every atproto CID has;
+/// anything else goes through the general parser. The whole slice must be the CID.
+pub fn cid_from_bytes(raw: &[u8]) -> Result<Cid, CborError> {
+    if let [0x01, codec @ (0x71 | 0x55), 0x12, 0x20, digest @ ..] = raw {
+        if digest.len() == 32 {
+            let hash = cid::multihash::Multihash::<64>::wrap(SHA2_256, digest)
+                .map_err(|e| CborError::BadCid(e.to_string()))?;
+            return Ok(Cid::new_v1(u64::from(*codec), hash));
+        }
+    }
+    let cid = Cid::try_from(raw).map_err(|e| CborError::BadCid(e.to_string()))?;
+    // `Cid::try_from` ignores trailing bytes (a fuzzing find): the slice must be one CID.
+    if cid.encoded_len() != raw.len() {
+        return Err(CborError::BadCid("trailing bytes after the CID".into()));
+    }
+    Ok(cid)
 }
 
 /// A "blessed" atproto CID: v1, dag-cbor or raw, sha2-256 with a 32-byte digest.

@@ -80,13 +80,7 @@ impl<'a> Reader<'a> {
         }
         let len = self.expect(2)?;
         match self.take(len)?.split_first() {
-            Some((0, raw)) => {
-                let cid = Cid::try_from(raw).map_err(|e| e.to_string())?;
-                if cid.encoded_len() != raw.len() {
-                    return Err("trailing bytes after a CID link".into());
-                }
-                Ok(cid)
-            }
+            Some((0, raw)) => crate::atproto::cbor::cid_from_bytes(raw).map_err(|e| e.to_string()),
             _ => Err("CID link without the 0x00 prefix".into()),
         }
     }
