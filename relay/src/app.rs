@@ -211,11 +211,7 @@ impl Relay {
     }
 
     pub fn note_accepted(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        self.last_accepted_unix.store(now, Ordering::Relaxed);
+        self.last_accepted_unix.store(crate::ingest::unix_now(), Ordering::Relaxed);
     }
 
     /// Takes an account down (or restores it): stores the status, purges or not, emits `#account`.
@@ -270,11 +266,7 @@ impl Relay {
         let silence = self.config.ready_max_silence;
         if !silence.is_zero() && self.started.elapsed() > silence {
             let last = self.last_accepted_unix.load(Ordering::Relaxed);
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            if now.saturating_sub(last) > silence.as_secs() {
+            if crate::ingest::unix_now().saturating_sub(last) > silence.as_secs() {
                 return Err(format!("no event accepted for more than {}s", silence.as_secs()));
             }
         }

@@ -5,7 +5,7 @@
 //! order is free; duplicates are tolerated (the same CID always has the same bytes
 //! once verified); blocks nobody references are allowed.
 
-use crate::atproto::cbor::{self, DAG_CBOR, RAW, SHA2_256};
+use crate::atproto::cbor;
 use cid::Cid;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -122,11 +122,7 @@ fn split_block(block: &[u8]) -> Result<(Cid, &[u8]), CarError> {
 }
 
 fn verify_block(cid: &Cid, data: &[u8]) -> Result<(), CarError> {
-    let supported = cid.version() == cid::Version::V1
-        && (cid.codec() == DAG_CBOR || cid.codec() == RAW)
-        && cid.hash().code() == SHA2_256
-        && cid.hash().size() == 32;
-    if !supported {
+    if !cbor::is_blessed(cid) {
         return Err(CarError::UnsupportedCid(cid.to_string()));
     }
     let digest = Sha256::digest(data);
