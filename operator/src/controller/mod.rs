@@ -1,0 +1,260 @@
+//! The Relay controller. Each reconcile is a pipeline:
+//! read → validate → build (pure) → apply (server-side apply) → status.
+
+pub mod apply;
+pub mod build;
+/// Helpers for tests and fixtures (Relays from YAML).
+pub mod fixtures;
+pub mod read;
+pub mod status;
+pub mod validate;
+
+use crate::config::RunConfig;
+use crate::crd::Relay;
+use crate::metrics::Metrics;
+use crate::Error;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// Shared state of all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub config: RunConfig,
+    service_monitor_cache: Mutex<Option<(Instant, bool)>>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>, config: RunConfig) -> Self {
+        let reporter = Reporter { controller: build::MANAGER.into(), instance: config.pod_name.clone() };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            config,
+            service_monitor_cache: Mutex::new(None),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether the cluster serves ServiceMonitors (prometheus-operator), cached briefly
+    /// so a CRD installed later is picked up without asking on every reconcile.
+    pub async fn service_monitor_supported(&self) -> bool {
+        if let Some((at, supported)) = *lock(&self.service_monitor_cache) {
+            if at.elapsed() < self.config.discovery_ttl {
+                return supported;
+            }
+        }
+        let supported = match self.client.list_api_group_resources("monitoring.coreos.com/v1").await {
+            Ok(list) => list.resources.iter().any(|r| r.name == "servicemonitors"),
+            Err(_) => false,
+        };
+        *lock(&self.service_monitor_cache) = Some((Instant::now(), supported));
+        supported
+    }
+
+    /// Publishes an Event about a Relay; failures are logged, never fatal.
+    pub async fn publish(&self, relay: &Relay, event: Event) {
+        let reference = relay.object_ref(&());
+        match self.recorder.publish(&event, &reference).await {
+            Ok(()) => self.metrics.api_writes.with_label_values(&["Event"]).inc(),
+            Err(error) => warn!(relay = %relay.name_any(), %error, "could not publish an event"),
+        }
+    }
+
+    fn record_failure(&self, key: &str) -> u32 {
+        let mut failures = lock(&self.failures);
+        let count = failures.entry(key.to_string()).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    fn clear_failures(&self, key: &str) {
+        lock(&self.failures).remove(key);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+fn key(relay: &Relay) -> String {
+    format!("{}/{}", relay.namespace().unwrap_or_default(), relay.name_any())
+}
+
+/// One reconcile of one Relay.
+pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&relay, &ctx).await;
+    let label = match &result {
+        Ok(_) => "success",
+        Err(error) => error.reason(),
+    };
+    ctx.metrics.reconciles.with_label_values(&[label]).inc();
+    ctx.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.clear_failures(&key(&relay));
+    }
+    result
+}
+
+async fn reconcile_inner(relay: &Relay, ctx: &Context) -> Result<Action, Error> {
+    let name = relay.name_any();
+    let namespace = relay.namespace().unwrap_or_default();
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
+
+    if relay.spec.operation.reconciliation_paused {
+        let live = statefulsets.get_opt(&name).await?;
+        let status = status::compute(relay, &status::Outcome::Paused(live.as_ref()), None, &now());
+        status::write(relay, status, ctx).await?;
+        return Ok(Action::await_change());
+    }
+
+    let validated = match validate::validate(relay) {
+        Ok(validated) => validated,
+        Err(invalid) => {
+            let live = statefulsets.get_opt(&name).await?;
+            stall(relay, ctx, "InvalidSpec", invalid.to_string(), live.as_ref()).await?;
+            return Err(Error::InvalidSpec(invalid));
+        }
+    };
+
+    let observed = match read::read(relay, &namespace, &name, ctx).await {
+        Ok(observed) => observed,
+        Err(error @ Error::MissingSecret { .. }) => {
+            let live = statefulsets.get_opt(&name).await?;
+            stall(relay, ctx, error.reason(), error.to_string(), live.as_ref()).await?;
+            return Err(error);
+        }
+        Err(error) => return Err(error),
+    };
+
+    let inputs = build::BuildInputs {
+        admin: observed.admin.clone(),
+        service_monitor_supported: observed.service_monitor_supported,
+    };
+    let admin_secret = observed.admin.secret_name(&validated);
+    let desired = build::build(&validated, &inputs);
+    let applied = apply::apply(desired, &namespace, ctx).await?;
+    if !applied.changed.is_empty() {
+        info!(relay = %key(relay), changed = ?applied.changed, "applied");
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "Applied".into(),
+            note: Some(status::truncate(&format!("configured {}", applied.changed.join(", ")), 1000)),
+            action: "Apply".into(),
+            secondary: None,
+        };
+        ctx.publish(relay, event).await;
+    }
+    let status = status::compute(relay, &status::Outcome::Applied(&applied.statefulset), Some(admin_secret), &now());
+    status::write(relay, status, ctx).await?;
+    Ok(Action::requeue(ctx.config.resync_interval))
+}
+
+async fn stall(
+    relay: &Relay,
+    ctx: &Context,
+    reason: &'static str,
+    message: String,
+    statefulset: Option<&StatefulSet>,
+) -> Result<(), Error> {
+    warn!(relay = %key(relay), reason, %message, "relay stalled");
+    let outcome = status::Outcome::Stalled { reason, message, statefulset };
+    let status = status::compute(relay, &outcome, None, &now());
+    status::write(relay, status, ctx).await
+}
+
+/// After a failed reconcile: wait for the user on spec errors, poll for a missing
+/// Secret (Secrets are not watched), back off exponentially on everything else.
+pub fn error_policy(relay: Arc<Relay>, error: &Error, ctx: Arc<Context>) -> Action {
+    match error {
+        Error::InvalidSpec(_) => Action::await_change(),
+        Error::MissingSecret { .. } => Action::requeue(ctx.config.missing_secret_poll),
+        _ => {
+            let failures = ctx.record_failure(&key(&relay));
+            let delay = backoff(failures, ctx.config.max_backoff);
+            warn!(relay = %key(&relay), %error, failures, retry_in = ?delay, "reconcile failed");
+            Action::requeue(delay)
+        }
+    }
+}
+
+/// 1 s, 2 s, 4 s ... capped, with ±20 % jitter so many Relays do not retry in step.
+pub fn backoff(failures: u32, cap: Duration) -> Duration {
+    let base = Duration::from_secs(1u64 << failures.saturating_sub(1).min(16));
+    let capped = base.min(cap);
+    let jitter = 0.8 + fastrand::f64() * 0.4;
+    capped.mul_f64(jitter)
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let client = ctx.client.clone();
+    let relays: Api<Relay> = match &ctx.config.watch_namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    if let Err(error) = relays.list(&kube::api::ListParams::default().limit(1)).await {
+        anyhow::bail!("cannot list Relays ({error}); is the CRD installed? (kubectl apply -f crds/)");
+    }
+    let owned = watcher::Config::default().labels(&format!("{}={}", build::LABEL_MANAGED_BY, build::MANAGER));
+    let statefulsets: Api<StatefulSet> = scoped(&client, &ctx.config.watch_namespace);
+    let services: Api<Service> = scoped(&client, &ctx.config.watch_namespace);
+    Controller::new(relays, watcher::Config::default().any_semantic())
+        .owns(statefulsets, owned.clone())
+        .owns(services, owned)
+        .with_config(ControllerConfig::default().concurrency(ctx.config.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile ended with an error");
+            }
+        })
+        .await;
+    Ok(())
+}
+
+fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let cap = Duration::from_secs(300);
+        assert!(backoff(1, cap) <= Duration::from_millis(1200));
+        assert!(backoff(4, cap) >= Duration::from_millis(6400));
+        assert!(backoff(40, cap) <= Duration::from_secs(360));
+        assert!(backoff(40, cap) >= Duration::from_secs(240));
+    }
+}

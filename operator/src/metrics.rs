@@ -1,0 +1,58 @@
+//! Prometheus metrics of the operator.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Reconciles by result (`success` or an error reason).
+    pub reconciles: IntCounterVec,
+    pub reconcile_seconds: Histogram,
+    /// API writes by kind: the idle operator must keep these flat.
+    pub api_writes: IntCounterVec,
+    /// 1 while this replica holds the leader Lease (or leader election is off).
+    pub leader: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let reconciles = IntCounterVec::new(
+            Opts::new("relay_operator_reconciles_total", "Reconciles of Relays by result"),
+            &["result"],
+        )
+        .expect("valid metric");
+        let reconcile_seconds = Histogram::with_opts(
+            HistogramOpts::new("relay_operator_reconcile_duration_seconds", "Duration of one reconcile")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )
+        .expect("valid metric");
+        let api_writes = IntCounterVec::new(
+            Opts::new("relay_operator_api_writes_total", "Create/patch requests sent to the API server, by kind"),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let leader = IntGauge::new("relay_operator_leader", "1 while this replica is the active leader")
+            .expect("valid metric");
+        for collector in [
+            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reconcile_seconds.clone()),
+            Box::new(api_writes.clone()),
+            Box::new(leader.clone()),
+        ] {
+            registry.register(collector).expect("metric names are unique");
+        }
+        Metrics { registry, reconciles, reconcile_seconds, api_writes, leader }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
