@@ -32,8 +32,10 @@ pub fn statefulset(relay: &ValidatedRelay, admin: &AdminToken) -> StatefulSet {
             replicas: Some(replicas),
             service_name: Some(internal_service_name(&relay.name)),
             selector: LabelSelector { match_labels: Some(selector_labels(relay)), ..LabelSelector::default() },
-            // The relay is one writer of its log: never run two pods on one volume.
-            pod_management_policy: Some("OrderedReady".into()),
+            // One replica, so ordering buys nothing; and under OrderedReady a pod that is not
+            // Ready blocks the rolling update that would fix it (a spec change must always
+            // be able to replace a broken relay without manual pod deletion).
+            pod_management_policy: Some("Parallel".into()),
             update_strategy: Some(StatefulSetUpdateStrategy {
                 type_: Some("RollingUpdate".into()),
                 ..StatefulSetUpdateStrategy::default()

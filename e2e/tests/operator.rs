@@ -1,0 +1,671 @@
+//! End-to-end suite of the operator against a real control plane (etcd,
+//! kube-apiserver, kube-controller-manager, kube-scheduler built from upstream
+//! sources) with the test node agent running relay and operator pods as local
+//! processes. One control plane serves every step; steps run in order and the
+//! suite stops at the first failure. A table of step timings is printed.
+//!
+//! Needs: `cargo build -p relay -p relay-operator` (the binaries the pods run) and
+//! the control-plane binaries (`e2e/controlplane/build.sh`, or `KUBEBUILDER_ASSETS`).
+//! Set `E2E_KEEP=1` to keep the work directory (logs of every component and pod).
+
+use anyhow::{anyhow, bail, Context};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::{Client, ResourceExt};
+use relay::simulate::{SimulateConfig, Simulation};
+use relay_e2e::controlplane::ControlPlane;
+use relay_e2e::process::{tail, Managed};
+use serde_json::Value;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const NS: &str = "e2e";
+const OPERATOR_NS: &str = "relay-operator-system";
+const RELAY: &str = "relay";
+
+struct Env {
+    repo: PathBuf,
+    work: PathBuf,
+    kubectl: PathBuf,
+    kubeconfig: PathBuf,
+    client: Client,
+    sim: Option<Arc<Simulation>>,
+    plane: ControlPlane,
+    _agent: Managed,
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    runtime.block_on(async {
+        let started = Instant::now();
+        let mut env = match Env::setup().await {
+            Ok(env) => env,
+            Err(error) => {
+                eprintln!("e2e setup failed: {error:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("control plane and node agent up in {:.1}s", started.elapsed().as_secs_f64());
+        let ok = run_steps(&mut env).await;
+        if !ok {
+            eprintln!("{}", env.plane.logs_tail(30));
+            eprintln!("--- test node agent ---\n{}", tail(&env.work.join("node-agent.log"), 60));
+            for pod_log in pod_logs(&env.work.join("node/pods")) {
+                eprintln!("--- {} ---\n{}", pod_log.display(), tail(&pod_log, 30));
+            }
+        }
+        if std::env::var_os("E2E_KEEP").is_some() || !ok {
+            println!("work directory kept: {}", env.work.display());
+        } else {
+            let work = env.work.clone();
+            drop(env);
+            let _ = std::fs::remove_dir_all(work);
+        }
+        if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    })
+}
+
+async fn run_steps(env: &mut Env) -> bool {
+    let mut results: Vec<(&str, Result<Duration, String>)> = Vec::new();
+    macro_rules! step {
+        ($name:expr, $body:expr) => {
+            if results.iter().all(|(_, r)| r.is_ok()) {
+                println!("== {}", $name);
+                let started = Instant::now();
+                let outcome = $body.await.map(|_| started.elapsed()).map_err(|e: anyhow::Error| format!("{e:#}"));
+                if let Err(message) = &outcome {
+                    println!("   FAILED: {message}");
+                }
+                results.push(($name, outcome));
+            }
+        };
+    }
+    step!("install the operator with kubectl apply -k config/default", install(env));
+    step!("the API server rejects invalid Relays with the CEL messages", invalid_specs_rejected(env));
+    step!("examples/minimal.yaml: objects created, Ready=False while the relay cannot relay", example_not_ready(env));
+    step!("a spec change rolls the StatefulSet; kubectl wait --for=condition=Ready succeeds", spec_change_ready(env));
+    step!("the relay pod serves the simulated network", relay_serves(env));
+    step!("kubectl get relays prints the columns", printer_columns(env));
+    step!("a ServiceMonitor is created when the prometheus-operator CRD exists", service_monitor(env));
+    step!("an unchanged Relay causes zero writes (re-reconcile and operator restart)", zero_writes(env));
+    step!("the operator restarted mid-reconcile converges", restart_mid_reconcile(env));
+    step!("stopped and reconciliationPaused switches", stop_and_pause(env));
+    step!("two operator replicas: exactly one leader", leader_election(env));
+    step!("deleting the Relay garbage-collects everything", delete_collects(env));
+
+    println!("\n{:<80} {:>9}", "step", "result");
+    for (name, result) in &results {
+        match result {
+            Ok(duration) => println!("{name:<80} {:>8.1}s", duration.as_secs_f64()),
+            Err(_) => println!("{name:<80} {:>9}", "FAILED"),
+        }
+    }
+    results.len() == 12 && results.iter().all(|(_, r)| r.is_ok())
+}
+
+impl Env {
+    async fn setup() -> anyhow::Result<Env> {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or_else(|| anyhow!("no repo root"))?.to_path_buf();
+        let bin_dir = binary_dir()?;
+        let relay_bin = bin_dir.join("relay");
+        let operator_bin = bin_dir.join("relay-operator");
+        for binary in [&relay_bin, &operator_bin] {
+            if !binary.is_file() {
+                bail!("{} is missing: run `cargo build -p relay -p relay-operator` first", binary.display());
+            }
+        }
+        let assets = match std::env::var_os("KUBEBUILDER_ASSETS") {
+            Some(dir) => PathBuf::from(dir),
+            None => build_control_plane(&repo)?,
+        };
+        let work = std::env::temp_dir().join(format!("relay-e2e-{}", std::process::id()));
+        std::fs::create_dir_all(&work)?;
+        let plane = ControlPlane::start(&assets, &work.join("control-plane")).await?;
+        let kubectl = if assets.join("kubectl").is_file() { assets.join("kubectl") } else { PathBuf::from("kubectl") };
+        let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_test-node-agent"));
+        agent
+            .arg(format!("--kubeconfig={}", plane.kubeconfig.display()))
+            .arg(format!("--work-dir={}", work.join("node").display()))
+            .arg(format!("--image=ghcr.io/atrelay/relay-operator:={}", operator_bin.display()))
+            .arg(format!("--image=ghcr.io/atrelay/relay:={}", relay_bin.display()))
+            .env("RUST_LOG", "info");
+        let agent = Managed::spawn("test-node-agent", agent, &work.join("node-agent.log"))?;
+        let client = plane.client().await?;
+        Ok(Env { repo, work, kubectl, kubeconfig: plane.kubeconfig.clone(), client, sim: None, plane, _agent: agent })
+    }
+
+    /// Runs kubectl; returns stdout, or an error with stderr.
+    async fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.kubectl_stdin(args, None).await
+    }
+
+    async fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new(&self.kubectl)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .current_dir(&self.repo)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting kubectl")?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(input.as_bytes()).await?;
+        }
+        let output = child.wait_with_output().await?;
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        if !output.status.success() {
+            bail!("kubectl {} failed: {}{}", args.join(" "), String::from_utf8_lossy(&output.stderr), stdout);
+        }
+        Ok(stdout)
+    }
+
+    fn relays(&self) -> Api<DynamicObject> {
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("atrelay.dev", "v1alpha1", "Relay"));
+        Api::namespaced_with(self.client.clone(), NS, &resource)
+    }
+
+    async fn relay(&self) -> anyhow::Result<Value> {
+        Ok(serde_json::to_value(self.relays().get(RELAY).await?)?)
+    }
+
+    async fn statefulset(&self) -> anyhow::Result<StatefulSet> {
+        Ok(Api::<StatefulSet>::namespaced(self.client.clone(), NS).get(RELAY).await?)
+    }
+
+    async fn pod(&self, name: &str, namespace: &str) -> anyhow::Result<Option<Pod>> {
+        Ok(Api::<Pod>::namespaced(self.client.clone(), namespace).get_opt(name).await?)
+    }
+
+    async fn operator_pods(&self) -> anyhow::Result<Vec<Pod>> {
+        let pods = Api::<Pod>::namespaced(self.client.clone(), OPERATOR_NS)
+            .list(&ListParams::default().labels("app.kubernetes.io/name=relay-operator"))
+            .await?;
+        Ok(pods.items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect())
+    }
+
+    /// Metrics of every running operator pod, scraped at its pod IP.
+    async fn operator_metrics(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for pod in self.operator_pods().await? {
+            let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else { continue };
+            let body = reqwest::get(format!("http://{ip}:8081/metrics")).await?.text().await?;
+            out.push((pod.name_any(), body));
+        }
+        Ok(out)
+    }
+
+    async fn admin_token(&self) -> anyhow::Result<String> {
+        let secret = Api::<Secret>::namespaced(self.client.clone(), NS).get(&format!("{RELAY}-admin")).await?;
+        let bytes = secret.data.and_then(|d| d.get("token").cloned()).ok_or_else(|| anyhow!("no token key"))?;
+        Ok(String::from_utf8(bytes.0)?)
+    }
+}
+
+/// Where cargo put the workspace binaries (target/<profile>), from this test's path.
+fn binary_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let deps = exe.parent().ok_or_else(|| anyhow!("test binary has no directory"))?;
+    Ok(deps.parent().unwrap_or(deps).to_path_buf())
+}
+
+fn build_control_plane(repo: &Path) -> anyhow::Result<PathBuf> {
+    let output = std::process::Command::new(repo.join("e2e/controlplane/build.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running e2e/controlplane/build.sh")?;
+    if !output.status.success() {
+        bail!("e2e/controlplane/build.sh failed");
+    }
+    Ok(PathBuf::from(String::from_utf8(output.stdout)?.trim()))
+}
+
+fn pod_logs(dir: &Path) -> Vec<PathBuf> {
+    let mut logs = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for file in std::fs::read_dir(entry.path()).into_iter().flatten().flatten() {
+            if file.path().extension().is_some_and(|e| e == "log") {
+                logs.push(file.path());
+            }
+        }
+    }
+    logs
+}
+
+/// Polls `check` until it returns `Ok(Some(value))`; the last error or `None` is reported on timeout.
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("condition never held");
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(error) => last = format!("{error:#}"),
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what} ({last})");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn condition<'a>(relay: &'a Value, type_: &str) -> Option<&'a Value> {
+    relay["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
+}
+
+fn condition_is(relay: &Value, type_: &str, status: &str, reason: Option<&str>) -> bool {
+    condition(relay, type_).is_some_and(|c| c["status"] == status && reason.is_none_or(|r| c["reason"] == r))
+}
+
+fn current(relay: &Value) -> bool {
+    relay["status"]["observedGeneration"] == relay["metadata"]["generation"]
+}
+
+fn metric_sum(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|line| line.starts_with(name) && !line.starts_with('#'))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+// ---------------------------------------------------------------- steps
+
+const SERVICE_MONITOR_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: servicemonitors.monitoring.coreos.com
+spec:
+  group: monitoring.coreos.com
+  names: {kind: ServiceMonitor, listKind: ServiceMonitorList, plural: servicemonitors, singular: servicemonitor}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          x-kubernetes-preserve-unknown-fields: true
+"#;
+
+async fn install(env: &mut Env) -> anyhow::Result<()> {
+    // The prometheus-operator CRD first, so the operator's first reconcile sees it.
+    env.kubectl_stdin(&["apply", "-f", "-"], Some(SERVICE_MONITOR_CRD)).await?;
+    env.kubectl(&["wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com", "--timeout=60s"])
+        .await?;
+    env.kubectl(&["apply", "-k", "config/default"]).await?;
+    env.kubectl(&["wait", "--for=condition=Established", "crd/relays.atrelay.dev", "--timeout=60s"]).await?;
+    env.kubectl(&["apply", "-k", "config/prometheus"]).await?;
+    env.kubectl(&["-n", OPERATOR_NS, "rollout", "status", "deployment/relay-operator", "--timeout=180s"]).await?;
+    env.kubectl(&["create", "namespace", NS]).await?;
+    Ok(())
+}
+
+async fn invalid_specs_rejected(env: &mut Env) -> anyhow::Result<()> {
+    let cases: [(&str, &str, &str); 6] = [
+        ("equal ports", "image: x:1\n  ports: {public: 2470, internal: 2470}", "must be different ports"),
+        (
+            "memory limit below request",
+            "image: x:1\n  resources: {memory: {request: 2Gi, limit: 1Gi}}",
+            "limit must be greater than or equal to request",
+        ),
+        ("Postgres without a URL", "image: x:1\n  storage: {database: {type: Postgres}}", "urlSecretRef is required"),
+        ("not a quantity", "image: x:1\n  resources: {cpu: {request: lots}}", "must be a Kubernetes quantity"),
+        ("empty image", "image: \"\"", "spec.image"),
+        ("bad duration", "image: x:1\n  tunables: {replayWindow: 3 days}", "spec.tunables.replayWindow"),
+    ];
+    for (what, spec, message) in cases {
+        let manifest = format!("apiVersion: atrelay.dev/v1alpha1\nkind: Relay\nmetadata:\n  name: bad\n  namespace: {NS}\nspec:\n  {spec}\n");
+        match env.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest)).await {
+            Ok(_) => bail!("{what}: the API server accepted an invalid Relay"),
+            Err(error) if error.to_string().contains(message) => {}
+            Err(error) => bail!("{what}: rejected, but without {message:?}: {error}"),
+        }
+    }
+    let long_name = "r".repeat(53);
+    let manifest = format!("apiVersion: atrelay.dev/v1alpha1\nkind: Relay\nmetadata:\n  name: {long_name}\n  namespace: {NS}\nspec:\n  image: x:1\n");
+    let error = env.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest)).await.err().ok_or_else(|| anyhow!("53-character name accepted"))?;
+    if !error.to_string().contains("at most 52 characters") {
+        bail!("long name rejected without the CEL message: {error}");
+    }
+    Ok(())
+}
+
+async fn example_not_ready(env: &mut Env) -> anyhow::Result<()> {
+    env.kubectl(&["apply", "-n", NS, "-f", "examples/minimal.yaml"]).await?;
+    for (kind, name) in [("statefulset", RELAY), ("service", RELAY), ("service", "relay-internal"), ("secret", "relay-admin")] {
+        eventually(&format!("{kind}/{name}"), Duration::from_secs(30), || async {
+            Ok(env.kubectl(&["get", "-n", NS, kind, name]).await.ok().map(|_| ()))
+        })
+        .await?;
+    }
+    eventually("pod relay-0 to run the relay process", Duration::from_secs(60), || async {
+        let pod = env.pod("relay-0", NS).await?;
+        Ok(pod.filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).map(|_| ()))
+    })
+    .await?;
+    // The example follows bsky.network, which this machine cannot reach: the relay
+    // runs but never passes readiness, and the Relay must say so.
+    let relay = eventually("Ready=False with PodsNotReady", Duration::from_secs(60), || async {
+        let relay = env.relay().await?;
+        Ok((current(&relay) && condition_is(&relay, "Ready", "False", Some("PodsNotReady"))).then_some(relay))
+    })
+    .await?;
+    for (type_, status) in [("Reconciling", "True"), ("Stalled", "False"), ("WorkloadAvailable", "False")] {
+        if !condition_is(&relay, type_, status, None) {
+            bail!("expected {type_}={status}: {}", relay["status"]);
+        }
+    }
+    if relay["status"]["adminSecretName"] != "relay-admin" {
+        bail!("status.adminSecretName: {}", relay["status"]["adminSecretName"]);
+    }
+    if relay.to_string().contains(&env.admin_token().await?) {
+        bail!("the admin token appears in the Relay object");
+    }
+    Ok(())
+}
+
+async fn spec_change_ready(env: &mut Env) -> anyhow::Result<()> {
+    let sim = Simulation::start(SimulateConfig {
+        hosts: 2,
+        accounts_per_host: 5,
+        rate: 20.0,
+        max_commits: 0,
+        bind: "127.0.0.1".into(),
+        relay_admin_url: None,
+        relay_admin_token: None,
+        hostile: Vec::new(),
+        seed: 7,
+        backlog_on_connect: false,
+    })
+    .await?;
+    sim.create_accounts();
+    tokio::spawn(sim.clone().run());
+    env.sim = Some(sim.clone());
+
+    let before = env.statefulset().await?;
+    let revision_before = before.status.as_ref().and_then(|s| s.update_revision.clone());
+    let pod_before = env.pod("relay-0", NS).await?.and_then(|p| p.uid()).ok_or_else(|| anyhow!("no relay-0"))?;
+    let patch = serde_json::json!({"spec": {
+        "upstream": {"host": "", "plcDirectory": sim.plc_url()},
+        "tunables": {"allowInsecureHosts": true},
+    }});
+    env.kubectl(&["patch", "relay", RELAY, "-n", NS, "--type=merge", "-p", &patch.to_string()]).await?;
+
+    let ip = eventually("a new relay-0 pod running", Duration::from_secs(90), || async {
+        let Some(pod) = env.pod("relay-0", NS).await? else { return Ok(None) };
+        let status = pod.status.clone().unwrap_or_default();
+        let fresh = pod.uid().as_deref() != Some(pod_before.as_str());
+        Ok((fresh && status.phase.as_deref() == Some("Running")).then(|| status.pod_ip.unwrap_or_default()))
+    })
+    .await?;
+    let after = env.statefulset().await?;
+    if after.status.as_ref().and_then(|s| s.update_revision.clone()) == revision_before {
+        bail!("the StatefulSet revision did not change");
+    }
+    let token = env.admin_token().await?;
+    let admin_url = format!("http://{ip}:2471");
+    eventually("the relay to accept the simulated hosts", Duration::from_secs(60), || {
+        let sim = sim.clone();
+        let admin_url = admin_url.clone();
+        let token = token.clone();
+        async move { Ok(sim.register_with_relay(&admin_url, &token).await.ok()) }
+    })
+    .await?;
+    env.kubectl(&["wait", "-n", NS, "--for=condition=Ready", &format!("relay/{RELAY}"), "--timeout=120s"]).await?;
+    let relay = env.relay().await?;
+    if !current(&relay) || !condition_is(&relay, "Reconciling", "False", None) || relay["status"]["readyReplicas"] != 1 {
+        bail!("Ready, but the rest of the status disagrees: {}", relay["status"]);
+    }
+    Ok(())
+}
+
+async fn relay_serves(env: &mut Env) -> anyhow::Result<()> {
+    let ip = env
+        .pod("relay-0", NS)
+        .await?
+        .and_then(|p| p.status.and_then(|s| s.pod_ip))
+        .ok_or_else(|| anyhow!("relay-0 has no IP"))?;
+    eventually("listRepos to list the simulated accounts", Duration::from_secs(60), || {
+        let ip = ip.clone();
+        async move {
+            let body: Value = reqwest::get(format!("http://{ip}:2470/xrpc/com.atproto.sync.listRepos?limit=100"))
+                .await?
+                .json()
+                .await?;
+            let repos = body["repos"].as_array().map(|r| r.len()).unwrap_or(0);
+            Ok((repos >= 10).then_some(()))
+        }
+    })
+    .await?;
+    let hosts: Value = reqwest::get(format!("http://{ip}:2470/xrpc/com.atproto.sync.listHosts")).await?.json().await?;
+    let listed = hosts["hosts"].as_array().map(|h| h.len()).unwrap_or(0);
+    if listed != 2 {
+        bail!("listHosts shows {listed} hosts, expected the 2 simulated ones: {hosts}");
+    }
+    Ok(())
+}
+
+async fn printer_columns(env: &mut Env) -> anyhow::Result<()> {
+    let table = env.kubectl(&["get", "relays", "-n", NS]).await?;
+    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+    if header != ["NAME", "READY", "REASON", "UPSTREAM", "AGE"] {
+        bail!("kubectl get relays header: {header:?}");
+    }
+    let row: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    if row.first() != Some(&RELAY) || row.get(1) != Some(&"True") || row.get(2) != Some(&"RelayReady") {
+        bail!("kubectl get relays row: {row:?}");
+    }
+    let wide = env.kubectl(&["get", "rly", "-n", NS, "-o", "wide"]).await?;
+    for column in ["REPLICAS", "IMAGE", "FIREHOSE"] {
+        if !wide.lines().next().unwrap_or_default().contains(column) {
+            bail!("-o wide lacks {column}: {wide}");
+        }
+    }
+    if !wide.contains("ws://relay.e2e.svc:2470/xrpc/com.atproto.sync.subscribeRepos") {
+        bail!("-o wide lacks the firehose endpoint: {wide}");
+    }
+    let category = env.kubectl(&["get", "atproto", "-n", NS]).await?;
+    if !category.contains(RELAY) {
+        bail!("kubectl get atproto (category) does not list the relay: {category}");
+    }
+    Ok(())
+}
+
+async fn service_monitor(env: &mut Env) -> anyhow::Result<()> {
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
+        "servicemonitors",
+    );
+    let monitors: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), NS, &resource);
+    let monitor = monitors.get(RELAY).await.context("ServiceMonitor relay")?;
+    let labels = &monitor.data["spec"]["selector"]["matchLabels"];
+    if labels["atrelay.dev/service"] != "internal" || monitor.data["spec"]["endpoints"][0]["port"] != "internal" {
+        bail!("unexpected ServiceMonitor spec: {}", monitor.data);
+    }
+    let internal = Api::<Service>::namespaced(env.client.clone(), NS).get("relay-internal").await?;
+    if internal.labels().get("atrelay.dev/service").map(String::as_str) != Some("internal") {
+        bail!("the internal Service lacks the label the ServiceMonitor selects");
+    }
+    Ok(())
+}
+
+/// resourceVersions of everything the operator owns for the relay, plus its status.
+async fn owned_versions(env: &Env) -> anyhow::Result<Vec<(String, String)>> {
+    let mut versions = vec![
+        ("statefulset".to_string(), env.statefulset().await?.resource_version().unwrap_or_default()),
+        ("secret".to_string(), Api::<Secret>::namespaced(env.client.clone(), NS).get("relay-admin").await?.resource_version().unwrap_or_default()),
+    ];
+    for name in [RELAY, "relay-internal"] {
+        let service = Api::<Service>::namespaced(env.client.clone(), NS).get(name).await?;
+        versions.push((format!("service/{name}"), service.resource_version().unwrap_or_default()));
+    }
+    let relay = env.relay().await?;
+    versions.push(("relay status".into(), relay["status"].to_string()));
+    Ok(versions)
+}
+
+async fn zero_writes(env: &mut Env) -> anyhow::Result<()> {
+    let env: &Env = env;
+    // 1. A metadata-only change re-triggers a reconcile of an otherwise unchanged Relay.
+    let before_metrics = env.operator_metrics().await?;
+    let reconciles_before: f64 = before_metrics.iter().map(|(_, m)| metric_sum(m, "relay_operator_reconciles_total")).sum();
+    let writes_before: f64 = before_metrics.iter().map(|(_, m)| metric_sum(m, "relay_operator_api_writes_total")).sum();
+    let versions = owned_versions(env).await?;
+    env.kubectl(&["annotate", "relay", RELAY, "-n", NS, "e2e.atrelay.dev/touch=1"]).await?;
+    eventually("a reconcile after the annotation", Duration::from_secs(30), || async {
+        let now: f64 = env.operator_metrics().await?.iter().map(|(_, m)| metric_sum(m, "relay_operator_reconciles_total")).sum();
+        Ok((now > reconciles_before).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes_after: f64 = env.operator_metrics().await?.iter().map(|(_, m)| metric_sum(m, "relay_operator_api_writes_total")).sum();
+    if writes_after != writes_before {
+        bail!("re-reconcile wrote {} times", writes_after - writes_before);
+    }
+    if owned_versions(env).await? != versions {
+        bail!("owned objects changed on an idle re-reconcile");
+    }
+
+    // 2. A fresh operator (cold caches) reconciles everything once and still writes nothing.
+    let old = env.operator_pods().await?.into_iter().map(|p| p.name_any()).collect::<Vec<_>>();
+    env.kubectl(&["delete", "pod", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/name=relay-operator", "--wait=false"]).await?;
+    eventually("a new operator pod that has reconciled the relay", Duration::from_secs(120), || {
+        let old = old.clone();
+        async move {
+            let metrics = env.operator_metrics().await?;
+            let fresh: Vec<_> = metrics.iter().filter(|(name, _)| !old.contains(name)).collect();
+            Ok(fresh.iter().any(|(_, m)| metric_sum(m, "relay_operator_reconciles_total") >= 1.0).then_some(()))
+        }
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (name, metrics) in env.operator_metrics().await? {
+        let writes = metric_sum(&metrics, "relay_operator_api_writes_total");
+        if !old.contains(&name) && writes != 0.0 {
+            bail!("the restarted operator {name} made {writes} writes for an unchanged Relay");
+        }
+    }
+    if owned_versions(env).await? != versions {
+        bail!("owned objects changed after an operator restart");
+    }
+    Ok(())
+}
+
+async fn wait_ready_current(env: &Env, what: &str) -> anyhow::Result<Value> {
+    eventually(what, Duration::from_secs(180), || async {
+        let relay = env.relay().await?;
+        Ok((current(&relay) && condition_is(&relay, "Ready", "True", None)).then_some(relay))
+    })
+    .await
+}
+
+fn template_image(statefulset: &StatefulSet) -> String {
+    statefulset.spec.template.spec.as_ref().and_then(|s| s.containers.first()).and_then(|c| c.image.clone()).unwrap_or_default()
+}
+
+async fn restart_mid_reconcile(env: &mut Env) -> anyhow::Result<()> {
+    let patch = r#"{"spec":{"image":"ghcr.io/atrelay/relay:0.1.1"}}"#;
+    env.kubectl(&["patch", "relay", RELAY, "-n", NS, "--type=merge", "-p", patch]).await?;
+    env.kubectl(&["delete", "pod", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/name=relay-operator", "--wait=false"]).await?;
+    wait_ready_current(env, "Ready=True for the new generation after the operator restart").await?;
+    let image = template_image(&env.statefulset().await?);
+    if image != "ghcr.io/atrelay/relay:0.1.1" {
+        bail!("StatefulSet image is {image}");
+    }
+    Ok(())
+}
+
+async fn stop_and_pause(env: &mut Env) -> anyhow::Result<()> {
+    env.kubectl(&["patch", "relay", RELAY, "-n", NS, "--type=merge", "-p", r#"{"spec":{"operation":{"stopped":true}}}"#]).await?;
+    eventually("Ready=False/Stopped and no relay pod", Duration::from_secs(90), || async {
+        let relay = env.relay().await?;
+        let stopped = current(&relay) && condition_is(&relay, "Ready", "False", Some("Stopped"));
+        let pod_gone = env.pod("relay-0", NS).await?.is_none();
+        Ok((stopped && pod_gone && env.statefulset().await?.spec.replicas == Some(0)).then_some(()))
+    })
+    .await?;
+    env.kubectl(&["patch", "relay", RELAY, "-n", NS, "--type=merge", "-p", r#"{"spec":{"operation":{"stopped":false}}}"#]).await?;
+    wait_ready_current(env, "Ready=True after un-stopping (hosts resumed from the relay's own store)").await?;
+
+    let pause = r#"{"spec":{"operation":{"reconciliationPaused":true},"image":"ghcr.io/atrelay/relay:0.1.2"}}"#;
+    env.kubectl(&["patch", "relay", RELAY, "-n", NS, "--type=merge", "-p", pause]).await?;
+    eventually("ReconciliationPaused=True", Duration::from_secs(30), || async {
+        let relay = env.relay().await?;
+        Ok((current(&relay) && condition_is(&relay, "ReconciliationPaused", "True", Some("Paused"))).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    if template_image(&env.statefulset().await?) != "ghcr.io/atrelay/relay:0.1.1" {
+        bail!("the StatefulSet changed while reconciliation was paused");
+    }
+    env.kubectl(&["patch", "relay", RELAY, "-n", NS, "--type=merge", "-p", r#"{"spec":{"operation":{"reconciliationPaused":false}}}"#]).await?;
+    let relay = wait_ready_current(env, "Ready=True after un-pausing").await?;
+    if condition(&relay, "ReconciliationPaused").is_some() {
+        bail!("ReconciliationPaused is still reported after un-pausing");
+    }
+    if template_image(&env.statefulset().await?) != "ghcr.io/atrelay/relay:0.1.2" {
+        bail!("the change made while paused was not applied after un-pausing");
+    }
+    Ok(())
+}
+
+async fn leader_election(env: &mut Env) -> anyhow::Result<()> {
+    env.kubectl(&["scale", "deployment/relay-operator", "-n", OPERATOR_NS, "--replicas=2"]).await?;
+    env.kubectl(&["-n", OPERATOR_NS, "rollout", "status", "deployment/relay-operator", "--timeout=120s"]).await?;
+    let leaders = eventually("two operator replicas, one leader", Duration::from_secs(60), || async {
+        let metrics = env.operator_metrics().await?;
+        let leaders: Vec<String> =
+            metrics.iter().filter(|(_, m)| metric_sum(m, "relay_operator_leader") == 1.0).map(|(n, _)| n.clone()).collect();
+        Ok((metrics.len() == 2 && leaders.len() == 1).then_some(leaders))
+    })
+    .await?;
+    // The standby takes over when the leader goes away (it releases the Lease on SIGTERM).
+    env.kubectl(&["delete", "pod", "-n", OPERATOR_NS, &leaders[0], "--wait=false"]).await?;
+    eventually("the standby to become leader", Duration::from_secs(60), || async {
+        let metrics = env.operator_metrics().await?;
+        Ok(metrics.iter().any(|(n, m)| *n != leaders[0] && metric_sum(m, "relay_operator_leader") == 1.0).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+async fn delete_collects(env: &mut Env) -> anyhow::Result<()> {
+    env.kubectl(&["delete", "relay", RELAY, "-n", NS, "--wait=true", "--timeout=60s"]).await?;
+    eventually("owned objects garbage-collected", Duration::from_secs(90), || async {
+        let mut left = Vec::new();
+        for (kind, name) in [
+            ("statefulset", RELAY),
+            ("service", RELAY),
+            ("service", "relay-internal"),
+            ("secret", "relay-admin"),
+            ("servicemonitor", RELAY),
+            ("pod", "relay-0"),
+        ] {
+            if env.kubectl(&["get", "-n", NS, kind, name, "--ignore-not-found", "-o", "name"]).await?.trim() != "" {
+                left.push(format!("{kind}/{name}"));
+            }
+        }
+        if left.is_empty() {
+            Ok(Some(()))
+        } else {
+            Err(anyhow!("still present: {}", left.join(", ")))
+        }
+    })
+    .await
+}
