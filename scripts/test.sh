@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's whole test suite: formatting, lints, unit/property/vector tests,
-# and a short smoke run of every fuzz target. Safe to run on a fresh machine:
+# the operator's end-to-end suite on a real Kubernetes control plane, a CRD drift
+# check, and a short smoke run of every fuzz target. Safe to run on a fresh machine:
 # it installs what it needs. Build output goes outside the clone (RELAY_CACHE_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,13 +45,31 @@ if [ -z "${RELAY_TEST_POSTGRES_URL:-}" ]; then
 fi
 echo "PostgreSQL: $RELAY_TEST_POSTGRES_URL"
 
+step "Kubernetes control plane for the e2e suite (built from upstream Go modules, cached)"
+if ! command -v openssl >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq openssl
+fi
+if [ -z "${KUBEBUILDER_ASSETS:-}" ]; then
+  KUBEBUILDER_ASSETS=$(e2e/controlplane/build.sh)
+  export KUBEBUILDER_ASSETS
+fi
+echo "KUBEBUILDER_ASSETS: $KUBEBUILDER_ASSETS"
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo test"
+step "CRD drift check (crds/ must equal what relay-operator crd prints)"
+cargo run --quiet --locked -p relay-operator -- crd > "$cache_dir/crd.yaml"
+if ! diff -u crds/relays.atrelay.dev.yaml "$cache_dir/crd.yaml"; then
+  echo "crds/ is out of date: run cargo run -p relay-operator -- crd > crds/relays.atrelay.dev.yaml" >&2
+  exit 1
+fi
+
+step "cargo test (the e2e suite runs the relay and operator binaries as pods)"
+cargo build --workspace --locked --bins
 cargo test --workspace --locked
 
 step "benchmark builds"

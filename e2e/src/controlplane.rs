@@ -29,7 +29,10 @@ impl ControlPlane {
     pub async fn start(assets: &Path, dir: &Path) -> anyhow::Result<ControlPlane> {
         for binary in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
             if !assets.join(binary).is_file() {
-                bail!("{} has no {binary}; run e2e/controlplane/build.sh or set KUBEBUILDER_ASSETS", assets.display());
+                bail!(
+                    "{} has no {binary}; run e2e/controlplane/build.sh or set KUBEBUILDER_ASSETS",
+                    assets.display()
+                );
             }
         }
         std::fs::create_dir_all(dir.join("logs"))?;
@@ -116,7 +119,12 @@ impl ControlPlane {
             let http = http.clone();
             let url = url.clone();
             async move {
-                http.get(url).bearer_auth(ADMIN_TOKEN).send().await.map(|r| r.status().is_success()).unwrap_or(false)
+                http.get(url)
+                    .bearer_auth(ADMIN_TOKEN)
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
             }
         })
         .await
@@ -154,7 +162,11 @@ impl ControlPlane {
             .arg(format!("--root-ca-file={}", pki.join("ca.crt").display()))
             .arg("--use-service-account-credentials=false")
             .arg(format!("--cert-dir={}", self.dir.join("controller-manager-certs").display()));
-        self.processes.push(Managed::spawn("kube-controller-manager", command, &self.log("kube-controller-manager"))?);
+        self.processes.push(Managed::spawn(
+            "kube-controller-manager",
+            command,
+            &self.log("kube-controller-manager"),
+        )?);
         Ok(())
     }
 
@@ -180,7 +192,12 @@ impl ControlPlane {
             let http = http.clone();
             let url = url.clone();
             async move {
-                http.get(url).bearer_auth(ADMIN_TOKEN).send().await.map(|r| r.status().is_success()).unwrap_or(false)
+                http.get(url)
+                    .bearer_auth(ADMIN_TOKEN)
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
             }
         })
         .await
@@ -203,7 +220,8 @@ impl ControlPlane {
             if check().await {
                 return Ok(());
             }
-            let exited = self.processes.iter_mut().find_map(|p| p.exited().map(|status| (p.name.clone(), status)));
+            let exited =
+                self.processes.iter_mut().find_map(|p| p.exited().map(|status| (p.name.clone(), status)));
             if let Some((name, status)) = exited {
                 bail!("{name} exited ({status}) while waiting for {what}:\n{}", self.logs_tail(40));
             }
@@ -238,15 +256,17 @@ impl Drop for ControlPlane {
 /// A kube client from a kubeconfig file.
 pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<kube::Client> {
     let kubeconfig = kube::config::Kubeconfig::read_from(path).context("reading the kubeconfig")?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-        .await
-        .context("loading the kubeconfig")?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+            .await
+            .context("loading the kubeconfig")?;
     Ok(kube::Client::try_from(config)?)
 }
 
 fn generate_pki(dir: &Path) -> anyhow::Result<()> {
     let run = |args: &[&str]| -> anyhow::Result<()> {
-        let output = Command::new("openssl").args(args).current_dir(dir).output().context("running openssl")?;
+        let output =
+            Command::new("openssl").args(args).current_dir(dir).output().context("running openssl")?;
         if !output.status.success() {
             bail!("openssl {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
         }
@@ -257,11 +277,49 @@ fn generate_pki(dir: &Path) -> anyhow::Result<()> {
         "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc\n\
          basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
     )?;
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "7", "-subj", "/CN=relay-e2e-ca"])?;
-    run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=kube-apiserver"])?;
     run(&[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt",
-        "-days", "7", "-extfile", "server.ext",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "7",
+        "-subj",
+        "/CN=relay-e2e-ca",
+    ])?;
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=kube-apiserver",
+    ])?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "7",
+        "-extfile",
+        "server.ext",
     ])?;
     run(&["genrsa", "-out", "sa.key", "2048"])?;
     run(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;

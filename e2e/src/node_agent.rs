@@ -91,7 +91,8 @@ async fn register_node(client: &Client, config: &AgentConfig) -> anyhow::Result<
 
 fn node_status(config: &AgentConfig) -> Value {
     let now = Timestamp::now().to_string();
-    let resources = json!({"cpu": config.cpu, "memory": config.memory, "pods": "110", "ephemeral-storage": "100Gi"});
+    let resources =
+        json!({"cpu": config.cpu, "memory": config.memory, "pods": "110", "ephemeral-storage": "100Gi"});
     let condition = |type_: &str, status: &str, reason: &str, message: &str| {
         json!({"type": type_, "status": status, "reason": reason, "message": message,
                "lastHeartbeatTime": now, "lastTransitionTime": now})
@@ -132,9 +133,10 @@ async fn heartbeat(client: Client, config: AgentConfig) {
         if let Err(error) = leases.patch(&config.node_name, &params, &Patch::Apply(&lease)).await {
             warn!(%error, "node lease renewal failed");
         }
-        if ticks % 4 == 0 {
-            if let Err(error) =
-                nodes.patch_status(&config.node_name, &PatchParams::default(), &Patch::Merge(node_status(&config))).await
+        if ticks.is_multiple_of(4) {
+            if let Err(error) = nodes
+                .patch_status(&config.node_name, &PatchParams::default(), &Patch::Merge(node_status(&config)))
+                .await
             {
                 warn!(%error, "node status heartbeat failed");
             }
@@ -166,7 +168,11 @@ async fn provision_volumes(client: Client, config: AgentConfig) {
     }
 }
 
-async fn provision(volumes: &Api<PersistentVolume>, claim: &PersistentVolumeClaim, config: &AgentConfig) -> anyhow::Result<()> {
+async fn provision(
+    volumes: &Api<PersistentVolume>,
+    claim: &PersistentVolumeClaim,
+    config: &AgentConfig,
+) -> anyhow::Result<()> {
     let pending = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending");
     let spec = claim.spec.clone().unwrap_or_default();
     if !pending || spec.volume_name.is_some() {
@@ -324,7 +330,11 @@ impl Agent {
     }
 
     fn binary_for(&self, image: &str) -> Option<PathBuf> {
-        self.config.images.iter().find(|(prefix, _)| image.starts_with(prefix.as_str())).map(|(_, binary)| binary.clone())
+        self.config
+            .images
+            .iter()
+            .find(|(prefix, _)| image.starts_with(prefix.as_str()))
+            .map(|(_, binary)| binary.clone())
     }
 
     async fn step(&mut self, pod: &Pod, uid: &str) -> anyhow::Result<()> {
@@ -348,14 +358,20 @@ impl Agent {
             }
             if container.child.is_none() && Instant::now() >= container.next_start {
                 match &mounts {
-                    Err(message) => container.waiting = Some(("CreateContainerConfigError".into(), message.clone())),
-                    Ok(mounts) => match resolve_env(&self.client, pod, &container.spec, ip, mounts, &self.config).await {
-                        Err(error) => {
-                            container.waiting = Some(("CreateContainerConfigError".into(), error.to_string()));
-                            container.next_start = Instant::now() + Duration::from_secs(2);
+                    Err(message) => {
+                        container.waiting = Some(("CreateContainerConfigError".into(), message.clone()))
+                    }
+                    Ok(mounts) => {
+                        match resolve_env(&self.client, pod, &container.spec, ip, mounts, &self.config).await
+                        {
+                            Err(error) => {
+                                container.waiting =
+                                    Some(("CreateContainerConfigError".into(), error.to_string()));
+                                container.next_start = Instant::now() + Duration::from_secs(2);
+                            }
+                            Ok(env) => start(container, &env, ip, mounts, &dir, pod)?,
                         }
-                        Ok(env) => start(container, &env, ip, mounts, &dir, pod)?,
-                    },
+                    }
                 }
             }
             probe_all(container, ip).await;
@@ -377,7 +393,8 @@ impl Agent {
             std::fs::create_dir_all(&path)?;
             if volume.empty_dir.is_some() {
             } else if let Some(projected) = &volume.projected {
-                let wants_token = projected.sources.iter().flatten().any(|s| s.service_account_token.is_some());
+                let wants_token =
+                    projected.sources.iter().flatten().any(|s| s.service_account_token.is_some());
                 if wants_token && !path.join("kubeconfig").exists() {
                     self.write_service_account_files(pod, &path).await?;
                 }
@@ -388,7 +405,8 @@ impl Agent {
                     std::fs::write(path.join(key), value.0)?;
                 }
             } else if let Some(source) = &volume.config_map {
-                let map = Api::<ConfigMap>::namespaced(self.client.clone(), &namespace).get(&source.name).await?;
+                let map =
+                    Api::<ConfigMap>::namespaced(self.client.clone(), &namespace).get(&source.name).await?;
                 for (key, value) in map.data.unwrap_or_default() {
                     std::fs::write(path.join(key), value)?;
                 }
@@ -401,7 +419,8 @@ impl Agent {
     }
 
     async fn claim_path(&self, namespace: &str, claim_name: &str) -> anyhow::Result<PathBuf> {
-        let claim = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), namespace).get(claim_name).await?;
+        let claim =
+            Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), namespace).get(claim_name).await?;
         let volume_name = claim
             .spec
             .and_then(|s| s.volume_name)
@@ -419,17 +438,25 @@ impl Agent {
     /// A bound service-account token (TokenRequest API) and a kubeconfig using it.
     async fn write_service_account_files(&self, pod: &Pod, path: &Path) -> anyhow::Result<()> {
         let namespace = pod.namespace().unwrap_or_default();
-        let account = pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
-        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(self.client.clone(), &namespace);
+        let account = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into());
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), &namespace);
         let request = json!({
             "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
             "spec": {"expirationSeconds": 86400, "boundObjectRef": {
                 "apiVersion": "v1", "kind": "Pod", "name": pod.name_any(), "uid": pod.uid(),
             }},
         });
-        let response: Value =
-            accounts.create_subresource("token", &account, &PostParams::default(), &request).await.context("TokenRequest")?;
-        let token = response["status"]["token"].as_str().ok_or_else(|| anyhow!("TokenRequest returned no token"))?;
+        let response: Value = accounts
+            .create_subresource("token", &account, &PostParams::default(), &request)
+            .await
+            .context("TokenRequest")?;
+        let token =
+            response["status"]["token"].as_str().ok_or_else(|| anyhow!("TokenRequest returned no token"))?;
         std::fs::write(path.join("token"), token)?;
         std::fs::write(path.join("namespace"), &namespace)?;
         std::fs::copy(&self.config.ca_file, path.join("ca.crt"))?;
@@ -493,7 +520,8 @@ impl Agent {
     }
 
     async fn terminate(&mut self, pod: &Pod, uid: &str) {
-        let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).clamp(0, 60);
+        let grace =
+            pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).clamp(0, 60);
         if let Some(mut runtime) = self.pods.remove(uid) {
             stop_all(&mut runtime, Duration::from_secs(grace as u64)).await;
             info!(pod = %runtime.name, "stopped");
@@ -596,11 +624,16 @@ fn start(
     container.waiting = None;
     let now = Instant::now();
     let delay = |probe: &Option<Probe>| {
-        now + Duration::from_secs(probe.as_ref().and_then(|p| p.initial_delay_seconds).unwrap_or(0).max(0) as u64)
+        now + Duration::from_secs(
+            probe.as_ref().and_then(|p| p.initial_delay_seconds).unwrap_or(0).max(0) as u64
+        )
     };
-    container.startup = ProbeState { next_at: Some(delay(&container.spec.startup_probe)), ..ProbeState::default() };
-    container.liveness = ProbeState { next_at: Some(delay(&container.spec.liveness_probe)), ..ProbeState::default() };
-    container.readiness = ProbeState { next_at: Some(delay(&container.spec.readiness_probe)), ..ProbeState::default() };
+    container.startup =
+        ProbeState { next_at: Some(delay(&container.spec.startup_probe)), ..ProbeState::default() };
+    container.liveness =
+        ProbeState { next_at: Some(delay(&container.spec.liveness_probe)), ..ProbeState::default() };
+    container.readiness =
+        ProbeState { next_at: Some(delay(&container.spec.readiness_probe)), ..ProbeState::default() };
     container.started = container.spec.startup_probe.is_none();
     Ok(())
 }
@@ -634,8 +667,12 @@ async fn probe_all(container: &mut ContainerRuntime, ip: Ipv4Addr) {
     match &spec.readiness_probe {
         None => container.ready = true,
         Some(probe) => match run_probe(probe, &spec, ip, &mut container.readiness).await {
-            Some(true) if container.readiness.successes >= probe.success_threshold.unwrap_or(1) => container.ready = true,
-            Some(false) if container.readiness.failures >= probe.failure_threshold.unwrap_or(3) => container.ready = false,
+            Some(true) if container.readiness.successes >= probe.success_threshold.unwrap_or(1) => {
+                container.ready = true
+            }
+            Some(false) if container.readiness.failures >= probe.failure_threshold.unwrap_or(3) => {
+                container.ready = false
+            }
             _ => {}
         },
     }
@@ -650,7 +687,12 @@ async fn kill(container: &mut ContainerRuntime, why: &str) {
 }
 
 /// Runs a probe if it is due: `Some(passed)`, or `None` when not due.
-async fn run_probe(probe: &Probe, container: &Container, ip: Ipv4Addr, state: &mut ProbeState) -> Option<bool> {
+async fn run_probe(
+    probe: &Probe,
+    container: &Container,
+    ip: Ipv4Addr,
+    state: &mut ProbeState,
+) -> Option<bool> {
     let now = Instant::now();
     if state.next_at.is_some_and(|at| now < at) {
         return None;
@@ -764,24 +806,36 @@ async fn resolve_env(
             (None, None) => String::new(),
             (None, Some(source)) => {
                 if let Some(selector) = &source.secret_key_ref {
-                    let secret = Api::<Secret>::namespaced(client.clone(), &namespace).get_opt(&selector.name).await?;
+                    let secret =
+                        Api::<Secret>::namespaced(client.clone(), &namespace).get_opt(&selector.name).await?;
                     let bytes = secret.and_then(|s| s.data).and_then(|d| d.get(&selector.key).cloned());
                     match bytes {
                         Some(bytes) => String::from_utf8(bytes.0).context("secret value is not UTF-8")?,
                         None if selector.optional == Some(true) => continue,
-                        None => bail!("secret {}/{} key {} not found", namespace, selector.name, selector.key),
+                        None => {
+                            bail!("secret {}/{} key {} not found", namespace, selector.name, selector.key)
+                        }
                     }
                 } else if let Some(selector) = &source.config_map_key_ref {
-                    let map = Api::<ConfigMap>::namespaced(client.clone(), &namespace).get_opt(&selector.name).await?;
+                    let map = Api::<ConfigMap>::namespaced(client.clone(), &namespace)
+                        .get_opt(&selector.name)
+                        .await?;
                     match map.and_then(|m| m.data).and_then(|d| d.get(&selector.key).cloned()) {
                         Some(value) => value,
                         None if selector.optional == Some(true) => continue,
-                        None => bail!("configmap {}/{} key {} not found", namespace, selector.name, selector.key),
+                        None => {
+                            bail!("configmap {}/{} key {} not found", namespace, selector.name, selector.key)
+                        }
                     }
                 } else if let Some(field) = &source.field_ref {
                     field_value(pod, &field.field_path, ip)?
                 } else if let Some(resource) = &source.resource_field_ref {
-                    resource_value(container, &resource.resource, resource.divisor.as_ref().map(|d| d.0.as_str()), config)?
+                    resource_value(
+                        container,
+                        &resource.resource,
+                        resource.divisor.as_ref().map(|d| d.0.as_str()),
+                        config,
+                    )?
                 } else {
                     bail!("env {}: unsupported valueFrom", var.name);
                 }
@@ -790,7 +844,9 @@ async fn resolve_env(
         env.push((var.name.clone(), rewrite(&value, ip, &mounts)));
     }
     for (container_path, host) in &mounts {
-        if container_path == "/var/run/secrets/kubernetes.io/serviceaccount" && host.join("kubeconfig").exists() {
+        if container_path == "/var/run/secrets/kubernetes.io/serviceaccount"
+            && host.join("kubeconfig").exists()
+        {
             env.push(("KUBECONFIG".into(), host.join("kubeconfig").display().to_string()));
         }
     }
@@ -811,7 +867,12 @@ fn field_value(pod: &Pod, path: &str, ip: Ipv4Addr) -> anyhow::Result<String> {
     })
 }
 
-fn resource_value(container: &Container, resource: &str, divisor: Option<&str>, config: &AgentConfig) -> anyhow::Result<String> {
+fn resource_value(
+    container: &Container,
+    resource: &str,
+    divisor: Option<&str>,
+    config: &AgentConfig,
+) -> anyhow::Result<String> {
     let (kind, name) = resource.split_once('.').ok_or_else(|| anyhow!("bad resource {resource}"))?;
     let resources = container.resources.clone().unwrap_or_default();
     let map = if kind == "limits" { resources.limits } else { resources.requests };

@@ -81,7 +81,8 @@ async fn run_steps(env: &mut Env) -> bool {
             if results.iter().all(|(_, r)| r.is_ok()) {
                 println!("== {}", $name);
                 let started = Instant::now();
-                let outcome = $body.await.map(|_| started.elapsed()).map_err(|e: anyhow::Error| format!("{e:#}"));
+                let outcome =
+                    $body.await.map(|_| started.elapsed()).map_err(|e: anyhow::Error| format!("{e:#}"));
                 if let Err(message) = &outcome {
                     println!("   FAILED: {message}");
                 }
@@ -91,8 +92,14 @@ async fn run_steps(env: &mut Env) -> bool {
     }
     step!("install the operator with kubectl apply -k config/default", install(env));
     step!("the API server rejects invalid Relays with the CEL messages", invalid_specs_rejected(env));
-    step!("examples/minimal.yaml: objects created, Ready=False while the relay cannot relay", example_not_ready(env));
-    step!("a spec change rolls the StatefulSet; kubectl wait --for=condition=Ready succeeds", spec_change_ready(env));
+    step!(
+        "examples/minimal.yaml: objects created, Ready=False while the relay cannot relay",
+        example_not_ready(env)
+    );
+    step!(
+        "a spec change rolls the StatefulSet; kubectl wait --for=condition=Ready succeeds",
+        spec_change_ready(env)
+    );
     step!("the relay pod serves the simulated network", relay_serves(env));
     step!("kubectl get relays prints the columns", printer_columns(env));
     step!("a ServiceMonitor is created when the prometheus-operator CRD exists", service_monitor(env));
@@ -114,7 +121,10 @@ async fn run_steps(env: &mut Env) -> bool {
 
 impl Env {
     async fn setup() -> anyhow::Result<Env> {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or_else(|| anyhow!("no repo root"))?.to_path_buf();
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .ok_or_else(|| anyhow!("no repo root"))?
+            .to_path_buf();
         let bin_dir = binary_dir()?;
         let relay_bin = bin_dir.join("relay");
         let operator_bin = bin_dir.join("relay-operator");
@@ -130,7 +140,8 @@ impl Env {
         let work = std::env::temp_dir().join(format!("relay-e2e-{}", std::process::id()));
         std::fs::create_dir_all(&work)?;
         let plane = ControlPlane::start(&assets, &work.join("control-plane")).await?;
-        let kubectl = if assets.join("kubectl").is_file() { assets.join("kubectl") } else { PathBuf::from("kubectl") };
+        let kubectl =
+            if assets.join("kubectl").is_file() { assets.join("kubectl") } else { PathBuf::from("kubectl") };
         let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_test-node-agent"));
         agent
             .arg(format!("--kubeconfig={}", plane.kubeconfig.display()))
@@ -140,7 +151,16 @@ impl Env {
             .env("RUST_LOG", "info");
         let agent = Managed::spawn("test-node-agent", agent, &work.join("node-agent.log"))?;
         let client = plane.client().await?;
-        Ok(Env { repo, work, kubectl, kubeconfig: plane.kubeconfig.clone(), client, sim: None, plane, _agent: agent })
+        Ok(Env {
+            repo,
+            work,
+            kubectl,
+            kubeconfig: plane.kubeconfig.clone(),
+            client,
+            sim: None,
+            plane,
+            _agent: agent,
+        })
     }
 
     /// Runs kubectl; returns stdout, or an error with stderr.
@@ -206,8 +226,10 @@ impl Env {
     }
 
     async fn admin_token(&self) -> anyhow::Result<String> {
-        let secret = Api::<Secret>::namespaced(self.client.clone(), NS).get(&format!("{RELAY}-admin")).await?;
-        let bytes = secret.data.and_then(|d| d.get("token").cloned()).ok_or_else(|| anyhow!("no token key"))?;
+        let secret =
+            Api::<Secret>::namespaced(self.client.clone(), NS).get(&format!("{RELAY}-admin")).await?;
+        let bytes =
+            secret.data.and_then(|d| d.get("token").cloned()).ok_or_else(|| anyhow!("no token key"))?;
         Ok(String::from_utf8(bytes.0)?)
     }
 }
@@ -306,12 +328,18 @@ spec:
 async fn install(env: &mut Env) -> anyhow::Result<()> {
     // The prometheus-operator CRD first, so the operator's first reconcile sees it.
     env.kubectl_stdin(&["apply", "-f", "-"], Some(SERVICE_MONITOR_CRD)).await?;
-    env.kubectl(&["wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com", "--timeout=60s"])
-        .await?;
+    env.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/servicemonitors.monitoring.coreos.com",
+        "--timeout=60s",
+    ])
+    .await?;
     env.kubectl(&["apply", "-k", "config/default"]).await?;
     env.kubectl(&["wait", "--for=condition=Established", "crd/relays.atrelay.dev", "--timeout=60s"]).await?;
     env.kubectl(&["apply", "-k", "config/prometheus"]).await?;
-    env.kubectl(&["-n", OPERATOR_NS, "rollout", "status", "deployment/relay-operator", "--timeout=180s"]).await?;
+    env.kubectl(&["-n", OPERATOR_NS, "rollout", "status", "deployment/relay-operator", "--timeout=180s"])
+        .await?;
     env.kubectl(&["create", "namespace", NS]).await?;
     Ok(())
 }
@@ -324,8 +352,16 @@ async fn invalid_specs_rejected(env: &mut Env) -> anyhow::Result<()> {
             "image: x:1\n  resources: {memory: {request: 2Gi, limit: 1Gi}}",
             "limit must be greater than or equal to request",
         ),
-        ("Postgres without a URL", "image: x:1\n  storage: {database: {type: Postgres}}", "urlSecretRef is required"),
-        ("not a quantity", "image: x:1\n  resources: {cpu: {request: lots}}", "must be a Kubernetes quantity"),
+        (
+            "Postgres without a URL",
+            "image: x:1\n  storage: {database: {type: Postgres}}",
+            "urlSecretRef is required",
+        ),
+        (
+            "not a quantity",
+            "image: x:1\n  resources: {cpu: {request: lots}}",
+            "must be a Kubernetes quantity",
+        ),
         ("empty image", "image: \"\"", "spec.image"),
         ("bad duration", "image: x:1\n  tunables: {replayWindow: 3 days}", "spec.tunables.replayWindow"),
     ];
@@ -339,7 +375,11 @@ async fn invalid_specs_rejected(env: &mut Env) -> anyhow::Result<()> {
     }
     let long_name = "r".repeat(53);
     let manifest = format!("apiVersion: atrelay.dev/v1alpha1\nkind: Relay\nmetadata:\n  name: {long_name}\n  namespace: {NS}\nspec:\n  image: x:1\n");
-    let error = env.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest)).await.err().ok_or_else(|| anyhow!("53-character name accepted"))?;
+    let error = env
+        .kubectl_stdin(&["apply", "-f", "-"], Some(&manifest))
+        .await
+        .err()
+        .ok_or_else(|| anyhow!("53-character name accepted"))?;
     if !error.to_string().contains("at most 52 characters") {
         bail!("long name rejected without the CEL message: {error}");
     }
@@ -348,7 +388,9 @@ async fn invalid_specs_rejected(env: &mut Env) -> anyhow::Result<()> {
 
 async fn example_not_ready(env: &mut Env) -> anyhow::Result<()> {
     env.kubectl(&["apply", "-n", NS, "-f", "examples/minimal.yaml"]).await?;
-    for (kind, name) in [("statefulset", RELAY), ("service", RELAY), ("service", "relay-internal"), ("secret", "relay-admin")] {
+    for (kind, name) in
+        [("statefulset", RELAY), ("service", RELAY), ("service", "relay-internal"), ("secret", "relay-admin")]
+    {
         eventually(&format!("{kind}/{name}"), Duration::from_secs(30), || async {
             Ok(env.kubectl(&["get", "-n", NS, kind, name]).await.ok().map(|_| ()))
         })
@@ -400,7 +442,8 @@ async fn spec_change_ready(env: &mut Env) -> anyhow::Result<()> {
 
     let before = env.statefulset().await?;
     let revision_before = before.status.as_ref().and_then(|s| s.update_revision.clone());
-    let pod_before = env.pod("relay-0", NS).await?.and_then(|p| p.uid()).ok_or_else(|| anyhow!("no relay-0"))?;
+    let pod_before =
+        env.pod("relay-0", NS).await?.and_then(|p| p.uid()).ok_or_else(|| anyhow!("no relay-0"))?;
     let patch = serde_json::json!({"spec": {
         "upstream": {"host": "", "plcDirectory": sim.plc_url()},
         "tunables": {"allowInsecureHosts": true},
@@ -427,9 +470,13 @@ async fn spec_change_ready(env: &mut Env) -> anyhow::Result<()> {
         async move { Ok(sim.register_with_relay(&admin_url, &token).await.ok()) }
     })
     .await?;
-    env.kubectl(&["wait", "-n", NS, "--for=condition=Ready", &format!("relay/{RELAY}"), "--timeout=120s"]).await?;
+    env.kubectl(&["wait", "-n", NS, "--for=condition=Ready", &format!("relay/{RELAY}"), "--timeout=120s"])
+        .await?;
     let relay = env.relay().await?;
-    if !current(&relay) || !condition_is(&relay, "Reconciling", "False", None) || relay["status"]["readyReplicas"] != 1 {
+    if !current(&relay)
+        || !condition_is(&relay, "Reconciling", "False", None)
+        || relay["status"]["readyReplicas"] != 1
+    {
         bail!("Ready, but the rest of the status disagrees: {}", relay["status"]);
     }
     Ok(())
@@ -444,16 +491,18 @@ async fn relay_serves(env: &mut Env) -> anyhow::Result<()> {
     eventually("listRepos to list the simulated accounts", Duration::from_secs(60), || {
         let ip = ip.clone();
         async move {
-            let body: Value = reqwest::get(format!("http://{ip}:2470/xrpc/com.atproto.sync.listRepos?limit=100"))
-                .await?
-                .json()
-                .await?;
+            let body: Value =
+                reqwest::get(format!("http://{ip}:2470/xrpc/com.atproto.sync.listRepos?limit=100"))
+                    .await?
+                    .json()
+                    .await?;
             let repos = body["repos"].as_array().map(|r| r.len()).unwrap_or(0);
             Ok((repos >= 10).then_some(()))
         }
     })
     .await?;
-    let hosts: Value = reqwest::get(format!("http://{ip}:2470/xrpc/com.atproto.sync.listHosts")).await?.json().await?;
+    let hosts: Value =
+        reqwest::get(format!("http://{ip}:2470/xrpc/com.atproto.sync.listHosts")).await?.json().await?;
     let listed = hosts["hosts"].as_array().map(|h| h.len()).unwrap_or(0);
     if listed != 2 {
         bail!("listHosts shows {listed} hosts, expected the 2 simulated ones: {hosts}");
@@ -495,7 +544,9 @@ async fn service_monitor(env: &mut Env) -> anyhow::Result<()> {
     let monitors: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), NS, &resource);
     let monitor = monitors.get(RELAY).await.context("ServiceMonitor relay")?;
     let labels = &monitor.data["spec"]["selector"]["matchLabels"];
-    if labels["atrelay.dev/service"] != "internal" || monitor.data["spec"]["endpoints"][0]["port"] != "internal" {
+    if labels["atrelay.dev/service"] != "internal"
+        || monitor.data["spec"]["endpoints"][0]["port"] != "internal"
+    {
         bail!("unexpected ServiceMonitor spec: {}", monitor.data);
     }
     let internal = Api::<Service>::namespaced(env.client.clone(), NS).get("relay-internal").await?;
@@ -509,7 +560,14 @@ async fn service_monitor(env: &mut Env) -> anyhow::Result<()> {
 async fn owned_versions(env: &Env) -> anyhow::Result<Vec<(String, String)>> {
     let mut versions = vec![
         ("statefulset".to_string(), env.statefulset().await?.resource_version().unwrap_or_default()),
-        ("secret".to_string(), Api::<Secret>::namespaced(env.client.clone(), NS).get("relay-admin").await?.resource_version().unwrap_or_default()),
+        (
+            "secret".to_string(),
+            Api::<Secret>::namespaced(env.client.clone(), NS)
+                .get("relay-admin")
+                .await?
+                .resource_version()
+                .unwrap_or_default(),
+        ),
     ];
     for name in [RELAY, "relay-internal"] {
         let service = Api::<Service>::namespaced(env.client.clone(), NS).get(name).await?;
@@ -524,17 +582,29 @@ async fn zero_writes(env: &mut Env) -> anyhow::Result<()> {
     let env: &Env = env;
     // 1. A metadata-only change re-triggers a reconcile of an otherwise unchanged Relay.
     let before_metrics = env.operator_metrics().await?;
-    let reconciles_before: f64 = before_metrics.iter().map(|(_, m)| metric_sum(m, "relay_operator_reconciles_total")).sum();
-    let writes_before: f64 = before_metrics.iter().map(|(_, m)| metric_sum(m, "relay_operator_api_writes_total")).sum();
+    let reconciles_before: f64 =
+        before_metrics.iter().map(|(_, m)| metric_sum(m, "relay_operator_reconciles_total")).sum();
+    let writes_before: f64 =
+        before_metrics.iter().map(|(_, m)| metric_sum(m, "relay_operator_api_writes_total")).sum();
     let versions = owned_versions(env).await?;
     env.kubectl(&["annotate", "relay", RELAY, "-n", NS, "e2e.atrelay.dev/touch=1"]).await?;
     eventually("a reconcile after the annotation", Duration::from_secs(30), || async {
-        let now: f64 = env.operator_metrics().await?.iter().map(|(_, m)| metric_sum(m, "relay_operator_reconciles_total")).sum();
+        let now: f64 = env
+            .operator_metrics()
+            .await?
+            .iter()
+            .map(|(_, m)| metric_sum(m, "relay_operator_reconciles_total"))
+            .sum();
         Ok((now > reconciles_before).then_some(()))
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let writes_after: f64 = env.operator_metrics().await?.iter().map(|(_, m)| metric_sum(m, "relay_operator_api_writes_total")).sum();
+    let writes_after: f64 = env
+        .operator_metrics()
+        .await?
+        .iter()
+        .map(|(_, m)| metric_sum(m, "relay_operator_api_writes_total"))
+        .sum();
     if writes_after != writes_before {
         bail!("re-reconcile wrote {} times", writes_after - writes_before);
     }
@@ -544,13 +614,25 @@ async fn zero_writes(env: &mut Env) -> anyhow::Result<()> {
 
     // 2. A fresh operator (cold caches) reconciles everything once and still writes nothing.
     let old = env.operator_pods().await?.into_iter().map(|p| p.name_any()).collect::<Vec<_>>();
-    env.kubectl(&["delete", "pod", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/name=relay-operator", "--wait=false"]).await?;
+    env.kubectl(&[
+        "delete",
+        "pod",
+        "-n",
+        OPERATOR_NS,
+        "-l",
+        "app.kubernetes.io/name=relay-operator",
+        "--wait=false",
+    ])
+    .await?;
     eventually("a new operator pod that has reconciled the relay", Duration::from_secs(120), || {
         let old = old.clone();
         async move {
             let metrics = env.operator_metrics().await?;
             let fresh: Vec<_> = metrics.iter().filter(|(name, _)| !old.contains(name)).collect();
-            Ok(fresh.iter().any(|(_, m)| metric_sum(m, "relay_operator_reconciles_total") >= 1.0).then_some(()))
+            Ok(fresh
+                .iter()
+                .any(|(_, m)| metric_sum(m, "relay_operator_reconciles_total") >= 1.0)
+                .then_some(()))
         }
     })
     .await?;
@@ -576,13 +658,29 @@ async fn wait_ready_current(env: &Env, what: &str) -> anyhow::Result<Value> {
 }
 
 fn template_image(statefulset: &StatefulSet) -> String {
-    statefulset.spec.template.spec.as_ref().and_then(|s| s.containers.first()).and_then(|c| c.image.clone()).unwrap_or_default()
+    statefulset
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
 }
 
 async fn restart_mid_reconcile(env: &mut Env) -> anyhow::Result<()> {
     let patch = r#"{"spec":{"image":"ghcr.io/atrelay/relay:0.1.1"}}"#;
     env.kubectl(&["patch", "relay", RELAY, "-n", NS, "--type=merge", "-p", patch]).await?;
-    env.kubectl(&["delete", "pod", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/name=relay-operator", "--wait=false"]).await?;
+    env.kubectl(&[
+        "delete",
+        "pod",
+        "-n",
+        OPERATOR_NS,
+        "-l",
+        "app.kubernetes.io/name=relay-operator",
+        "--wait=false",
+    ])
+    .await?;
     wait_ready_current(env, "Ready=True for the new generation after the operator restart").await?;
     let image = template_image(&env.statefulset().await?);
     if image != "ghcr.io/atrelay/relay:0.1.1" {
@@ -592,7 +690,17 @@ async fn restart_mid_reconcile(env: &mut Env) -> anyhow::Result<()> {
 }
 
 async fn stop_and_pause(env: &mut Env) -> anyhow::Result<()> {
-    env.kubectl(&["patch", "relay", RELAY, "-n", NS, "--type=merge", "-p", r#"{"spec":{"operation":{"stopped":true}}}"#]).await?;
+    env.kubectl(&[
+        "patch",
+        "relay",
+        RELAY,
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"operation":{"stopped":true}}}"#,
+    ])
+    .await?;
     eventually("Ready=False/Stopped and no relay pod", Duration::from_secs(90), || async {
         let relay = env.relay().await?;
         let stopped = current(&relay) && condition_is(&relay, "Ready", "False", Some("Stopped"));
@@ -600,21 +708,44 @@ async fn stop_and_pause(env: &mut Env) -> anyhow::Result<()> {
         Ok((stopped && pod_gone && env.statefulset().await?.spec.replicas == Some(0)).then_some(()))
     })
     .await?;
-    env.kubectl(&["patch", "relay", RELAY, "-n", NS, "--type=merge", "-p", r#"{"spec":{"operation":{"stopped":false}}}"#]).await?;
-    wait_ready_current(env, "Ready=True after un-stopping (hosts resumed from the relay's own store)").await?;
+    env.kubectl(&[
+        "patch",
+        "relay",
+        RELAY,
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"operation":{"stopped":false}}}"#,
+    ])
+    .await?;
+    wait_ready_current(env, "Ready=True after un-stopping (hosts resumed from the relay's own store)")
+        .await?;
 
-    let pause = r#"{"spec":{"operation":{"reconciliationPaused":true},"image":"ghcr.io/atrelay/relay:0.1.2"}}"#;
+    let pause =
+        r#"{"spec":{"operation":{"reconciliationPaused":true},"image":"ghcr.io/atrelay/relay:0.1.2"}}"#;
     env.kubectl(&["patch", "relay", RELAY, "-n", NS, "--type=merge", "-p", pause]).await?;
     eventually("ReconciliationPaused=True", Duration::from_secs(30), || async {
         let relay = env.relay().await?;
-        Ok((current(&relay) && condition_is(&relay, "ReconciliationPaused", "True", Some("Paused"))).then_some(()))
+        Ok((current(&relay) && condition_is(&relay, "ReconciliationPaused", "True", Some("Paused")))
+            .then_some(()))
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     if template_image(&env.statefulset().await?) != "ghcr.io/atrelay/relay:0.1.1" {
         bail!("the StatefulSet changed while reconciliation was paused");
     }
-    env.kubectl(&["patch", "relay", RELAY, "-n", NS, "--type=merge", "-p", r#"{"spec":{"operation":{"reconciliationPaused":false}}}"#]).await?;
+    env.kubectl(&[
+        "patch",
+        "relay",
+        RELAY,
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"operation":{"reconciliationPaused":false}}}"#,
+    ])
+    .await?;
     let relay = wait_ready_current(env, "Ready=True after un-pausing").await?;
     if condition(&relay, "ReconciliationPaused").is_some() {
         bail!("ReconciliationPaused is still reported after un-pausing");
@@ -627,11 +758,15 @@ async fn stop_and_pause(env: &mut Env) -> anyhow::Result<()> {
 
 async fn leader_election(env: &mut Env) -> anyhow::Result<()> {
     env.kubectl(&["scale", "deployment/relay-operator", "-n", OPERATOR_NS, "--replicas=2"]).await?;
-    env.kubectl(&["-n", OPERATOR_NS, "rollout", "status", "deployment/relay-operator", "--timeout=120s"]).await?;
+    env.kubectl(&["-n", OPERATOR_NS, "rollout", "status", "deployment/relay-operator", "--timeout=120s"])
+        .await?;
     let leaders = eventually("two operator replicas, one leader", Duration::from_secs(60), || async {
         let metrics = env.operator_metrics().await?;
-        let leaders: Vec<String> =
-            metrics.iter().filter(|(_, m)| metric_sum(m, "relay_operator_leader") == 1.0).map(|(n, _)| n.clone()).collect();
+        let leaders: Vec<String> = metrics
+            .iter()
+            .filter(|(_, m)| metric_sum(m, "relay_operator_leader") == 1.0)
+            .map(|(n, _)| n.clone())
+            .collect();
         Ok((metrics.len() == 2 && leaders.len() == 1).then_some(leaders))
     })
     .await?;
@@ -639,7 +774,10 @@ async fn leader_election(env: &mut Env) -> anyhow::Result<()> {
     env.kubectl(&["delete", "pod", "-n", OPERATOR_NS, &leaders[0], "--wait=false"]).await?;
     eventually("the standby to become leader", Duration::from_secs(60), || async {
         let metrics = env.operator_metrics().await?;
-        Ok(metrics.iter().any(|(n, m)| *n != leaders[0] && metric_sum(m, "relay_operator_leader") == 1.0).then_some(()))
+        Ok(metrics
+            .iter()
+            .any(|(n, m)| *n != leaders[0] && metric_sum(m, "relay_operator_leader") == 1.0)
+            .then_some(()))
     })
     .await?;
     Ok(())
@@ -657,7 +795,9 @@ async fn delete_collects(env: &mut Env) -> anyhow::Result<()> {
             ("servicemonitor", RELAY),
             ("pod", "relay-0"),
         ] {
-            if env.kubectl(&["get", "-n", NS, kind, name, "--ignore-not-found", "-o", "name"]).await?.trim() != "" {
+            if env.kubectl(&["get", "-n", NS, kind, name, "--ignore-not-found", "-o", "name"]).await?.trim()
+                != ""
+            {
                 left.push(format!("{kind}/{name}"));
             }
         }

@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller.
-    Run(RunConfig),
+    Run(Box<RunConfig>),
     /// Print the Relay CustomResourceDefinition as YAML.
     Crd,
 }
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .context("starting the runtime")
-            .and_then(|runtime| runtime.block_on(run(config))),
+            .and_then(|runtime| runtime.block_on(run(*config))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -27,7 +27,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let api_writes = IntCounterVec::new(
-            Opts::new("relay_operator_api_writes_total", "Create/patch requests sent to the API server, by kind"),
+            Opts::new(
+                "relay_operator_api_writes_total",
+                "Create/patch requests sent to the API server, by kind",
+            ),
             &["kind"],
         )
         .expect("valid metric");

@@ -67,7 +67,8 @@ fn production_relay_builds_the_expected_objects() {
 fn stopping_scales_to_zero_and_keeps_everything_else() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let mut relay = relay_from_yaml(&std::fs::read_to_string(dir.join("minimal.yaml")).expect("fixture"));
-    let inputs = BuildInputs { admin: AdminToken::Generated { token: "t".into() }, service_monitor_supported: false };
+    let inputs =
+        BuildInputs { admin: AdminToken::Generated { token: "t".into() }, service_monitor_supported: false };
     let running = build::build(&validate(&relay).expect("valid"), &inputs);
     relay.spec.operation.stopped = true;
     let stopped = build::build(&validate(&relay).expect("valid"), &inputs);
@@ -83,8 +84,10 @@ fn a_new_admin_token_changes_the_pod_template() {
     let relay = relay_from_yaml(&std::fs::read_to_string(dir.join("minimal.yaml")).expect("fixture"));
     let validated = validate(&relay).expect("valid");
     let build_with = |token: &str| {
-        let inputs =
-            BuildInputs { admin: AdminToken::Generated { token: token.into() }, service_monitor_supported: false };
+        let inputs = BuildInputs {
+            admin: AdminToken::Generated { token: token.into() },
+            service_monitor_supported: false,
+        };
         build::build(&validated, &inputs).statefulset.spec.template
     };
     assert_ne!(build_with("one"), build_with("two"));

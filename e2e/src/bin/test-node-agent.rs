@@ -36,11 +36,17 @@ fn parse_image(text: &str) -> Result<(String, PathBuf), String> {
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let args = Args::parse();
     let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)?;
-    let cluster = kubeconfig.clusters.first().and_then(|c| c.cluster.clone()).ok_or_else(|| anyhow::anyhow!("kubeconfig has no cluster"))?;
+    let cluster = kubeconfig
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.clone())
+        .ok_or_else(|| anyhow::anyhow!("kubeconfig has no cluster"))?;
     let api_server = cluster.server.clone().unwrap_or_default();
     std::fs::create_dir_all(&args.work_dir)?;
     let ca_file = args.work_dir.join("cluster-ca.crt");

@@ -35,7 +35,12 @@ pub async fn apply(desired: DesiredObjects, namespace: &str, ctx: &Context) -> R
     Ok(Applied { statefulset, changed })
 }
 
-async fn apply_typed<K>(mut object: K, namespace: &str, ctx: &Context, changed: &mut Vec<String>) -> Result<K, Error>
+async fn apply_typed<K>(
+    mut object: K,
+    namespace: &str,
+    ctx: &Context,
+    changed: &mut Vec<String>,
+) -> Result<K, Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Serialize
@@ -85,7 +90,10 @@ async fn apply_dynamic(
 fn stamp_hash<K: Resource + Serialize>(object: &mut K, kind: &str) -> Result<String, Error> {
     let bytes = serde_json::to_vec(object).map_err(|e| Error::Serialize(kind.to_string(), e))?;
     let hash = super::build::digest(&bytes);
-    object.meta_mut().annotations.get_or_insert_with(Default::default).insert(ANNOTATION_APPLIED_HASH.into(), hash.clone());
+    object
+        .meta_mut()
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(ANNOTATION_APPLIED_HASH.into(), hash.clone());
     Ok(hash)
 }
-

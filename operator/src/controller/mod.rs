@@ -163,7 +163,8 @@ async fn reconcile_inner(relay: &Relay, ctx: &Context) -> Result<Action, Error> 
         };
         ctx.publish(relay, event).await;
     }
-    let status = status::compute(relay, &status::Outcome::Applied(&applied.statefulset), Some(admin_secret), &now());
+    let status =
+        status::compute(relay, &status::Outcome::Applied(&applied.statefulset), Some(admin_secret), &now());
     status::write(relay, status, ctx).await?;
     Ok(Action::requeue(ctx.config.resync_interval))
 }

@@ -20,7 +20,8 @@ pub async fn read(relay: &Relay, namespace: &str, name: &str, ctx: &Context) -> 
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let admin = admin_token(relay, name, &secrets).await?;
     if let Some(reference) = &relay.spec.storage.database.url_secret_ref {
-        require_secret_key(&secrets, &reference.name, &reference.key, "storage.database.urlSecretRef").await?;
+        require_secret_key(&secrets, &reference.name, &reference.key, "storage.database.urlSecretRef")
+            .await?;
     }
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
     let statefulset = statefulsets.get_opt(name).await?;
@@ -30,7 +31,8 @@ pub async fn read(relay: &Relay, namespace: &str, name: &str, ctx: &Context) -> 
 
 async fn admin_token(relay: &Relay, name: &str, secrets: &Api<Secret>) -> Result<AdminToken, Error> {
     if let Some(reference) = &relay.spec.admin.token_secret_ref {
-        let token = require_secret_key(secrets, &reference.name, &reference.key, "admin.tokenSecretRef").await?;
+        let token =
+            require_secret_key(secrets, &reference.name, &reference.key, "admin.tokenSecretRef").await?;
         return Ok(AdminToken::User {
             name: reference.name.clone(),
             key: reference.key.clone(),
@@ -61,5 +63,10 @@ async fn require_secret_key(
     if let Some(bytes) = secret.data.as_ref().and_then(|data| data.get(key)) {
         return Ok(bytes.0.clone());
     }
-    secret.string_data.as_ref().and_then(|data| data.get(key)).map(|s| s.as_bytes().to_vec()).ok_or_else(missing)
+    secret
+        .string_data
+        .as_ref()
+        .and_then(|data| data.get(key))
+        .map(|s| s.as_bytes().to_vec())
+        .ok_or_else(missing)
 }

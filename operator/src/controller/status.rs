@@ -45,21 +45,33 @@ pub fn workload(statefulset: Option<&StatefulSet>, stopped: bool) -> Workload {
     let ready = status.ready_replicas.unwrap_or(0);
     let wanted = statefulset.spec.replicas.unwrap_or(1);
     let generation = statefulset.metadata.generation.unwrap_or(0);
-    let unavailable = |reason, message: String| Workload { available: false, ready_replicas: ready, reason, message };
+    let unavailable =
+        |reason, message: String| Workload { available: false, ready_replicas: ready, reason, message };
     if stopped {
         return unavailable("Stopped", "the relay is stopped (spec.operation.stopped)".into());
     }
     if status.observed_generation.unwrap_or(0) < generation {
-        return unavailable("RolloutPending", "the StatefulSet controller has not seen the latest spec yet".into());
+        return unavailable(
+            "RolloutPending",
+            "the StatefulSet controller has not seen the latest spec yet".into(),
+        );
     }
     if status.update_revision.is_some() && status.current_revision != status.update_revision {
         let updated = status.updated_replicas.unwrap_or(0);
-        return unavailable("RollingOut", format!("rolling out: {updated}/{wanted} pods updated, {ready} ready"));
+        return unavailable(
+            "RollingOut",
+            format!("rolling out: {updated}/{wanted} pods updated, {ready} ready"),
+        );
     }
     if ready < wanted {
         return unavailable("PodsNotReady", format!("{ready}/{wanted} relay pods ready"));
     }
-    Workload { available: true, ready_replicas: ready, reason: "StatefulSetReady", message: format!("{ready}/{wanted} relay pods ready") }
+    Workload {
+        available: true,
+        ready_replicas: ready,
+        reason: "StatefulSetReady",
+        message: format!("{ready}/{wanted} relay pods ready"),
+    }
 }
 
 /// The conditions this operator owns, for an outcome.
@@ -68,7 +80,9 @@ pub fn desired_conditions(relay: &Relay, outcome: &Outcome) -> (Vec<Desired>, Wo
     let (statefulset, stall, paused) = match outcome {
         Outcome::Applied(sts) => (Some(*sts), None, false),
         Outcome::Paused(sts) => (*sts, None, true),
-        Outcome::Stalled { reason, message, statefulset } => (*statefulset, Some((*reason, message.clone())), false),
+        Outcome::Stalled { reason, message, statefulset } => {
+            (*statefulset, Some((*reason, message.clone())), false)
+        }
     };
     let work = workload(statefulset, stopped);
     let mut conditions = Vec::new();
@@ -81,7 +95,12 @@ pub fn desired_conditions(relay: &Relay, outcome: &Outcome) -> (Vec<Desired>, Wo
     match (&stall, paused) {
         (Some((reason, message)), _) => {
             conditions.push(Desired::new(cond::READY, Status::False, reason, message.clone()));
-            conditions.push(Desired::new(cond::RECONCILING, Status::False, reason, "waiting for a change to the Relay"));
+            conditions.push(Desired::new(
+                cond::RECONCILING,
+                Status::False,
+                reason,
+                "waiting for a change to the Relay",
+            ));
             conditions.push(Desired::new(cond::STALLED, Status::True, reason, message.clone()));
         }
         (None, true) => {
@@ -91,7 +110,12 @@ pub fn desired_conditions(relay: &Relay, outcome: &Outcome) -> (Vec<Desired>, Wo
                 if work.available { "RelayReady" } else { work.reason },
                 work.message.clone(),
             ));
-            conditions.push(Desired::new(cond::RECONCILING, Status::False, "Paused", "reconciliation is paused"));
+            conditions.push(Desired::new(
+                cond::RECONCILING,
+                Status::False,
+                "Paused",
+                "reconciliation is paused",
+            ));
             conditions.push(Desired::new(cond::STALLED, Status::False, "Paused", ""));
         }
         (None, false) => {
@@ -100,7 +124,12 @@ pub fn desired_conditions(relay: &Relay, outcome: &Outcome) -> (Vec<Desired>, Wo
             } else {
                 (work.reason, work.message.clone())
             };
-            conditions.push(Desired::new(cond::READY, Status::from_bool(work.available), ready_reason, ready_message));
+            conditions.push(Desired::new(
+                cond::READY,
+                Status::from_bool(work.available),
+                ready_reason,
+                ready_message,
+            ));
             let converging = !work.available && !stopped;
             conditions.push(Desired::new(
                 cond::RECONCILING,
@@ -144,7 +173,10 @@ fn endpoints(relay: &Relay) -> Endpoints {
     let namespace = relay.namespace().unwrap_or_default();
     let ports = &relay.spec.ports;
     Endpoints {
-        firehose: format!("ws://{name}.{namespace}.svc:{}/xrpc/com.atproto.sync.subscribeRepos", ports.public),
+        firehose: format!(
+            "ws://{name}.{namespace}.svc:{}/xrpc/com.atproto.sync.subscribeRepos",
+            ports.public
+        ),
         xrpc: format!("http://{name}.{namespace}.svc:{}", ports.public),
         internal: format!("http://{}.{namespace}.svc:{}", internal_service_name(&name), ports.internal),
     }
@@ -175,7 +207,8 @@ pub async fn write(relay: &Relay, status: RelayStatus, ctx: &Context) -> Result<
 }
 
 async fn announce_ready_change(relay: &Relay, status: &RelayStatus, ctx: &Context) {
-    let before = relay.status.as_ref().and_then(|s| cond::find(&s.conditions, cond::READY)).map(|c| c.status.clone());
+    let before =
+        relay.status.as_ref().and_then(|s| cond::find(&s.conditions, cond::READY)).map(|c| c.status.clone());
     let Some(now) = cond::find(&status.conditions, cond::READY) else { return };
     if before.as_deref() == Some(now.status.as_str()) {
         return;

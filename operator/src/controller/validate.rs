@@ -26,17 +26,19 @@ pub struct InvalidSpec(pub String);
 
 pub fn validate(relay: &Relay) -> Result<ValidatedRelay, InvalidSpec> {
     let name = relay.metadata.name.clone().ok_or_else(|| InvalidSpec("metadata.name is missing".into()))?;
-    let namespace =
-        relay.metadata.namespace.clone().ok_or_else(|| InvalidSpec("metadata.namespace is missing".into()))?;
+    let namespace = relay
+        .metadata
+        .namespace
+        .clone()
+        .ok_or_else(|| InvalidSpec("metadata.namespace is missing".into()))?;
     if name.len() > MAX_NAME_LEN {
         return Err(InvalidSpec(format!(
             "metadata.name is {} characters; a Relay name may have at most {MAX_NAME_LEN}",
             name.len()
         )));
     }
-    let owner = relay
-        .controller_owner_ref(&())
-        .ok_or_else(|| InvalidSpec("the Relay has no uid yet".into()))?;
+    let owner =
+        relay.controller_owner_ref(&()).ok_or_else(|| InvalidSpec("the Relay has no uid yet".into()))?;
     check_spec(&relay.spec)?;
     Ok(ValidatedRelay {
         name,
@@ -81,7 +83,9 @@ fn check_spec(spec: &RelaySpec) -> Result<(), InvalidSpec> {
         }
     }
     if spec.tunables.trusted_domains.iter().any(|d| d.trim().is_empty() || d.contains(',')) {
-        return Err(InvalidSpec("tunables.trustedDomains entries must be non-empty and contain no commas".into()));
+        return Err(InvalidSpec(
+            "tunables.trustedDomains entries must be non-empty and contain no commas".into(),
+        ));
     }
     Ok(())
 }
@@ -91,7 +95,8 @@ fn check_spec(spec: &RelaySpec) -> Result<(), InvalidSpec> {
 pub fn parse_quantity(field: &str, part: &str, text: &str) -> Result<f64, InvalidSpec> {
     let bad = || InvalidSpec(format!("resources.{field}.{part} {text:?} is not a Kubernetes quantity"));
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(text.len());
+    let split =
+        text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(text.len());
     let (number, suffix) = text.split_at(split);
     let value: f64 = number.parse().map_err(|_| bad())?;
     if value < 0.0 {

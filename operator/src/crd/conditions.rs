@@ -49,7 +49,12 @@ pub struct Desired {
 }
 
 impl Desired {
-    pub fn new(type_: &'static str, status: Status, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(
+        type_: &'static str,
+        status: Status,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Desired { type_, status, reason, message: message.into() }
     }
 }
@@ -105,8 +110,10 @@ mod tests {
 
     #[test]
     fn transition_time_moves_only_when_status_flips() {
-        let first = merge(&[], &[Desired::new(READY, Status::False, "Progressing", "starting")], 1, &time(100));
-        let same = merge(&first, &[Desired::new(READY, Status::False, "Progressing", "still")], 2, &time(200));
+        let first =
+            merge(&[], &[Desired::new(READY, Status::False, "Progressing", "starting")], 1, &time(100));
+        let same =
+            merge(&first, &[Desired::new(READY, Status::False, "Progressing", "still")], 2, &time(200));
         assert_eq!(same[0].last_transition_time, time(100));
         assert_eq!(same[0].observed_generation, Some(2));
         assert_eq!(same[0].message, "still");
@@ -134,7 +141,8 @@ mod tests {
                 last_transition_time: time(1),
             },
         ];
-        let merged = merge(&existing, &[Desired::new(READY, Status::Unknown, "Reconciling", "")], 3, &time(5));
+        let merged =
+            merge(&existing, &[Desired::new(READY, Status::Unknown, "Reconciling", "")], 3, &time(5));
         let types: Vec<&str> = merged.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, vec!["ExternalCheck", READY]);
     }

@@ -118,7 +118,9 @@ pub struct UpstreamSpec {
     /// Bootstrap relay whose `listHosts` seeds the host list (e.g. `bsky.network`).
     /// Empty: no bootstrap; hosts arrive by `requestCrawl` or the admin API.
     #[serde(default = "default_upstream_host")]
-    #[schemars(regex(pattern = r"^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(:[0-9]{1,5})?$|^$"))]
+    #[schemars(regex(
+        pattern = r"^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(:[0-9]{1,5})?$|^$"
+    ))]
     pub host: String,
 
     /// PLC directory used to resolve `did:plc` identities.
@@ -234,7 +236,11 @@ pub struct StorageSpec {
 
 impl Default for StorageSpec {
     fn default() -> Self {
-        StorageSpec { size: default_storage_size(), storage_class_name: None, database: DatabaseSpec::default() }
+        StorageSpec {
+            size: default_storage_size(),
+            storage_class_name: None,
+            database: DatabaseSpec::default(),
+        }
     }
 }
 

@@ -31,7 +31,10 @@ pub fn statefulset(relay: &ValidatedRelay, admin: &AdminToken) -> StatefulSet {
         spec: StatefulSetSpec {
             replicas: Some(replicas),
             service_name: Some(internal_service_name(&relay.name)),
-            selector: LabelSelector { match_labels: Some(selector_labels(relay)), ..LabelSelector::default() },
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(relay)),
+                ..LabelSelector::default()
+            },
             // One replica, so ordering buys nothing; and under OrderedReady a pod that is not
             // Ready blocks the rolling update that would fix it (a spec change must always
             // be able to replace a broken relay without manual pod deletion).
@@ -57,7 +60,11 @@ fn pod_template(relay: &ValidatedRelay, admin: &AdminToken) -> PodTemplateSpec {
     ]);
     let placement = &relay.spec.placement;
     PodTemplateSpec {
-        metadata: Some(ObjectMeta { labels: Some(labels), annotations: Some(annotations), ..ObjectMeta::default() }),
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        }),
         spec: Some(PodSpec {
             containers: vec![container(relay, admin)],
             // The relay never talks to the Kubernetes API.
@@ -69,7 +76,10 @@ fn pod_template(relay: &ValidatedRelay, admin: &AdminToken) -> PodTemplateSpec {
                 run_as_user: Some(RUN_AS_USER),
                 run_as_group: Some(RUN_AS_USER),
                 fs_group: Some(RUN_AS_USER),
-                seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..SeccompProfile::default()
+                }),
                 ..PodSecurityContext::default()
             }),
             node_selector: (!placement.node_selector.is_empty()).then(|| placement.node_selector.clone()),
@@ -120,7 +130,11 @@ fn container(relay: &ValidatedRelay, admin: &AdminToken) -> Container {
             ..SecurityContext::default()
         }),
         volume_mounts: Some(vec![
-            VolumeMount { name: DATA_VOLUME.into(), mount_path: DATA_MOUNT_PATH.into(), ..VolumeMount::default() },
+            VolumeMount {
+                name: DATA_VOLUME.into(),
+                mount_path: DATA_MOUNT_PATH.into(),
+                ..VolumeMount::default()
+            },
             VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..VolumeMount::default() },
         ]),
         ..Container::default()
@@ -191,7 +205,10 @@ fn tunable_env(tunables: &TunablesSpec) -> Vec<EnvVar> {
         (!tunables.trusted_domains.is_empty()).then(|| tunables.trusted_domains.join(",")),
     );
     push("RELAY_HOST_EVENTS_PER_SECOND", tunables.host_events_per_second.map(|n| n.to_string()));
-    push("RELAY_LENIENT_SYNC_VALIDATION", tunables.lenient_sync_validation.filter(|on| *on).map(|_| "true".into()));
+    push(
+        "RELAY_LENIENT_SYNC_VALIDATION",
+        tunables.lenient_sync_validation.filter(|on| *on).map(|_| "true".into()),
+    );
     push("RELAY_ALLOW_INSECURE_HOSTS", tunables.allow_insecure_hosts.filter(|on| *on).map(|_| "true".into()));
     push("RELAY_READY_MAX_SILENCE", tunables.ready_max_silence.clone());
     push("RELAY_LOG_LEVEL", tunables.log_level.clone());
@@ -229,7 +246,10 @@ fn data_claim(relay: &ValidatedRelay) -> PersistentVolumeClaim {
             access_modes: Some(vec!["ReadWriteOnce".into()]),
             storage_class_name: relay.spec.storage.storage_class_name.clone(),
             resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([("storage".into(), Quantity(relay.spec.storage.size.clone()))])),
+                requests: Some(BTreeMap::from([(
+                    "storage".into(),
+                    Quantity(relay.spec.storage.size.clone()),
+                )])),
                 ..VolumeResourceRequirements::default()
             }),
             ..PersistentVolumeClaimSpec::default()
