@@ -61,10 +61,15 @@ cargo fmt --all --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "CRD drift check (crds/ must equal what relay-operator crd prints)"
+step "CRD drift check (crds/ and docs/crd-reference.md must equal what relay-operator prints)"
 cargo run --quiet --locked -p relay-operator -- crd > "$cache_dir/crd.yaml"
 if ! diff -u crds/relays.atrelay.dev.yaml "$cache_dir/crd.yaml"; then
   echo "crds/ is out of date: run cargo run -p relay-operator -- crd > crds/relays.atrelay.dev.yaml" >&2
+  exit 1
+fi
+cargo run --quiet --locked -p relay-operator -- reference > "$cache_dir/crd-reference.md"
+if ! diff -u docs/crd-reference.md "$cache_dir/crd-reference.md"; then
+  echo "docs/crd-reference.md is out of date: run cargo run -p relay-operator -- reference > docs/crd-reference.md" >&2
   exit 1
 fi
 

@@ -6,6 +6,7 @@ pub mod controller;
 pub mod crd;
 pub mod leader;
 pub mod metrics;
+pub mod reference;
 pub mod web;
 
 /// Errors of one reconcile. `is_spec_error` decides between a backoff retry and

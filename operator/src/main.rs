@@ -28,12 +28,18 @@ enum Command {
     Run(Box<RunConfig>),
     /// Print the Relay CustomResourceDefinition as YAML.
     Crd,
+    /// Print the Markdown field reference of the Relay resource (docs/crd-reference.md).
+    Reference,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crd => print_crd(),
+        Command::Reference => {
+            print!("{}", relay_operator::reference::markdown());
+            Ok(())
+        }
         Command::Run(config) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
