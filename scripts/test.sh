@@ -78,7 +78,7 @@ cargo build --workspace --locked --bins
 cargo test --workspace --locked
 
 step "benchmark builds"
-cargo bench --workspace --locked --no-run
+cargo bench -p relay --benches --locked --no-run
 
 step "fuzz smoke (${fuzz_seconds}s per target)"
 if [ "$fuzz_seconds" -gt 0 ]; then

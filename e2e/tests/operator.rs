@@ -121,10 +121,7 @@ async fn run_steps(env: &mut Env) -> bool {
 
 impl Env {
     async fn setup() -> anyhow::Result<Env> {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .ok_or_else(|| anyhow!("no repo root"))?
-            .to_path_buf();
+        let repo = manifest_dir().parent().ok_or_else(|| anyhow!("no repo root"))?.to_path_buf();
         let bin_dir = binary_dir()?;
         let relay_bin = bin_dir.join("relay");
         let operator_bin = bin_dir.join("relay-operator");
@@ -808,4 +805,12 @@ async fn delete_collects(env: &mut Env) -> anyhow::Result<()> {
         }
     })
     .await
+}
+
+/// The package directory: cargo sets it at run time too, which stays right when a
+/// cached test binary was built from another checkout of the same sources.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

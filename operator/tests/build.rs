@@ -5,10 +5,9 @@
 use relay_operator::controller::build::{self, AdminToken, BuildInputs};
 use relay_operator::controller::fixtures::relay_from_yaml;
 use relay_operator::controller::validate::validate;
-use std::path::Path;
 
 fn render(name: &str, inputs: &BuildInputs) -> String {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = manifest_dir().join("tests/fixtures");
     let relay = relay_from_yaml(&std::fs::read_to_string(dir.join(format!("{name}.yaml"))).expect("fixture"));
     let validated = validate(&relay).expect("fixture is valid");
     let objects = build::build(&validated, inputs);
@@ -27,8 +26,7 @@ fn render(name: &str, inputs: &BuildInputs) -> String {
 
 fn check(name: &str, inputs: BuildInputs) {
     let rendered = render(name, &inputs);
-    let expected_path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{name}.expected.yaml"));
+    let expected_path = manifest_dir().join("tests/fixtures").join(format!("{name}.expected.yaml"));
     if std::env::var_os("UPDATE_FIXTURES").is_some() {
         std::fs::write(&expected_path, &rendered).expect("write expected fixture");
         return;
@@ -65,7 +63,7 @@ fn production_relay_builds_the_expected_objects() {
 
 #[test]
 fn stopping_scales_to_zero_and_keeps_everything_else() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = manifest_dir().join("tests/fixtures");
     let mut relay = relay_from_yaml(&std::fs::read_to_string(dir.join("minimal.yaml")).expect("fixture"));
     let inputs =
         BuildInputs { admin: AdminToken::Generated { token: "t".into() }, service_monitor_supported: false };
@@ -80,7 +78,7 @@ fn stopping_scales_to_zero_and_keeps_everything_else() {
 
 #[test]
 fn a_new_admin_token_changes_the_pod_template() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = manifest_dir().join("tests/fixtures");
     let relay = relay_from_yaml(&std::fs::read_to_string(dir.join("minimal.yaml")).expect("fixture"));
     let validated = validate(&relay).expect("valid");
     let build_with = |token: &str| {
@@ -98,4 +96,12 @@ fn a_new_admin_token_changes_the_pod_template() {
 fn the_token_never_appears_in_debug_output() {
     let token = AdminToken::Generated { token: "very-secret-token".into() };
     assert!(!format!("{token:?}").contains("very-secret"));
+}
+
+/// The package directory: cargo sets it at run time too, which stays right when a
+/// cached test binary was built from another checkout of the same sources.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

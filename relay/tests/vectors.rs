@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 fn vector_path(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/interop").join(rel)
+    manifest_dir().join("tests/vectors/interop").join(rel)
 }
 
 fn json(rel: &str) -> Value {
@@ -268,4 +268,12 @@ fn invert<S: mst::BlockSource>(tree: &mut Mst, adds: &[String], dels: &[String],
     for key in adds.iter().rev() {
         assert_eq!(tree.remove(key.as_bytes(), store).expect("un-add"), Some(leaf));
     }
+}
+
+/// The package directory: cargo sets it at run time too, which stays right when a
+/// cached test binary was built from another checkout of the same sources.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
