@@ -145,6 +145,8 @@ impl Env {
             .arg(format!("--work-dir={}", work.join("node").display()))
             .arg(format!("--image=ghcr.io/atrelay/relay-operator:={}", operator_bin.display()))
             .arg(format!("--image=ghcr.io/atrelay/relay:={}", relay_bin.display()))
+            // A pod-IP range of its own, so two suites on one machine do not collide.
+            .arg(format!("--subnet={}", 2 + std::process::id() % 250))
             .env("RUST_LOG", "info");
         let agent = Managed::spawn("test-node-agent", agent, &work.join("node-agent.log"))?;
         let client = plane.client().await?;
