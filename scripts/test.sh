@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's whole test suite: formatting, lints, unit/property/vector tests,
-# the operator's end-to-end suite on a real Kubernetes control plane, a CRD drift
+# conformance against the reference TypeScript PDS and firehose client, the
+# operator's end-to-end suite on a real Kubernetes control plane, a CRD drift
 # check, and a short smoke run of every fuzz target. Safe to run on a fresh machine:
 # it installs what it needs. Build output goes outside the clone (RELAY_CACHE_DIR).
 set -euo pipefail
@@ -54,6 +55,24 @@ if [ -z "${KUBEBUILDER_ASSETS:-}" ]; then
   export KUBEBUILDER_ASSETS
 fi
 echo "KUBEBUILDER_ASSETS: $KUBEBUILDER_ASSETS"
+
+step "real ATProto peers for the conformance test (npm ci, cached)"
+# The reference PDS/PLC (@atproto/dev-env) and validating client (@atproto/sync), pinned
+# by relay/tests/peers/package-lock.json; better-sqlite3 builds from source (no network
+# for prebuilt binaries), which needs a C++ compiler and python3.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq nodejs npm
+fi
+peers_dir="$cache_dir/peers"
+peers_stamp=$(cat relay/tests/peers/package.json relay/tests/peers/package-lock.json | sha256sum | cut -c1-16)
+if [ "$(cat "$peers_dir/.stamp" 2>/dev/null)" != "$peers_stamp" ]; then
+  rm -rf "$peers_dir" && mkdir -p "$peers_dir"
+  cp relay/tests/peers/package.json relay/tests/peers/package-lock.json "$peers_dir/"
+  (cd "$peers_dir" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$peers_stamp" > "$peers_dir/.stamp"
+fi
+export RELAY_PEERS_NODE_MODULES="$peers_dir/node_modules"
+echo "node $(node --version), peers in $RELAY_PEERS_NODE_MODULES"
 
 step "cargo fmt --check"
 cargo fmt --all --check

@@ -195,3 +195,36 @@ fn sync_events() {
     let replay = verify_event(&Event::Sync(sync), &view, Some(&newer), &Policy::default(), NOW + 10);
     assert_eq!(replay.err().map(|e| e.reason()), Some("rev_not_newer"));
 }
+
+/// A new repo's first commit carries no prevData (nothing to invert to): it is accepted
+/// when the relay knows nothing of the repo and it has no `since`; the same commit
+/// without prevData is refused once the relay has state for the repo, or with a `since`.
+#[test]
+fn genesis_commit_without_prev_data() {
+    let mut repo = Repo::new("did:plc:genesisaccount", SigningKey::from_seed(Curve::K256, b"genesis"));
+    let identity = Identity {
+        did: repo.did.clone(),
+        handle: None,
+        signing_key: Some(repo.key.public_key()),
+        pds_endpoint: None,
+    };
+    let view = AccountView { identity: Some(&identity), active: true, source_host: None };
+    let mut genesis = repo.commit(&[], 1, NOW).expect("empty first commit");
+    genesis.prev_data = None;
+    genesis.since = None;
+    let accepted = verify_event(&Event::Commit(genesis.clone()), &view, None, &Policy::default(), NOW)
+        .expect("a first commit without prevData is accepted");
+    let state = accepted.new_state.expect("state");
+
+    let mut later = genesis.clone();
+    later.since = Some("2222222222222".into());
+    let refused = verify_event(&Event::Commit(later), &view, None, &Policy::default(), NOW);
+    assert_eq!(refused.err().map(|e| e.reason()), Some("missing_prev_data"));
+
+    let writes = [Write::Create { path: "app.bsky.feed.post/b".into(), record: sample_post("b", "x") }];
+    let mut next = repo.commit(&writes, 2, NOW + 10).expect("commit");
+    next.prev_data = None;
+    next.since = None;
+    let refused = verify_event(&Event::Commit(next), &view, Some(&state), &Policy::default(), NOW + 10);
+    assert_eq!(refused.err().map(|e| e.reason()), Some("missing_prev_data"));
+}

@@ -251,6 +251,9 @@ fn verify_commit(
     check_ops_applied(&mut tree, &event.ops, &car, policy)?;
     match event.prev_data {
         Some(prev_data) => invert(&mut tree, &event.ops, &car, prev_data)?,
+        // A new repo's first commit (no `since`, nothing known before it) has no
+        // previous tree to invert to; PDSes emit it without prevData.
+        None if last.is_none() && event.since.is_none() => {}
         None if policy.lenient => {}
         None => return Err(Rejection::MissingPrevData),
     }
