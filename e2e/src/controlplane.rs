@@ -113,21 +113,8 @@ impl ControlPlane {
             .arg(format!("--cert-dir={}", self.dir.join("apiserver-certs").display()));
         self.processes.push(Managed::spawn("kube-apiserver", command, &self.log("kube-apiserver"))?);
         self.server = format!("https://127.0.0.1:{port}");
-        let http = self.http_client()?;
         let url = format!("{}/readyz", self.server);
-        self.wait_until("kube-apiserver", Duration::from_secs(90), || {
-            let http = http.clone();
-            let url = url.clone();
-            async move {
-                http.get(url)
-                    .bearer_auth(ADMIN_TOKEN)
-                    .send()
-                    .await
-                    .map(|r| r.status().is_success())
-                    .unwrap_or(false)
-            }
-        })
-        .await
+        self.wait_for_admin_get("kube-apiserver", url).await
     }
 
     fn write_kubeconfig(&self) -> anyhow::Result<()> {
@@ -186,19 +173,16 @@ impl ControlPlane {
     }
 
     async fn wait_for_default_service_account(&mut self) -> anyhow::Result<()> {
-        let http = self.http_client()?;
         let url = format!("{}/api/v1/namespaces/default/serviceaccounts/default", self.server);
-        self.wait_until("kube-controller-manager (default ServiceAccount)", Duration::from_secs(90), || {
-            let http = http.clone();
-            let url = url.clone();
-            async move {
-                http.get(url)
-                    .bearer_auth(ADMIN_TOKEN)
-                    .send()
-                    .await
-                    .map(|r| r.status().is_success())
-                    .unwrap_or(false)
-            }
+        self.wait_for_admin_get("kube-controller-manager (default ServiceAccount)", url).await
+    }
+
+    /// Waits (90 s at most) until a GET of `url` as the admin user succeeds.
+    async fn wait_for_admin_get(&mut self, what: &str, url: String) -> anyhow::Result<()> {
+        let http = self.http_client()?;
+        self.wait_until(what, Duration::from_secs(90), || {
+            let request = http.get(url.clone()).bearer_auth(ADMIN_TOKEN);
+            async move { request.send().await.map(|r| r.status().is_success()).unwrap_or(false) }
         })
         .await
     }

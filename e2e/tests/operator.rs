@@ -613,16 +613,7 @@ async fn zero_writes(env: &mut Env) -> anyhow::Result<()> {
 
     // 2. A fresh operator (cold caches) reconciles everything once and still writes nothing.
     let old = env.operator_pods().await?.into_iter().map(|p| p.name_any()).collect::<Vec<_>>();
-    env.kubectl(&[
-        "delete",
-        "pod",
-        "-n",
-        OPERATOR_NS,
-        "-l",
-        "app.kubernetes.io/name=relay-operator",
-        "--wait=false",
-    ])
-    .await?;
+    restart_operator(env).await?;
     eventually("a new operator pod that has reconciled the relay", Duration::from_secs(120), || {
         let old = old.clone();
         async move {
@@ -648,6 +639,21 @@ async fn zero_writes(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Deletes the operator pods; the Deployment starts fresh ones.
+async fn restart_operator(env: &Env) -> anyhow::Result<()> {
+    env.kubectl(&[
+        "delete",
+        "pod",
+        "-n",
+        OPERATOR_NS,
+        "-l",
+        "app.kubernetes.io/name=relay-operator",
+        "--wait=false",
+    ])
+    .await
+    .map(|_| ())
+}
+
 async fn wait_ready_current(env: &Env, what: &str) -> anyhow::Result<Value> {
     eventually(what, Duration::from_secs(180), || async {
         let relay = env.relay().await?;
@@ -670,16 +676,7 @@ fn template_image(statefulset: &StatefulSet) -> String {
 async fn restart_mid_reconcile(env: &mut Env) -> anyhow::Result<()> {
     let patch = r#"{"spec":{"image":"ghcr.io/atrelay/relay:0.1.1"}}"#;
     env.kubectl(&["patch", "relay", RELAY, "-n", NS, "--type=merge", "-p", patch]).await?;
-    env.kubectl(&[
-        "delete",
-        "pod",
-        "-n",
-        OPERATOR_NS,
-        "-l",
-        "app.kubernetes.io/name=relay-operator",
-        "--wait=false",
-    ])
-    .await?;
+    restart_operator(env).await?;
     wait_ready_current(env, "Ready=True for the new generation after the operator restart").await?;
     let image = template_image(&env.statefulset().await?);
     if image != "ghcr.io/atrelay/relay:0.1.1" {

@@ -176,12 +176,7 @@ fn blocks_needed(parsed: &car::Car, commit: &relay::atproto::frame::Commit) -> V
 #[test]
 fn sync_events() {
     let mut repo = Repo::new("did:plc:syncaccount", SigningKey::from_seed(Curve::K256, b"sync"));
-    let identity = Identity {
-        did: repo.did.clone(),
-        handle: None,
-        signing_key: Some(repo.key.public_key()),
-        pds_endpoint: None,
-    };
+    let identity = identity_of(&repo);
     let view = AccountView { identity: Some(&identity), active: true, source_host: None };
     let writes = [Write::Create { path: "app.bsky.feed.post/a".into(), record: sample_post("a", "x") }];
     let commit = repo.commit(&writes, 1, NOW).expect("commit");
@@ -202,12 +197,7 @@ fn sync_events() {
 #[test]
 fn genesis_commit_without_prev_data() {
     let mut repo = Repo::new("did:plc:genesisaccount", SigningKey::from_seed(Curve::K256, b"genesis"));
-    let identity = Identity {
-        did: repo.did.clone(),
-        handle: None,
-        signing_key: Some(repo.key.public_key()),
-        pds_endpoint: None,
-    };
+    let identity = identity_of(&repo);
     let view = AccountView { identity: Some(&identity), active: true, source_host: None };
     let mut genesis = repo.commit(&[], 1, NOW).expect("empty first commit");
     genesis.prev_data = None;
@@ -227,4 +217,14 @@ fn genesis_commit_without_prev_data() {
     next.since = None;
     let refused = verify_event(&Event::Commit(next), &view, Some(&state), &Policy::default(), NOW + 10);
     assert_eq!(refused.err().map(|e| e.reason()), Some("missing_prev_data"));
+}
+
+/// The identity a repo's own key signs for (no handle, no PDS: host authority is not under test).
+fn identity_of(repo: &Repo) -> Identity {
+    Identity {
+        did: repo.did.clone(),
+        handle: None,
+        signing_key: Some(repo.key.public_key()),
+        pds_endpoint: None,
+    }
 }
