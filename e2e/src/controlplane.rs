@@ -134,10 +134,11 @@ impl ControlPlane {
         Ok(())
     }
 
-    fn start_controller_manager(&mut self) -> anyhow::Result<()> {
-        let pki = self.dir.join("pki");
+    /// A controller-manager or scheduler command: the admin kubeconfig for everything,
+    /// one instance (no leader election), its own serving port and certificates.
+    fn component(&self, name: &str) -> anyhow::Result<Command> {
         let kubeconfig = self.kubeconfig.display().to_string();
-        let mut command = Command::new(self.assets.join("kube-controller-manager"));
+        let mut command = Command::new(self.assets.join(name));
         command
             .arg(format!("--kubeconfig={kubeconfig}"))
             .arg(format!("--authentication-kubeconfig={kubeconfig}"))
@@ -145,10 +146,17 @@ impl ControlPlane {
             .arg("--leader-elect=false")
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--secure-port={}", free_port()?))
+            .arg(format!("--cert-dir={}", self.dir.join(format!("{name}-certs")).display()));
+        Ok(command)
+    }
+
+    fn start_controller_manager(&mut self) -> anyhow::Result<()> {
+        let pki = self.dir.join("pki");
+        let mut command = self.component("kube-controller-manager")?;
+        command
             .arg(format!("--service-account-private-key-file={}", pki.join("sa.key").display()))
             .arg(format!("--root-ca-file={}", pki.join("ca.crt").display()))
-            .arg("--use-service-account-credentials=false")
-            .arg(format!("--cert-dir={}", self.dir.join("controller-manager-certs").display()));
+            .arg("--use-service-account-credentials=false");
         self.processes.push(Managed::spawn(
             "kube-controller-manager",
             command,
@@ -158,16 +166,7 @@ impl ControlPlane {
     }
 
     fn start_scheduler(&mut self) -> anyhow::Result<()> {
-        let kubeconfig = self.kubeconfig.display().to_string();
-        let mut command = Command::new(self.assets.join("kube-scheduler"));
-        command
-            .arg(format!("--kubeconfig={kubeconfig}"))
-            .arg(format!("--authentication-kubeconfig={kubeconfig}"))
-            .arg(format!("--authorization-kubeconfig={kubeconfig}"))
-            .arg("--leader-elect=false")
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!("--secure-port={}", free_port()?))
-            .arg(format!("--cert-dir={}", self.dir.join("scheduler-certs").display()));
+        let command = self.component("kube-scheduler")?;
         self.processes.push(Managed::spawn("kube-scheduler", command, &self.log("kube-scheduler"))?);
         Ok(())
     }

@@ -447,7 +447,7 @@ async fn spec_change_ready(env: &mut Env) -> anyhow::Result<()> {
         "upstream": {"host": "", "plcDirectory": sim.plc_url()},
         "tunables": {"allowInsecureHosts": true},
     }});
-    env.kubectl(&["patch", "relay", RELAY, "-n", NS, "--type=merge", "-p", &patch.to_string()]).await?;
+    patch_relay(env, patch.to_string()).await?;
 
     let ip = eventually("a new relay-0 pod running", Duration::from_secs(90), || async {
         let Some(pod) = env.pod("relay-0", NS).await? else { return Ok(None) };
@@ -639,6 +639,11 @@ async fn zero_writes(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A JSON merge patch of the test Relay, as a user would send with kubectl.
+async fn patch_relay(env: &Env, patch: impl AsRef<str>) -> anyhow::Result<()> {
+    env.kubectl(&["patch", "relay", RELAY, "-n", NS, "--type=merge", "-p", patch.as_ref()]).await.map(|_| ())
+}
+
 /// Deletes the operator pods; the Deployment starts fresh ones.
 async fn restart_operator(env: &Env) -> anyhow::Result<()> {
     env.kubectl(&[
@@ -675,7 +680,7 @@ fn template_image(statefulset: &StatefulSet) -> String {
 
 async fn restart_mid_reconcile(env: &mut Env) -> anyhow::Result<()> {
     let patch = r#"{"spec":{"image":"ghcr.io/atrelay/relay:0.1.1"}}"#;
-    env.kubectl(&["patch", "relay", RELAY, "-n", NS, "--type=merge", "-p", patch]).await?;
+    patch_relay(env, patch).await?;
     restart_operator(env).await?;
     wait_ready_current(env, "Ready=True for the new generation after the operator restart").await?;
     let image = template_image(&env.statefulset().await?);
@@ -686,17 +691,7 @@ async fn restart_mid_reconcile(env: &mut Env) -> anyhow::Result<()> {
 }
 
 async fn stop_and_pause(env: &mut Env) -> anyhow::Result<()> {
-    env.kubectl(&[
-        "patch",
-        "relay",
-        RELAY,
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"operation":{"stopped":true}}}"#,
-    ])
-    .await?;
+    patch_relay(env, r#"{"spec":{"operation":{"stopped":true}}}"#).await?;
     eventually("Ready=False/Stopped and no relay pod", Duration::from_secs(90), || async {
         let relay = env.relay().await?;
         let stopped = current(&relay) && condition_is(&relay, "Ready", "False", Some("Stopped"));
@@ -704,23 +699,13 @@ async fn stop_and_pause(env: &mut Env) -> anyhow::Result<()> {
         Ok((stopped && pod_gone && env.statefulset().await?.spec.replicas == Some(0)).then_some(()))
     })
     .await?;
-    env.kubectl(&[
-        "patch",
-        "relay",
-        RELAY,
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"operation":{"stopped":false}}}"#,
-    ])
-    .await?;
+    patch_relay(env, r#"{"spec":{"operation":{"stopped":false}}}"#).await?;
     wait_ready_current(env, "Ready=True after un-stopping (hosts resumed from the relay's own store)")
         .await?;
 
     let pause =
         r#"{"spec":{"operation":{"reconciliationPaused":true},"image":"ghcr.io/atrelay/relay:0.1.2"}}"#;
-    env.kubectl(&["patch", "relay", RELAY, "-n", NS, "--type=merge", "-p", pause]).await?;
+    patch_relay(env, pause).await?;
     eventually("ReconciliationPaused=True", Duration::from_secs(30), || async {
         let relay = env.relay().await?;
         Ok((current(&relay) && condition_is(&relay, "ReconciliationPaused", "True", Some("Paused")))
@@ -731,17 +716,7 @@ async fn stop_and_pause(env: &mut Env) -> anyhow::Result<()> {
     if template_image(&env.statefulset().await?) != "ghcr.io/atrelay/relay:0.1.1" {
         bail!("the StatefulSet changed while reconciliation was paused");
     }
-    env.kubectl(&[
-        "patch",
-        "relay",
-        RELAY,
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"operation":{"reconciliationPaused":false}}}"#,
-    ])
-    .await?;
+    patch_relay(env, r#"{"spec":{"operation":{"reconciliationPaused":false}}}"#).await?;
     let relay = wait_ready_current(env, "Ready=True after un-pausing").await?;
     if condition(&relay, "ReconciliationPaused").is_some() {
         bail!("ReconciliationPaused is still reported after un-pausing");
