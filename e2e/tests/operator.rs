@@ -101,6 +101,10 @@ async fn run_steps(env: &mut Env) -> bool {
         spec_change_ready(env)
     );
     step!("the relay pod serves the simulated network", relay_serves(env));
+    step!(
+        "a Postgres Relay: Stalled while its URL Secret is missing, Ready once it exists",
+        postgres_relay(env)
+    );
     step!("kubectl get relays prints the columns", printer_columns(env));
     step!("a ServiceMonitor is created when the prometheus-operator CRD exists", service_monitor(env));
     step!("an unchanged Relay causes zero writes (re-reconcile and operator restart)", zero_writes(env));
@@ -116,7 +120,7 @@ async fn run_steps(env: &mut Env) -> bool {
             Err(_) => println!("{name:<80} {:>9}", "FAILED"),
         }
     }
-    results.len() == 12 && results.iter().all(|(_, r)| r.is_ok())
+    results.len() == 13 && results.iter().all(|(_, r)| r.is_ok())
 }
 
 impl Env {
@@ -506,6 +510,90 @@ async fn relay_serves(env: &mut Env) -> anyhow::Result<()> {
     if listed != 2 {
         bail!("listHosts shows {listed} hosts, expected the 2 simulated ones: {hosts}");
     }
+    Ok(())
+}
+
+/// The PostgreSQL server scripts/test.sh starts; required under CI.
+fn postgres_server() -> anyhow::Result<Option<String>> {
+    match std::env::var("RELAY_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Ok(Some(url)),
+        _ if std::env::var_os("CI").is_some() => bail!("RELAY_TEST_POSTGRES_URL must be set in CI"),
+        _ => Ok(None),
+    }
+}
+
+async fn postgres_relay(env: &mut Env) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let Some(server) = postgres_server()? else {
+        println!("   skipped: RELAY_TEST_POSTGRES_URL is not set");
+        return Ok(());
+    };
+    let database = format!("relay_e2e_{}", std::process::id());
+    let mut admin =
+        sqlx::PgConnection::connect(&server).await.context("connecting to the test PostgreSQL")?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {database}")).execute(&mut admin).await?;
+    sqlx::query(&format!("CREATE DATABASE {database}")).execute(&mut admin).await?;
+    let url = format!("{}/{database}", server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base));
+    let sim = env.sim.clone().ok_or_else(|| anyhow!("the simulated network is not running"))?;
+
+    let manifest = format!(
+        "apiVersion: atrelay.dev/v1alpha1\nkind: Relay\nmetadata:\n  name: pg\n  namespace: {NS}\nspec:\n  \
+         image: ghcr.io/atrelay/relay:0.1.0\n  upstream: {{host: \"\", plcDirectory: \"{}\"}}\n  \
+         tunables: {{allowInsecureHosts: true}}\n  \
+         storage: {{database: {{type: Postgres, urlSecretRef: {{name: pg-url, key: url}}}}}}\n",
+        sim.plc_url()
+    );
+    env.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest)).await?;
+    let pg = || async {
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("atrelay.dev", "v1alpha1", "Relay"));
+        let relays: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), NS, &resource);
+        anyhow::Ok(serde_json::to_value(relays.get("pg").await?)?)
+    };
+    let stalled = eventually("Stalled=True/SecretNotFound", Duration::from_secs(30), || async {
+        let relay = pg().await?;
+        Ok(condition_is(&relay, "Stalled", "True", Some("SecretNotFound")).then_some(relay))
+    })
+    .await?;
+    let message = condition(&stalled, "Stalled").map(|c| c["message"].to_string()).unwrap_or_default();
+    if !message.contains("pg-url") || !condition_is(&stalled, "Ready", "False", Some("SecretNotFound")) {
+        bail!("the stalled status does not name the missing Secret: {}", stalled["status"]);
+    }
+    if env.kubectl(&["get", "-n", NS, "statefulset", "pg", "--ignore-not-found", "-o", "name"]).await?.trim()
+        != ""
+    {
+        bail!("a StatefulSet was created although its database Secret is missing");
+    }
+
+    // The operator polls for the Secret (it does not watch Secrets).
+    env.kubectl(&["create", "secret", "generic", "pg-url", "-n", NS, &format!("--from-literal=url={url}")])
+        .await?;
+    let ip = eventually("pod pg-0 running", Duration::from_secs(90), || async {
+        let pod = env.pod("pg-0", NS).await?;
+        let status = pod.and_then(|p| p.status).unwrap_or_default();
+        Ok((status.phase.as_deref() == Some("Running")).then(|| status.pod_ip.unwrap_or_default()))
+    })
+    .await?;
+    let token = {
+        let secret = Api::<Secret>::namespaced(env.client.clone(), NS).get("pg-admin").await?;
+        let bytes = secret.data.and_then(|d| d.get("token").cloned()).ok_or_else(|| anyhow!("no token"))?;
+        String::from_utf8(bytes.0)?
+    };
+    let admin_url = format!("http://{ip}:2471");
+    eventually("the Postgres relay to accept the simulated hosts", Duration::from_secs(60), || {
+        let (sim, admin_url, token) = (sim.clone(), admin_url.clone(), token.clone());
+        async move { Ok(sim.register_with_relay(&admin_url, &token).await.ok()) }
+    })
+    .await?;
+    env.kubectl(&["wait", "-n", NS, "--for=condition=Ready", "relay/pg", "--timeout=120s"]).await?;
+
+    // The relay really keeps its state in that database.
+    let mut relay_db = sqlx::PgConnection::connect(&url).await?;
+    let hosts: i64 = sqlx::query_scalar("SELECT count(*) FROM hosts").fetch_one(&mut relay_db).await?;
+    if hosts < 2 {
+        bail!("the relay's Postgres database has {hosts} hosts, expected the 2 simulated ones");
+    }
+    drop(relay_db);
+    env.kubectl(&["delete", "relay", "pg", "-n", NS, "--wait=true", "--timeout=60s"]).await?;
     Ok(())
 }
 
