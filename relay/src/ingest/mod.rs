@@ -69,9 +69,13 @@ impl HostProgress {
     }
 
     fn start(self: &Arc<Self>, seq: i64) -> InFlight {
+        // Under the in-flight lock, so `durable_cursor` never sees `seq` received but
+        // not yet in flight (it would call it durable).
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        in_flight.insert(seq);
         self.received.store(seq, Ordering::Relaxed);
+        drop(in_flight);
         self.last_event_unix.store(unix_now(), Ordering::Relaxed);
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(seq);
         InFlight { progress: self.clone(), seq }
     }
 
@@ -247,15 +251,30 @@ async fn subscribe_once(
         relay.config.host_events_per_second
     };
     let mut limiter = RateLimiter::new(rate);
-    let mut last_save = std::time::Instant::now();
     // An idle upstream is normal; a dead TCP connection is caught by this read timeout.
     let idle_timeout = Duration::from_secs(600);
+    let mut last_read = tokio::time::Instant::now();
+    let mut saved = progress.durable_cursor();
+    let mut next_save = tokio::time::Instant::now() + cursor_save_period(saved);
     loop {
-        let message = match tokio::time::timeout(idle_timeout, socket.next()).await {
-            Ok(Some(Ok(message))) => message,
-            Ok(Some(Err(error))) => return Ended::Failed(format!("read: {error}")),
-            Ok(None) => return Ended::Clean,
-            Err(_) => return Ended::Failed("no data for 10 minutes".into()),
+        // Cursors are saved on a timer, not per event, so a host that goes quiet still
+        // gets its last durable position saved.
+        let next = tokio::select! {
+            next = socket.next() => next,
+            _ = tokio::time::sleep_until(next_save) => {
+                saved = save_cursor_if_advanced(relay, host, progress, saved).await;
+                next_save = tokio::time::Instant::now() + cursor_save_period(saved);
+                if last_read.elapsed() > idle_timeout {
+                    return Ended::Failed("no data for 10 minutes".into());
+                }
+                continue;
+            }
+        };
+        last_read = tokio::time::Instant::now();
+        let message = match next {
+            Some(Ok(message)) => message,
+            Some(Err(error)) => return Ended::Failed(format!("read: {error}")),
+            None => return Ended::Clean,
         };
         let bytes = match message {
             Message::Binary(bytes) => bytes,
@@ -294,9 +313,30 @@ async fn subscribe_once(
             relay.refresh_host_metrics().await;
         }
         relay.validation.submit(host.id, hostname.clone(), event, bytes.len(), in_flight).await;
-        if last_save.elapsed() > Duration::from_secs(1) {
-            last_save = std::time::Instant::now();
-            let _ = relay.store.save_host_cursor(host.id, progress.durable_cursor()).await;
+    }
+}
+
+/// How soon to save the cursor again. Until a host has a saved cursor, soon: a relay
+/// restarted with none subscribes live-only, and would miss what the host sent meanwhile.
+fn cursor_save_period(saved: i64) -> Duration {
+    if saved > 0 {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_millis(100)
+    }
+}
+
+/// Saves the durable cursor if it moved past `saved`; returns the cursor now saved.
+async fn save_cursor_if_advanced(relay: &Relay, host: &Host, progress: &HostProgress, saved: i64) -> i64 {
+    let durable = progress.durable_cursor();
+    if durable <= saved {
+        return saved;
+    }
+    match relay.store.save_host_cursor(host.id, durable).await {
+        Ok(()) => durable,
+        Err(error) => {
+            tracing::warn!(host = %host.hostname, %error, "saving upstream cursor");
+            saved
         }
     }
 }
