@@ -376,7 +376,7 @@ impl Agent {
             }
             probe_all(container, ip).await;
         }
-        self.report(pod, uid).await
+        self.report(uid).await
     }
 
     /// Host paths for every volume of the pod, by volume name.
@@ -476,7 +476,7 @@ impl Agent {
         Ok(())
     }
 
-    async fn report(&mut self, pod: &Pod, uid: &str) -> anyhow::Result<()> {
+    async fn report(&mut self, uid: &str) -> anyhow::Result<()> {
         let runtime = self.pods.get_mut(uid).ok_or_else(|| anyhow!("no runtime"))?;
         let now = Timestamp::now().to_string();
         let all_ready = runtime.containers.iter().all(|c| c.ready);
@@ -515,7 +515,6 @@ impl Agent {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &runtime.namespace);
         pods.patch_status(&runtime.name, &PatchParams::default(), &Patch::Merge(&status)).await?;
         runtime.last_reported = Some(status);
-        let _ = pod;
         Ok(())
     }
 
