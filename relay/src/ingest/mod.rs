@@ -255,15 +255,17 @@ async fn subscribe_once(
     let idle_timeout = Duration::from_secs(600);
     let mut last_read = tokio::time::Instant::now();
     let mut saved = progress.durable_cursor();
-    let mut next_save = tokio::time::Instant::now() + cursor_save_period(saved);
+    // One timer for the whole subscription (reset when it fires), not a new one per event.
+    let save_timer = tokio::time::sleep(cursor_save_period(saved));
+    tokio::pin!(save_timer);
     loop {
         // Cursors are saved on a timer, not per event, so a host that goes quiet still
         // gets its last durable position saved.
         let next = tokio::select! {
             next = socket.next() => next,
-            _ = tokio::time::sleep_until(next_save) => {
+            _ = &mut save_timer => {
                 saved = save_cursor_if_advanced(relay, host, progress, saved).await;
-                next_save = tokio::time::Instant::now() + cursor_save_period(saved);
+                save_timer.as_mut().reset(tokio::time::Instant::now() + cursor_save_period(saved));
                 if last_read.elapsed() > idle_timeout {
                     return Ended::Failed("no data for 10 minutes".into());
                 }
