@@ -60,3 +60,15 @@ fn storage_class_and_size_are_immutable() {
     changed_image.spec.image = "ghcr.io/atrelay/relay:0.2.0".into();
     assert_eq!(errors(changed_image.validate_cel_update(&old)), "");
 }
+
+#[test]
+fn backfill_collections_need_a_source() {
+    let mut relay = production();
+    relay.spec.backfill.source = None;
+    let message = errors(relay.validate_cel());
+    assert!(message.contains("backfill.collections needs backfill.source"), "{message}");
+    assert!(message.contains("backfill.collectionsUrl needs backfill.source"), "{message}");
+    relay.spec.backfill.collections.clear();
+    relay.spec.backfill.collections_url = None;
+    assert_eq!(errors(relay.validate_cel()), "", "a crawl alone needs no source");
+}

@@ -33,6 +33,9 @@ pub struct Relay {
     pub request_crawl_enabled: AtomicBool,
     last_accepted_unix: AtomicU64,
     pub started: Instant,
+    /// The collection directory; `None` when turned off.
+    #[cfg(feature = "collections")]
+    pub collections: Option<Arc<crate::collections::Collections>>,
 }
 
 impl Relay {
@@ -73,6 +76,17 @@ impl Relay {
         let fanout = Arc::new(Fanout::new(sequencer.clone(), FanoutConfig::default(), metrics.clone()));
         let policy = Policy { lenient: config.lenient_sync_validation, ..Policy::default() };
         let (validation, receivers) = stage::channels(config.workers(), config.ingest_queue_bytes);
+        #[cfg(feature = "collections")]
+        let collections = match config.collections_disabled {
+            true => None,
+            false => Some(
+                crate::collections::Collections::open(
+                    crate::collections::CollectionsConfig::from_serve(&config),
+                    &metrics.registry,
+                )
+                .context("opening the collection index")?,
+            ),
+        };
         let relay = Arc::new(Relay {
             store,
             resolver,
@@ -87,9 +101,15 @@ impl Relay {
             request_crawl_enabled: AtomicBool::new(!config.disable_request_crawl),
             last_accepted_unix: AtomicU64::new(0),
             started: Instant::now(),
+            #[cfg(feature = "collections")]
+            collections,
             config,
         });
         stage::spawn_workers(relay.clone(), receivers);
+        #[cfg(feature = "collections")]
+        if let Some(collections) = &relay.collections {
+            crate::collections::spawn(&relay, collections);
+        }
         tokio::spawn(write_state(relay.store.clone(), state_rx));
         tokio::spawn(watch_idle_hosts(relay.clone()));
         Ok(relay)
@@ -111,6 +131,43 @@ impl Relay {
         }
         self.refresh_host_metrics().await;
         Ok(())
+    }
+
+    /// Resumes interrupted backfill jobs and starts the ones the config asks for.
+    pub async fn start_backfills(self: &Arc<Self>) {
+        #[cfg(feature = "collections")]
+        if let Some(collections) = &self.collections {
+            use crate::collections::backfill;
+            backfill::resume(self, collections).await;
+            let source = self.config.backfill_source.clone();
+            let base = backfill::source_base(&source, self.config.allow_insecure_hosts).map(|(base, _)| base);
+            let resumed = base.as_ref().is_ok_and(|base| collections.running_job("import", base).is_some());
+            if !source.is_empty() && !resumed {
+                let sources = backfill::CollectionSources {
+                    collections: self.config.backfill_collections.clone(),
+                    collections_url: self.config.backfill_collections_url.clone(),
+                    include_indexed: false,
+                };
+                let started = match backfill::resolve_collections(collections, &sources).await {
+                    Ok(nsids) => backfill::start_import(self, collections, &source, &nsids).await,
+                    Err(error) => Err(error),
+                };
+                match started {
+                    Ok(()) => tracing::info!(%source, "backfill: import started"),
+                    // Finished earlier with nothing new to do, or already resumed.
+                    Err(error) => tracing::info!(%source, %error, "backfill: import not started"),
+                }
+            }
+            if self.config.backfill_crawl && collections.running_job("crawl", "*").is_none() {
+                let finished =
+                    self.store.all_crawl_progress().await.map(|p| !p.is_empty() && p.iter().all(|h| h.done));
+                if !matches!(finished, Ok(true)) {
+                    if let Err(error) = backfill::start_crawl(self, collections, "*").await {
+                        tracing::warn!(%error, "backfill: crawl not started");
+                    }
+                }
+            }
+        }
     }
 
     /// Starts the subscription task for a host (no-op when already running).

@@ -152,6 +152,65 @@ pub struct ServeConfig {
     #[arg(long, env = "RELAY_READY_MIN_CONNECTED_SHARE", default_value_t = 0.5)]
     pub ready_min_connected_share: f64,
 
+    /// Collection directory (listReposByCollection index). Default: <data-dir>/collections.
+    #[arg(long, env = "RELAY_COLLECTIONS_DIR")]
+    pub collections_dir: Option<PathBuf>,
+
+    /// Turn the collection directory (index, listReposByCollection, backfill) off.
+    #[arg(long, env = "RELAY_COLLECTIONS_DISABLED")]
+    pub collections_disabled: bool,
+
+    /// RocksDB block cache of the collection index, bytes.
+    #[arg(long, env = "RELAY_COLLECTIONS_CACHE_BYTES", default_value_t = 64 << 20)]
+    pub collections_cache_bytes: usize,
+
+    /// RocksDB write buffer per column family of the collection index, bytes (all
+    /// memtables together are bounded by four times this).
+    #[arg(long, env = "RELAY_COLLECTIONS_WRITE_BUFFER_BYTES", default_value_t = 16 << 20)]
+    pub collections_write_buffer_bytes: usize,
+
+    /// How often the pruning pass over the collection index starts (0 disables).
+    #[arg(long, env = "RELAY_COLLECTIONS_PRUNE_INTERVAL", default_value = "6h", value_parser = parse_duration)]
+    pub collections_prune_interval: Duration,
+
+    /// Upstream whose listReposByCollection a backfill imports (zlay's `source`); empty: none
+    /// at start (admins can still start one through the admin API).
+    #[arg(long, env = "RELAY_BACKFILL_SOURCE", default_value = "")]
+    pub backfill_source: String,
+
+    /// Collections (NSIDs, comma-separated) to import from the backfill source at start.
+    #[arg(long, env = "RELAY_BACKFILL_COLLECTIONS", value_delimiter = ',')]
+    pub backfill_collections: Vec<String>,
+
+    /// URL of a newline-separated NSID list to import (lexicon garden's llms.txt style).
+    #[arg(long, env = "RELAY_BACKFILL_COLLECTIONS_URL")]
+    pub backfill_collections_url: Option<String>,
+
+    /// Crawl every host's listRepos + describeRepo at start (when no crawl has finished yet).
+    #[arg(long, env = "RELAY_BACKFILL_CRAWL")]
+    pub backfill_crawl: bool,
+
+    /// Requests per second a backfill sends to one host (429s and Retry-After slow it further).
+    #[arg(long, env = "RELAY_BACKFILL_HOST_REQUESTS_PER_SECOND", default_value_t = 8.0)]
+    pub backfill_host_requests_per_second: f64,
+
+    /// DIDs per import page (the lexicon allows up to 2000; zlay and indigo use 1000).
+    #[arg(long, env = "RELAY_BACKFILL_PAGE_SIZE", default_value_t = 1000)]
+    pub backfill_page_size: usize,
+
+    /// Collections imported, or hosts crawled, at the same time.
+    #[arg(long, env = "RELAY_BACKFILL_CONCURRENCY", default_value_t = 4)]
+    pub backfill_concurrency: usize,
+
+    /// DIDs verified at the same time (identity lookups, describeRepo calls).
+    #[arg(long, env = "RELAY_BACKFILL_VERIFY_CONCURRENCY", default_value_t = 32)]
+    pub backfill_verify_concurrency: usize,
+
+    /// Verify each imported DID's identity (resolves, PDS is a live known host) before listing
+    /// it. Off trusts the source, as zlay does.
+    #[arg(long, env = "RELAY_BACKFILL_VERIFY_IDENTITY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub backfill_verify_identity: bool,
+
     /// fsync the event log before broadcasting (turn off only for throwaway test runs).
     #[arg(long, env = "RELAY_LOG_FSYNC", default_value_t = true, action = clap::ArgAction::Set)]
     pub log_fsync: bool,

@@ -3,12 +3,15 @@
 //! Stages, one module each: `ingest` (upstream subscriptions), `validate` (the Sync 1.1
 //! verdict and its worker pool), `sequence` (seq assignment and the durable event log),
 //! `fanout` (the firehose for consumers), `xrpc` and `admin` (HTTP APIs), `identity`
-//! (DID resolution), `storage` (SQL metadata). `atproto` holds the protocol building
+//! (DID resolution), `storage` (SQL metadata), `collections` (the listReposByCollection
+//! directory on RocksDB). `atproto` holds the protocol building
 //! blocks; `app` ties the stages together.
 
 pub mod admin;
 pub mod app;
 pub mod atproto;
+#[cfg(feature = "collections")]
+pub mod collections;
 pub mod config;
 pub mod fanout;
 pub mod identity;

@@ -113,6 +113,7 @@ async fn serve(mut config: relay::config::ServeConfig) -> anyhow::Result<bool> {
         if let Err(error) = resume.resume_hosts().await {
             tracing::error!(%error, "resuming host subscriptions");
         }
+        resume.start_backfills().await;
         // Bootstrap, then rediscover new hosts periodically.
         while !resume.config.upstream.is_empty() {
             relay::app::bootstrap_from_upstream(resume.clone()).await;

@@ -82,6 +82,10 @@ pub struct RelaySpec {
     #[serde(default)]
     pub tunables: TunablesSpec,
 
+    /// Collection directory backfill (`listReposByCollection`): what to import and crawl.
+    #[serde(default)]
+    pub backfill: BackfillSpec,
+
     /// Where the relay pod may run.
     #[serde(default)]
     pub placement: PlacementSpec,
@@ -339,6 +343,53 @@ pub struct TunablesSpec {
     /// Log filter (`RELAY_LOG_LEVEL`, e.g. `info` or `relay=debug`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
+}
+
+/// Backfill of the collection directory (docs/collections.md). The relay indexes the live
+/// firehose by itself; backfill fills in what happened before it started. Jobs resume after
+/// restarts from progress kept in the relay's database.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("!has(self.collections) || size(self.collections) == 0 || (has(self.source) && self.source != '')")
+        .message("backfill.collections needs backfill.source (the upstream to import from)")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.collectionsUrl) || (has(self.source) && self.source != '')")
+        .message("backfill.collectionsUrl needs backfill.source (the upstream to import from)")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackfillSpec {
+    /// Upstream whose `listReposByCollection` is imported (`RELAY_BACKFILL_SOURCE`, e.g.
+    /// `bsky.network`). Empty: no import at start (the admin API can still start one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(:[0-9]{1,5})?$|^$"
+    ))]
+    pub source: Option<String>,
+    /// Collections (NSIDs) to import from the source (`RELAY_BACKFILL_COLLECTIONS`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(
+        pattern = r"^[a-zA-Z]([a-zA-Z0-9-]{0,62})?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,62})?)+$"
+    )))]
+    pub collections: Vec<String>,
+    /// URL of a newline-separated NSID list to import, e.g. lexicon garden's `llms.txt`
+    /// (`RELAY_BACKFILL_COLLECTIONS_URL`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub collections_url: Option<String>,
+    /// Crawl every host's `listRepos` and each repo's `describeRepo` once
+    /// (`RELAY_BACKFILL_CRAWL`): finds collections no upstream knows.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub crawl: bool,
+    /// Check each imported DID's identity before listing it (`RELAY_BACKFILL_VERIFY_IDENTITY`,
+    /// relay default true). False trusts the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_identity: Option<bool>,
+    /// Requests per second a backfill sends to one host (`RELAY_BACKFILL_HOST_REQUESTS_PER_SECOND`,
+    /// relay default 8; 429s and `Retry-After` slow it further).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub host_requests_per_second: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]

@@ -57,8 +57,14 @@ async fn require_admin(State(relay): State<Arc<Relay>>, request: Request, next: 
     }
 }
 
+#[cfg(feature = "collections")]
+mod collections;
+
 pub fn router(relay: Arc<Relay>) -> Router {
-    Router::new()
+    let router = Router::new();
+    #[cfg(feature = "collections")]
+    let router = router.merge(collections::routes());
+    router
         .route("/admin/pds/requestCrawl", post(admin_request_crawl))
         .route("/admin/pds/list", get(list_pds))
         .route("/admin/pds/changeLimits", post(change_limits))

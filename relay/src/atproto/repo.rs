@@ -70,6 +70,19 @@ impl Repo {
         syntax::tid_from_parts(self.last_tid_micros, 0)
     }
 
+    /// The collections holding at least one record (what `describeRepo` reports).
+    pub fn collections(&mut self) -> Result<Vec<String>, MstError> {
+        let mut out: Vec<String> = Vec::new();
+        for (key, _) in self.tree.entries(&self.blocks)? {
+            let path = String::from_utf8_lossy(&key);
+            let collection = path.split('/').next().unwrap_or_default();
+            if out.last().map(String::as_str) != Some(collection) {
+                out.push(collection.to_string());
+            }
+        }
+        Ok(out)
+    }
+
     pub fn get(&mut self, path: &str) -> Result<Option<Cid>, MstError> {
         self.tree.get(path.as_bytes(), &self.blocks)
     }

@@ -184,6 +184,48 @@ impl Feed {
     }
 }
 
+/// What a [`Follower`] yields.
+pub enum Followed {
+    Event {
+        seq: u64,
+        frame: bytes::Bytes,
+    },
+    /// The follower was behind the replay window; it continues from the oldest event kept.
+    FellBehind {
+        resumed_after: u64,
+    },
+    Closed,
+}
+
+/// An in-process reader of the relay's own output in seq order from a position: the same
+/// disk-then-live feed a consumer with a cursor gets (the collection indexer uses it).
+pub struct Follower {
+    feed: Feed,
+    fanout: Arc<Fanout>,
+}
+
+impl Follower {
+    pub fn new(fanout: Arc<Fanout>, after: u64) -> Follower {
+        let live = fanout.sequencer.live.subscribe();
+        let feed = Feed { position: after, pending: VecDeque::new(), live, catching_up: true };
+        Follower { feed, fanout }
+    }
+
+    pub async fn next(&mut self) -> Followed {
+        match self.feed.next(&self.fanout).await {
+            Next::Frame(bytes) => Followed::Event { seq: self.feed.position, frame: bytes.into() },
+            Next::Shared(event) => Followed::Event { seq: event.seq, frame: event.frame.clone() },
+            Next::TooSlow => {
+                let oldest = self.fanout.sequencer.view().oldest_seq().unwrap_or(1);
+                self.feed.position = oldest.saturating_sub(1);
+                self.feed.pending.clear();
+                Followed::FellBehind { resumed_after: self.feed.position }
+            }
+            Next::Closed => Followed::Closed,
+        }
+    }
+}
+
 /// Most frames written before one flush.
 const MAX_BURST: usize = 64;
 

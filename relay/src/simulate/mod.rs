@@ -5,6 +5,8 @@
 //! PLC directory serves the DID documents. Hostile switches make some hosts misbehave.
 //! It is how the relay is tried out and benchmarked on one machine.
 
+pub mod upstream;
+
 use crate::atproto::crypto::{Curve, SigningKey};
 use crate::atproto::frame::{self, Account, Event, IdentityEvent};
 use crate::atproto::repo::{sample_post, Repo, Write};
@@ -74,6 +76,8 @@ struct SimAccount {
     repo: Repo,
     handle: String,
     posts: Vec<String>,
+    /// `None` when active, else the status (`deactivated`, `takendown`, `deleted`).
+    status: Option<String>,
 }
 
 /// One simulated PDS.
@@ -85,9 +89,40 @@ pub struct SimHost {
     next_seq: Mutex<i64>,
     hostile: Vec<Hostile>,
     backlog_on_connect: bool,
+    /// While set and in the future, `listRepos` and `describeRepo` answer 429 with this
+    /// `Retry-After` (seconds): a PDS enforcing a rate limit.
+    throttle: Mutex<Option<(std::time::Instant, u64)>>,
+    /// Requests refused with 429, and `describeRepo`/`listRepos` requests served.
+    pub refused: std::sync::atomic::AtomicU64,
+    pub served: std::sync::atomic::AtomicU64,
 }
 
 impl SimHost {
+    /// Answers `listRepos`/`describeRepo` with 429 + `Retry-After: retry_after` for `duration`.
+    pub fn throttle_for(&self, duration: Duration, retry_after: u64) {
+        *self.throttle.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::time::Instant::now() + duration, retry_after));
+    }
+
+    fn throttled(&self) -> Option<u64> {
+        let throttle = *self.throttle.lock().unwrap_or_else(|p| p.into_inner());
+        match throttle {
+            Some((until, retry_after)) if until > std::time::Instant::now() => {
+                self.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Some(retry_after)
+            }
+            _ => {
+                self.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// The DIDs hosted here, in creation order.
+    pub fn dids(&self) -> Vec<String> {
+        self.accounts.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|a| a.repo.did.clone()).collect()
+    }
+
     pub fn hostname(&self) -> String {
         self.addr.to_string()
     }
@@ -118,9 +153,26 @@ impl SimHost {
 #[derive(Default)]
 pub struct SimPlc {
     docs: Mutex<HashMap<String, serde_json::Value>>,
+    /// Synthetic DIDs (see [`upstream`]) resolve to this PDS endpoint; ghosts do not resolve.
+    synthetic_pds: Mutex<Option<String>>,
 }
 
 impl SimPlc {
+    /// Makes every synthetic upstream DID resolve to `pds_endpoint`, except ghosts.
+    pub fn serve_synthetic(&self, pds_endpoint: &str) {
+        *self.synthetic_pds.lock().unwrap_or_else(|p| p.into_inner()) = Some(pds_endpoint.to_string());
+    }
+
+    fn synthetic_document(&self, did: &str) -> Option<serde_json::Value> {
+        let pds = self.synthetic_pds.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+        let index = upstream::synthetic_index(did)?;
+        if upstream::is_ghost(index) {
+            return None;
+        }
+        let key = SigningKey::from_seed(Curve::K256, b"synthetic");
+        Some(crate::identity::doc::build_document(did, &format!("syn{index}.test"), &key.public_key(), &pds))
+    }
+
     /// Serves `doc` for `did` (scripted scenarios bring their own identities).
     pub fn set_document(&self, did: &str, doc: serde_json::Value) {
         self.docs.lock().unwrap_or_else(|p| p.into_inner()).insert(did.to_string(), doc);
@@ -177,11 +229,15 @@ impl Simulation {
                 next_seq: Mutex::new(1),
                 hostile,
                 backlog_on_connect: config.backlog_on_connect,
+                throttle: Mutex::new(None),
+                refused: 0.into(),
+                served: 0.into(),
             });
             let app = Router::new()
                 .route("/xrpc/com.atproto.server.describeServer", get(describe_server))
                 .route("/xrpc/com.atproto.sync.subscribeRepos", get(subscribe))
                 .route("/xrpc/com.atproto.sync.listRepos", get(list_repos))
+                .route("/xrpc/com.atproto.repo.describeRepo", get(describe_repo))
                 .with_state(host.clone());
             tokio::spawn(async move { axum::serve(listener, app).await });
             hosts.push(host);
@@ -223,9 +279,47 @@ impl Simulation {
                     repo,
                     handle,
                     posts: Vec::new(),
+                    status: None,
                 });
             }
         }
+    }
+
+    /// Applies scripted writes to one account and emits the `#commit` (tests drive exact
+    /// create/delete sequences with this).
+    pub fn write(&self, host: usize, account: usize, writes: &[Write]) -> anyhow::Result<()> {
+        let host = &self.hosts[host];
+        let mut accounts = host.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        let account = accounts.get_mut(account).ok_or_else(|| anyhow::anyhow!("no such account"))?;
+        let commit = account.repo.commit(writes, 0, now_micros())?;
+        drop(accounts);
+        self.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        host.emit(Event::Commit(commit));
+        Ok(())
+    }
+
+    /// Sets an account's status and emits `#account` (`None` = active again).
+    pub fn set_status(&self, host: usize, account: usize, status: Option<&str>) -> anyhow::Result<()> {
+        let sim_host = &self.hosts[host];
+        let mut accounts = sim_host.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = accounts.get_mut(account).ok_or_else(|| anyhow::anyhow!("no such account"))?;
+        entry.status = status.map(str::to_string);
+        let did = entry.repo.did.clone();
+        drop(accounts);
+        sim_host.emit(Event::Account(Account {
+            seq: 0,
+            did,
+            time: timestamp(),
+            active: status.is_none(),
+            status: status.map(str::to_string),
+        }));
+        Ok(())
+    }
+
+    /// The collections an account's repo holds right now.
+    pub fn collections_of(&self, host: usize, account: usize) -> Vec<String> {
+        let mut accounts = self.hosts[host].accounts.lock().unwrap_or_else(|p| p.into_inner());
+        accounts.get_mut(account).and_then(|a| a.repo.collections().ok()).unwrap_or_default()
     }
 
     pub fn plc_url(&self) -> String {
@@ -337,8 +431,9 @@ impl Simulation {
 }
 
 async fn plc_doc(State(plc): State<Arc<SimPlc>>, Path(did): Path<String>) -> Response {
-    match plc.docs.lock().unwrap_or_else(|p| p.into_inner()).get(&did) {
-        Some(doc) => Json(doc.clone()).into_response(),
+    let stored = plc.docs.lock().unwrap_or_else(|p| p.into_inner()).get(&did).cloned();
+    match stored.or_else(|| plc.synthetic_document(&did)) {
+        Some(doc) => Json(doc).into_response(),
         None => (axum::http::StatusCode::NOT_FOUND, Json(json!({"message": "DID not registered"})))
             .into_response(),
     }
@@ -349,13 +444,80 @@ async fn describe_server(State(host): State<Arc<SimHost>>) -> Response {
         .into_response()
 }
 
-async fn list_repos(State(host): State<Arc<SimHost>>) -> Response {
+fn too_many_requests(retry_after: u64) -> Response {
+    let headers = [(axum::http::header::RETRY_AFTER, retry_after.to_string())];
+    let body = Json(json!({ "error": "RateLimitExceeded", "message": "Rate Limit Exceeded" }));
+    (axum::http::StatusCode::TOO_MANY_REQUESTS, headers, body).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct PageQuery {
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_repos(State(host): State<Arc<SimHost>>, Query(query): Query<PageQuery>) -> Response {
+    if let Some(retry_after) = host.throttled() {
+        return too_many_requests(retry_after);
+    }
     let accounts = host.accounts.lock().unwrap_or_else(|p| p.into_inner());
-    let repos: Vec<_> = accounts
+    let mut repos: Vec<_> = accounts
         .iter()
-        .map(|a| json!({ "did": a.repo.did, "head": a.repo.data.to_string(), "rev": a.repo.rev, "active": true }))
+        .filter(|a| query.cursor.as_deref().is_none_or(|c| a.repo.did.as_str() > c))
+        .map(|a| {
+            let mut repo = json!({
+                "did": a.repo.did, "head": a.repo.data.to_string(), "rev": a.repo.rev, "active": a.status.is_none()
+            });
+            if let Some(status) = &a.status {
+                repo["status"] = json!(status);
+            }
+            repo
+        })
         .collect();
-    Json(json!({ "repos": repos })).into_response()
+    repos.sort_by(|a, b| a["did"].as_str().cmp(&b["did"].as_str()));
+    let limit = query.limit.unwrap_or(500).clamp(1, 1000);
+    let more = repos.len() > limit;
+    repos.truncate(limit);
+    let mut body = json!({ "repos": repos });
+    if more {
+        body["cursor"] = repos.last().map(|r| r["did"].clone()).unwrap_or_default();
+    }
+    Json(body).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct RepoQuery {
+    repo: String,
+}
+
+async fn describe_repo(State(host): State<Arc<SimHost>>, Query(query): Query<RepoQuery>) -> Response {
+    if let Some(retry_after) = host.throttled() {
+        return too_many_requests(retry_after);
+    }
+    let mut accounts = host.accounts.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(account) = accounts.iter_mut().find(|a| a.repo.did == query.repo) else {
+        let body = Json(json!({ "error": "RepoNotFound", "message": "Could not find repo" }));
+        return (axum::http::StatusCode::BAD_REQUEST, body).into_response();
+    };
+    let error = match account.status.as_deref() {
+        None => None,
+        Some("takendown") => Some("RepoTakendown"),
+        Some("deleted") => Some("RepoNotFound"),
+        Some(_) => Some("RepoDeactivated"),
+    };
+    if let Some(error) = error {
+        let body = Json(json!({ "error": error, "message": "repo is not active" }));
+        return (axum::http::StatusCode::BAD_REQUEST, body).into_response();
+    }
+    let collections = account.repo.collections().unwrap_or_default();
+    Json(json!({
+        "handle": account.handle,
+        "did": account.repo.did,
+        "didDoc": {},
+        "collections": collections,
+        "handleIsCorrect": true,
+    }))
+    .into_response()
 }
 
 #[derive(serde::Deserialize)]

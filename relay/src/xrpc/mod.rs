@@ -53,7 +53,10 @@ fn parse_limit(raw: Option<&str>, default: i64, max: i64) -> Result<i64, XrpcErr
 }
 
 pub fn router(relay: Arc<Relay>) -> Router {
-    Router::new()
+    let router = Router::new();
+    #[cfg(feature = "collections")]
+    let router = router.route("/xrpc/com.atproto.sync.listReposByCollection", get(list_repos_by_collection));
+    router
         .route("/", get(banner))
         .route("/_health", get(health))
         .route("/xrpc/_health", get(health))
@@ -199,6 +202,51 @@ async fn list_repos(State(relay): State<Arc<Relay>>, Query(params): Query<Cursor
     if accounts.len() as i64 == limit {
         if let Some(last) = accounts.last() {
             body["cursor"] = json!(last.did);
+        }
+    }
+    Ok(Json(body).into_response())
+}
+
+#[cfg(feature = "collections")]
+#[derive(Deserialize)]
+struct CollectionParams {
+    collection: Option<String>,
+    cursor: Option<String>,
+    limit: Option<String>,
+}
+
+/// `listReposByCollection`: active repos with at least one record in the collection, in DID
+/// order, from the inline index. Limit 1–2000, default 500 (lexicon).
+#[cfg(feature = "collections")]
+async fn list_repos_by_collection(
+    State(relay): State<Arc<Relay>>,
+    Query(params): Query<CollectionParams>,
+) -> XrpcResult {
+    let collections = relay.collections.clone().ok_or_else(|| {
+        XrpcError::new(StatusCode::NOT_IMPLEMENTED, "MethodNotImplemented", "the collection directory is off")
+    })?;
+    let collection = params.collection.ok_or_else(|| XrpcError::bad_request("collection is required"))?;
+    syntax::validate_nsid(&collection)
+        .map_err(|e| XrpcError::bad_request(format!("collection must be an NSID: {e}")))?;
+    let limit = parse_limit(params.limit.as_deref(), 500, 2000)? as usize;
+    let after = match params.cursor.as_deref() {
+        None | Some("") => None,
+        Some(cursor) => Some(
+            crate::collections::decode_cursor(cursor)
+                .ok_or_else(|| XrpcError::bad_request("invalid cursor"))?,
+        ),
+    };
+    let started = std::time::Instant::now();
+    let index = collections.index.clone();
+    let dids = tokio::task::spawn_blocking(move || index.list(&collection, after.as_deref(), limit))
+        .await
+        .map_err(XrpcError::internal)?
+        .map_err(XrpcError::internal)?;
+    collections.metrics.list_seconds.observe(started.elapsed().as_secs_f64());
+    let mut body = json!({ "repos": dids.iter().map(|did| json!({ "did": did })).collect::<Vec<_>>() });
+    if dids.len() == limit {
+        if let Some(last) = dids.last() {
+            body["cursor"] = json!(crate::collections::encode_cursor(last));
         }
     }
     Ok(Json(body).into_response())

@@ -5,7 +5,7 @@
 use super::service::{INTERNAL_PORT_NAME, PUBLIC_PORT_NAME};
 use super::{internal_service_name, owned_meta, selector_labels, AdminToken, ANNOTATION_TOKEN_DIGEST};
 use crate::controller::validate::ValidatedRelay;
-use crate::crd::{DatabaseType, QuantityPair, TunablesSpec};
+use crate::crd::{BackfillSpec, DatabaseType, QuantityPair, TunablesSpec};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
@@ -171,6 +171,7 @@ fn env(relay: &ValidatedRelay, admin: &AdminToken) -> Vec<EnvVar> {
         }
     }
     vars.extend(tunable_env(&spec.tunables));
+    vars.extend(backfill_env(&spec.backfill));
     // Size the async runtime to the CPU limit (rounded up), not the node's core count.
     vars.push(EnvVar {
         name: "TOKIO_WORKER_THREADS".into(),
@@ -186,6 +187,25 @@ fn env(relay: &ValidatedRelay, admin: &AdminToken) -> Vec<EnvVar> {
     });
     // Return freed memory to the OS promptly so RSS tracks use under a memory limit.
     vars.push(value("MIMALLOC_PURGE_DELAY", "0"));
+    vars
+}
+
+fn backfill_env(backfill: &BackfillSpec) -> Vec<EnvVar> {
+    let mut vars = Vec::new();
+    let mut push = |name: &str, v: Option<String>| {
+        if let Some(v) = v {
+            vars.push(value(name, &v));
+        }
+    };
+    push("RELAY_BACKFILL_SOURCE", backfill.source.clone().filter(|s| !s.is_empty()));
+    push(
+        "RELAY_BACKFILL_COLLECTIONS",
+        (!backfill.collections.is_empty()).then(|| backfill.collections.join(",")),
+    );
+    push("RELAY_BACKFILL_COLLECTIONS_URL", backfill.collections_url.clone());
+    push("RELAY_BACKFILL_CRAWL", backfill.crawl.then(|| "true".into()));
+    push("RELAY_BACKFILL_VERIFY_IDENTITY", backfill.verify_identity.map(|on| on.to_string()));
+    push("RELAY_BACKFILL_HOST_REQUESTS_PER_SECOND", backfill.host_requests_per_second.map(|n| n.to_string()));
     vars
 }
 

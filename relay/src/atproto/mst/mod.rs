@@ -492,6 +492,65 @@ fn collect_leaves<S: BlockSource>(
     Ok(())
 }
 
+/// The nearest keys below and above a key, when there are any.
+pub type Neighbors = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// The nearest keys below and above `key` (which need not be present), loading only the
+/// nodes on the path to where `key` sits: exactly what a Sync 1.1 proof for an op on `key`
+/// contains, so the neighbours of a deleted key are decidable from its commit alone.
+fn neighbors<S: BlockSource>(
+    node: &mut Node,
+    key: &[u8],
+    store: &S,
+) -> Result<Neighbors, MstError> {
+    let bound = node.upper_bound(key);
+    // Leaves at or after `bound` are > key; the leaf just before (if it is `key` itself) is skipped.
+    let mut above = match node.items.get(bound) {
+        Some(Item::Leaf(leaf)) => Some(leaf.key.clone()),
+        _ => None,
+    };
+    let mut below = None;
+    let mut index = bound;
+    let straddling = node.tree_before(bound);
+    if let Some(tree) = straddling {
+        let (inner_below, inner_above) = neighbors(subtree_mut(node, tree, store)?, key, store)?;
+        if inner_above.is_some() {
+            above = inner_above;
+        }
+        below = inner_below;
+        index = tree;
+    }
+    if below.is_none() {
+        // The nearest leaf left of the subtree (or of `bound`) that is not `key` itself.
+        below = node.items[..index].iter().rev().find_map(|item| match item {
+            Item::Leaf(leaf) if leaf.key.as_slice() < key => Some(leaf.key.clone()),
+            _ => None,
+        });
+        // A subtree between that leaf and `key` would hold nearer keys; it is loaded only when
+        // `key` itself sits at `index - 1` (present in the tree), which the walk below handles.
+        if let Some(Item::Leaf(leaf)) = index.checked_sub(1).and_then(|i| node.items.get(i)) {
+            if leaf.key == key {
+                if let Some(tree) = node.tree_before(index - 1) {
+                    let last = last_key(subtree_mut(node, tree, store)?, store)?;
+                    below = last.or(below);
+                }
+            }
+        }
+    }
+    Ok((below, above))
+}
+
+/// The largest key of a subtree (loads its right edge).
+fn last_key<S: BlockSource>(node: &mut Node, store: &S) -> Result<Option<Vec<u8>>, MstError> {
+    match node.items.len().checked_sub(1) {
+        None => Ok(None),
+        Some(index) => match &node.items[index] {
+            Item::Leaf(leaf) => Ok(Some(leaf.key.clone())),
+            Item::Tree(_) => last_key(subtree_mut(node, index, store)?, store),
+        },
+    }
+}
+
 /// A (possibly partial) MST.
 #[derive(Debug, Clone)]
 pub struct Mst {
@@ -603,6 +662,16 @@ impl Mst {
         (cid, blocks)
     }
 
+    /// The nearest keys strictly below and above `key`, loading only the path to `key`.
+    pub fn neighbors<S: BlockSource>(
+        &mut self,
+        key: &[u8],
+        store: &S,
+    ) -> Result<Neighbors, MstError> {
+        let root = self.root_node(store)?;
+        neighbors(root, key, store)
+    }
+
     /// Every (key, value) in order; loads the whole tree.
     pub fn entries<S: BlockSource>(&mut self, store: &S) -> Result<Vec<(Vec<u8>, Cid)>, MstError> {
         let mut out = Vec::new();
@@ -646,5 +715,34 @@ mod tests {
             tree.remove(key.as_bytes(), &NoBlocks).expect("remove");
         }
         assert_eq!(tree.root_cid(), Mst::empty().root_cid());
+    }
+
+    #[test]
+    fn neighbors_match_the_sorted_key_list() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut tree = Mst::empty();
+        let mut keys: Vec<String> = (0..400)
+            .map(|i| format!("{}/{:05}", ["app.a", "app.b", "app.c"][i % 3], rng.u32(0..100_000)))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        for (i, key) in keys.iter().enumerate() {
+            tree.insert(key.as_bytes(), value(i as u32), &NoBlocks).expect("insert");
+        }
+        // Reload from blocks so the walk goes through stubs like a commit's partial tree.
+        let (root, blocks) = tree.root_and_new_blocks();
+        let store: HashMap<Cid, Vec<u8>> = blocks.into_iter().collect();
+        let mut probes: Vec<String> = keys.clone();
+        probes.extend((0..300).map(|_| {
+            format!("app.{}/{:05}", ["a", "b", "c", "d", "0"][rng.usize(0..5)], rng.u32(0..100_000))
+        }));
+        for probe in probes {
+            let mut loaded = Mst::from_root(root);
+            let (below, above) = loaded.neighbors(probe.as_bytes(), &store).expect("neighbors");
+            let want_below =
+                keys.iter().rev().find(|k| k.as_str() < probe.as_str()).map(|k| k.as_bytes().to_vec());
+            let want_above = keys.iter().find(|k| k.as_str() > probe.as_str()).map(|k| k.as_bytes().to_vec());
+            assert_eq!((below, above), (want_below, want_above), "probe {probe}");
+        }
     }
 }
