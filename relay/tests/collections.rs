@@ -316,6 +316,26 @@ async fn crawl_backfills_what_was_written_before_and_waits_out_a_throttling_host
     let (status, progress) = admin(&running, reqwest::Method::GET, "/admin/backfill-crawl").await;
     assert_eq!(status, 200);
     assert_eq!(progress["hostsDone"].as_u64(), Some(hosts as u64), "{progress}");
+
+    // Pruning: once host 0 is banned, a pass hides its accounts (their PDS is gone).
+    let host0 = sim.hosts[0].hostname();
+    let (status, _) = admin(&running, reqwest::Method::POST, &format!("/admin/pds/block?host={host0}")).await;
+    assert_eq!(status, 200);
+    let (status, _) = admin(&running, reqwest::Method::POST, "/admin/collections/prune").await;
+    assert_eq!(status, 202);
+    let remaining: BTreeMap<String, Vec<String>> = {
+        let gone: BTreeSet<String> = sim.hosts[0].dids().into_iter().collect();
+        expected
+            .iter()
+            .map(|(c, dids)| (c.clone(), dids.iter().filter(|d| !gone.contains(*d)).cloned().collect()))
+            .filter(|(_, dids): &(String, Vec<String>)| !dids.is_empty())
+            .collect()
+    };
+    eventually("banned host's accounts pruned", Duration::from_secs(30), || {
+        matches_truth(&running, &remaining, &all)
+    })
+    .await;
+    assert!(metric(&running, "relay_collections_pruned_total") >= accounts as f64);
     stop_relay(running).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -74,6 +74,54 @@ async fn exercise(url: &str) {
     store.save_state_checkpoint(42).await.expect("save");
     store.save_state_checkpoint(41).await.expect("save lower");
     assert_eq!(store.state_checkpoint().await.expect("checkpoint"), 42);
+
+    // Accounts the relay knows as inactive, looked up in bulk.
+    store.set_upstream_status("did:plc:account3", "deactivated").await.expect("status");
+    store.set_local_status("did:plc:account4", "takendown").await.expect("status");
+    let dids =
+        ["did:plc:account0", "did:plc:account1", "did:plc:account3", "did:plc:account4", "did:plc:unknown"];
+    let inactive = store.inactive_statuses(&dids).await.expect("statuses");
+    assert_eq!(inactive.len(), 3, "{inactive:?}");
+    assert_eq!(inactive["did:plc:account1"], "deactivated");
+    assert_eq!(inactive["did:plc:account3"], "deactivated");
+    assert_eq!(inactive["did:plc:account4"], "takendown");
+
+    // Collection backfill progress: per page, resumable, restartable.
+    let source = "https://upstream.example";
+    let nsids = vec!["app.example.a".to_string(), "app.example.b".to_string()];
+    store.add_import_collections(source, &nsids).await.expect("add");
+    store.add_import_collections(source, &nsids).await.expect("add twice keeps progress");
+    store.save_import_page(source, "app.example.a", Some("cursor-1"), 1000, None).await.expect("page");
+    store.save_import_page(source, "app.example.a", Some("cursor-2"), 1000, None).await.expect("page");
+    store.save_import_page(source, "app.example.b", None, 10, None).await.expect("last page");
+    let progress = store.import_progress(source).await.expect("progress");
+    assert_eq!(progress.len(), 2);
+    assert_eq!(
+        (progress[0].cursor.as_deref(), progress[0].imported, progress[0].pages, progress[0].done),
+        (Some("cursor-2"), 2000, 2, false)
+    );
+    assert_eq!((progress[1].cursor.as_deref(), progress[1].imported, progress[1].done), (None, 10, true));
+    store.add_import_collections(source, &nsids[..1]).await.expect("add again");
+    assert_eq!(store.import_progress(source).await.expect("progress")[0].cursor.as_deref(), Some("cursor-2"));
+    store.restart_import_collections(source, &nsids).await.expect("restart");
+    let progress = store.import_progress(source).await.expect("progress");
+    assert!(!progress[1].done && progress[1].cursor.is_none(), "finished collections start over");
+    assert_eq!(progress[0].cursor.as_deref(), Some("cursor-2"), "unfinished ones keep their cursor");
+    store.set_backfill_run("import", source, "running").await.expect("run");
+    store.set_backfill_run("crawl", "*", "running").await.expect("run");
+    store.set_backfill_run("crawl", "*", "done").await.expect("run");
+    assert_eq!(
+        store.running_backfills().await.expect("runs"),
+        vec![("import".to_string(), source.to_string())]
+    );
+    store.save_crawl_page("pds-b.example.com", Some("did:plc:x"), 500, None).await.expect("crawl page");
+    store.save_crawl_page("pds-b.example.com", None, 20, None).await.expect("crawl done");
+    store.save_crawl_page("pds-c.example.com", None, 0, Some("HTTP 400")).await.expect("crawl refused");
+    let crawl = store.crawl_progress("pds-b.example.com").await.expect("crawl").expect("row");
+    assert_eq!((crawl.repos, crawl.done), (520, true));
+    assert_eq!(store.all_crawl_progress().await.expect("all")[1].error.as_deref(), Some("HTTP 400"));
+    store.reset_finished_crawls().await.expect("reset");
+    assert!(store.all_crawl_progress().await.expect("all").is_empty());
 }
 
 #[tokio::test]

@@ -243,13 +243,21 @@ async fn list_repos_by_collection(
         .map_err(XrpcError::internal)?
         .map_err(XrpcError::internal)?;
     collections.metrics.list_seconds.observe(started.elapsed().as_secs_f64());
-    let mut body = json!({ "repos": dids.iter().map(|did| json!({ "did": did })).collect::<Vec<_>>() });
-    if dids.len() == limit {
-        if let Some(last) = dids.last() {
-            body["cursor"] = json!(crate::collections::encode_cursor(last));
-        }
+    // Serialised from borrowed strings: a 2,000-DID page is one buffer, not 2,000 JSON values.
+    #[derive(serde::Serialize)]
+    struct Repo<'a> {
+        did: &'a str,
     }
-    Ok(Json(body).into_response())
+    #[derive(serde::Serialize)]
+    struct Page<'a> {
+        repos: Vec<Repo<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
+    }
+    let cursor =
+        (dids.len() == limit).then(|| dids.last().map(|d| crate::collections::encode_cursor(d))).flatten();
+    let page = Page { repos: dids.iter().map(|did| Repo { did }).collect(), cursor };
+    Ok(Json(page).into_response())
 }
 
 #[derive(Deserialize)]

@@ -498,11 +498,7 @@ pub type Neighbors = (Option<Vec<u8>>, Option<Vec<u8>>);
 /// The nearest keys below and above `key` (which need not be present), loading only the
 /// nodes on the path to where `key` sits: exactly what a Sync 1.1 proof for an op on `key`
 /// contains, so the neighbours of a deleted key are decidable from its commit alone.
-fn neighbors<S: BlockSource>(
-    node: &mut Node,
-    key: &[u8],
-    store: &S,
-) -> Result<Neighbors, MstError> {
+fn neighbors<S: BlockSource>(node: &mut Node, key: &[u8], store: &S) -> Result<Neighbors, MstError> {
     let bound = node.upper_bound(key);
     // Leaves at or after `bound` are > key; the leaf just before (if it is `key` itself) is skipped.
     let mut above = match node.items.get(bound) {
@@ -663,11 +659,7 @@ impl Mst {
     }
 
     /// The nearest keys strictly below and above `key`, loading only the path to `key`.
-    pub fn neighbors<S: BlockSource>(
-        &mut self,
-        key: &[u8],
-        store: &S,
-    ) -> Result<Neighbors, MstError> {
+    pub fn neighbors<S: BlockSource>(&mut self, key: &[u8], store: &S) -> Result<Neighbors, MstError> {
         let root = self.root_node(store)?;
         neighbors(root, key, store)
     }
