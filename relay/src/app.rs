@@ -33,6 +33,7 @@ pub struct Relay {
     pub request_crawl_enabled: AtomicBool,
     last_accepted_unix: AtomicU64,
     pub started: Instant,
+    sibling_client: reqwest::Client,
     /// The collection directory; `None` when turned off.
     #[cfg(feature = "collections")]
     pub collections: Option<Arc<crate::collections::Collections>>,
@@ -101,6 +102,11 @@ impl Relay {
             request_crawl_enabled: AtomicBool::new(!config.disable_request_crawl),
             last_accepted_unix: AtomicU64::new(0),
             started: Instant::now(),
+            sibling_client: reqwest::Client::builder()
+                .timeout(crate::admin::siblings::FORWARD_TIMEOUT)
+                .user_agent(concat!("atproto-relay/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .context("building the sibling relay client")?,
             #[cfg(feature = "collections")]
             collections,
             config,
@@ -131,6 +137,11 @@ impl Relay {
         }
         self.refresh_host_metrics().await;
         Ok(())
+    }
+
+    /// The HTTP client for forwarding to sibling relays.
+    pub fn sibling_client(&self) -> &reqwest::Client {
+        &self.sibling_client
     }
 
     /// Resumes interrupted backfill jobs and starts the ones the config asks for.

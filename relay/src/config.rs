@@ -94,6 +94,12 @@ pub struct ServeConfig {
     #[arg(long, env = "RELAY_INITIAL_SEQ_NUMBER", default_value_t = 1)]
     pub initial_seq_number: u64,
 
+    /// Sibling relays (base URLs, comma-separated) that successful requestCrawl and host/account
+    /// admin changes are forwarded to (indigo's RELAY_SIBLING_RELAYS). For relays of this
+    /// project, give their internal listener's URL.
+    #[arg(long, env = "RELAY_SIBLING_RELAYS", value_delimiter = ',')]
+    pub sibling_relays: Vec<String>,
+
     /// Refuse public requestCrawl.
     #[arg(long, env = "RELAY_DISABLE_REQUEST_CRAWL")]
     pub disable_request_crawl: bool,

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub queue_bytes: IntGaugeVec,
     pub identity_cache_entries: IntGauge,
     pub validation_seconds: Histogram,
+    pub sibling_forwards: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -140,6 +141,12 @@ impl Metrics {
                 "relay_validation_seconds",
                 "Time to validate one event",
                 fast,
+            ),
+            sibling_forwards: counter_vec(
+                &registry,
+                "relay_sibling_forwards_total",
+                "Requests forwarded to sibling relays, by result (ok, refused, failed)",
+                &["result"],
             ),
             registry,
         }

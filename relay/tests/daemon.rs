@@ -273,3 +273,86 @@ async fn silent_hosts_become_idle_and_come_back() {
     stop_relay(running).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_changes_are_forwarded_to_sibling_relays_once() {
+    let sim = Simulation::start(sim_config(2, 1, Vec::new())).await.expect("simulation");
+    let dir_a = std::env::temp_dir().join(format!("relay-sibling-a-{}", std::process::id()));
+    let dir_b = std::env::temp_dir().join(format!("relay-sibling-b-{}", std::process::id()));
+    for dir in [&dir_a, &dir_b] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    // Each lists the other as its sibling: forwarded requests must not bounce back.
+    let free_port =
+        || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let (internal_a, internal_b) = (free_port(), free_port());
+    let mut config_b = config(&dir_b, sim.plc_url());
+    config_b.internal_bind = format!("127.0.0.1:{internal_b}");
+    config_b.sibling_relays = vec![format!("http://127.0.0.1:{internal_a}")];
+    let b = start_relay(config_b).await;
+    let mut config_a = config(&dir_a, sim.plc_url());
+    config_a.internal_bind = format!("127.0.0.1:{internal_a}");
+    config_a.sibling_relays = vec![format!("http://127.0.0.1:{internal_b}")];
+    let a = start_relay(config_a).await;
+    let client = reqwest::Client::new();
+    let host0 = format!("http://{}", sim.hosts[0].hostname());
+    let response = client
+        .post(format!("http://{}/admin/pds/requestCrawl", a.internal))
+        .bearer_auth("test-token")
+        .json(&serde_json::json!({ "hostname": host0 }))
+        .send()
+        .await
+        .expect("requestCrawl");
+    assert!(response.status().is_success());
+    let hostname = sim.hosts[0].hostname();
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let hosts = get_json(&client, format!("http://{}/xrpc/com.atproto.sync.listHosts", b.public)).await;
+        if hosts["hosts"].as_array().is_some_and(|h| h.iter().any(|x| x["hostname"] == hostname)) {
+            break;
+        }
+        assert!(Instant::now() < until, "the sibling did not get the host: {hosts}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A ban on A reaches B; a request without the token is refused on A and not forwarded.
+    let refused =
+        client.post(format!("http://{}/admin/pds/block?host={hostname}", a.internal)).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    let banned = client
+        .post(format!("http://{}/admin/pds/block?host={hostname}", a.internal))
+        .bearer_auth("test-token")
+        .send()
+        .await
+        .unwrap();
+    assert!(banned.status().is_success());
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = get_json(
+            &client,
+            format!("http://{}/xrpc/com.atproto.sync.getHostStatus?hostname={hostname}", b.public),
+        )
+        .await;
+        if status["status"] == "banned" {
+            break;
+        }
+        assert!(Instant::now() < until, "the ban did not reach the sibling: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let forwarded = |running: &common::Running| {
+        running
+            .relay
+            .metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("relay_sibling_forwards_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert_eq!(forwarded(&a), 2.0, "A forwarded requestCrawl and block");
+    assert_eq!(forwarded(&b), 0.0, "B forwards nothing that came from a relay");
+    stop_relay(a).await;
+    stop_relay(b).await;
+    for dir in [&dir_a, &dir_b] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

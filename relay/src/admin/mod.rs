@@ -59,6 +59,7 @@ async fn require_admin(State(relay): State<Arc<Relay>>, request: Request, next: 
 
 #[cfg(feature = "collections")]
 mod collections;
+pub mod siblings;
 
 pub fn router(relay: Arc<Relay>) -> Router {
     let router = Router::new();
@@ -81,6 +82,10 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .route("/admin/repo/reverseTakedown", post(reverse_takedown))
         .route("/admin/consumers/list", get(list_consumers))
         .route_layer(axum::middleware::from_fn_with_state(relay.clone(), require_admin))
+        // Public requestCrawl on the internal listener too, so sibling relays of this project
+        // can be configured with one (internal) URL each.
+        .route("/xrpc/com.atproto.sync.requestCrawl", post(crate::xrpc::request_crawl))
+        .layer(axum::middleware::from_fn_with_state(relay.clone(), siblings::forward))
         .with_state(relay)
 }
 

@@ -68,6 +68,7 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .route("/xrpc/com.atproto.sync.getRepoStatus", get(get_repo_status))
         .route("/xrpc/com.atproto.sync.getLatestCommit", get(get_latest_commit))
         .route("/xrpc/com.atproto.sync.getRepo", get(get_repo))
+        .layer(axum::middleware::from_fn_with_state(relay.clone(), crate::admin::siblings::forward))
         .with_state(relay)
 }
 
@@ -162,8 +163,8 @@ pub async fn known_host(relay: &Relay, input: &str) -> Result<crate::storage::Ho
 }
 
 #[derive(Deserialize)]
-struct CrawlBody {
-    hostname: String,
+pub struct CrawlBody {
+    pub hostname: String,
 }
 
 pub fn crawl_error(error: crate::ingest::crawl::CrawlError) -> XrpcError {
@@ -181,7 +182,7 @@ pub fn crawl_error(error: crate::ingest::crawl::CrawlError) -> XrpcError {
     }
 }
 
-async fn request_crawl(
+pub async fn request_crawl(
     State(relay): State<Arc<Relay>>,
     body: Result<Json<CrawlBody>, axum::extract::rejection::JsonRejection>,
 ) -> XrpcResult {
