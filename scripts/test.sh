@@ -28,17 +28,9 @@ done
 cargo --version
 
 step "RocksDB (the collection index) from the distribution"
-# librocksdb-sys would otherwise compile RocksDB's C++ from source for every profile (about
-# 25 minutes each on 2 cores). Linking Debian's librocksdb (7.8) instead needs its headers
-# and libclang for bindgen. Without ROCKSDB_LIB_DIR the crate still builds from source.
-if [ -z "${ROCKSDB_LIB_DIR:-}" ]; then
-  multiarch=$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
-  if [ ! -e "/usr/lib/$multiarch/librocksdb.so" ] || ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1; then
-    apt-get update -qq && apt-get install -y -qq librocksdb-dev libclang-dev
-  fi
-  export ROCKSDB_LIB_DIR="/usr/lib/$multiarch"
-fi
-echo "ROCKSDB_LIB_DIR: $ROCKSDB_LIB_DIR"
+. scripts/lib/rocksdb.sh
+use_system_rocksdb
+echo "ROCKSDB_LIB_DIR: ${ROCKSDB_LIB_DIR:-unset (RocksDB is compiled from source)}"
 
 step "PostgreSQL for the storage and daemon tests"
 # A throwaway cluster on a loopback port, owned by the postgres user, removed on exit.
