@@ -198,6 +198,19 @@ async fn steady() {
     while started.elapsed() < Duration::from_secs(seconds) {
         tokio::time::sleep(Duration::from_secs(5)).await;
         rss.push(rss_mib(relay.child.id()));
+        if rss.len() % 60 == 0 {
+            // A progress line every 5 minutes, for long (soak) runs.
+            let accepted = metric(relay.internal, "relay_events_accepted_total").await;
+            eprintln!(
+                "{:>5}s: RSS {:.0} MiB, {accepted} events accepted",
+                started.elapsed().as_secs(),
+                rss[rss.len() - 1]
+            );
+        }
+    }
+    // Long runs: one RSS figure per minute (the largest of its 5 s samples).
+    if rss.len() > 120 {
+        rss = rss.chunks(12).map(|minute| minute.iter().copied().fold(0.0, f64::max)).collect();
     }
     generator.abort();
     let accepted = metric(relay.internal, "relay_events_accepted_total").await;

@@ -376,6 +376,11 @@ impl Relay {
         }
         // Give the sequencer a moment to fsync the batch it took last.
         tokio::time::sleep(Duration::from_millis(200)).await;
+        // Close RocksDB; the live indexer resumes from its checkpoint on the next start.
+        #[cfg(feature = "collections")]
+        if let Some(collections) = &self.collections {
+            collections.close();
+        }
     }
 }
 

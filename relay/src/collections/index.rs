@@ -18,7 +18,7 @@ use rocksdb::{
     WriteBatch, DB,
 };
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 const PAIRS: &str = "pairs";
 const REPOS: &str = "repos";
@@ -36,6 +36,8 @@ pub enum IndexError {
     MissingFamily(&'static str),
     #[error("{0}")]
     Io(String),
+    #[error("the collection index is closed (the relay is shutting down)")]
+    Closed,
 }
 
 /// Memory limits of the index (RocksDB's own caches), from the relay config.
@@ -64,9 +66,16 @@ pub enum Change {
     Status { did: String, active: bool, status: Option<String> },
 }
 
+/// The index; [`Index::close`] releases RocksDB (and its lock on the directory) while other
+/// parts of the relay may still hold the `Index`, whose calls then fail with `Closed`.
 pub struct Index {
-    db: DB,
+    inner: RwLock<Option<Inner>>,
+    /// Writes read before they write: one writer at a time.
     write: Mutex<()>,
+}
+
+struct Inner {
+    db: DB,
 }
 
 /// A write batch being built, with the repo keys it already sets (`true`) or deletes.
@@ -98,8 +107,8 @@ fn add_counts(_key: &[u8], existing: Option<&[u8]>, operands: &rocksdb::MergeOpe
     Some(total.to_le_bytes().to_vec())
 }
 
-impl Index {
-    pub fn open(path: &Path, config: &IndexConfig) -> Result<Index, IndexError> {
+impl Inner {
+    fn open(path: &Path, config: &IndexConfig) -> Result<Inner, IndexError> {
         let cache = Cache::new_lru_cache(config.block_cache_bytes)?;
         let family = |name: &str| {
             let mut table = BlockBasedOptions::default();
@@ -123,7 +132,7 @@ impl Index {
         options.increase_parallelism(2);
         let families = [PAIRS, REPOS, INACTIVE, COUNTS, PENDING, META].map(family);
         let db = DB::open_cf_descriptors(&options, path, families)?;
-        Ok(Index { db, write: Mutex::new(()) })
+        Ok(Inner { db })
     }
 
     fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, IndexError> {
@@ -131,12 +140,7 @@ impl Index {
     }
 
     /// Up to `limit` listed DIDs of a collection, after `after` (exclusive), in DID order.
-    pub fn list(
-        &self,
-        collection: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<String>, IndexError> {
+    fn list(&self, collection: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, IndexError> {
         let prefix = join(collection, "");
         let start = match after {
             // `did \0` sorts right after `did` and before every longer DID that extends it.
@@ -168,7 +172,7 @@ impl Index {
     }
 
     /// Compacts every column family (benchmarks measure a settled index with this).
-    pub fn compact(&self) -> Result<(), IndexError> {
+    fn compact(&self) -> Result<(), IndexError> {
         for family in [PAIRS, REPOS, INACTIVE, COUNTS, PENDING, META] {
             self.db.compact_range_cf(self.cf(family)?, None::<&[u8]>, None::<&[u8]>);
         }
@@ -176,7 +180,7 @@ impl Index {
     }
 
     /// Collections with their listed-DID counts, in name order, after `after`.
-    pub fn collections(&self, after: Option<&str>, limit: usize) -> Result<Vec<(String, i64)>, IndexError> {
+    fn collections(&self, after: Option<&str>, limit: usize) -> Result<Vec<(String, i64)>, IndexError> {
         let start = after.map(|a| format!("{a}\0")).unwrap_or_default();
         let mut out = Vec::new();
         let iter =
@@ -195,13 +199,13 @@ impl Index {
     }
 
     /// Listed DIDs of one collection.
-    pub fn count(&self, collection: &str) -> Result<i64, IndexError> {
+    fn count(&self, collection: &str) -> Result<i64, IndexError> {
         let value = self.db.get_cf(self.cf(COUNTS)?, collection.as_bytes())?;
         Ok(value.and_then(|v| v.as_slice().try_into().ok().map(i64::from_le_bytes)).unwrap_or(0))
     }
 
     /// Every collection the DID's repo is known to hold (listed or not).
-    pub fn repo_collections(&self, did: &str) -> Result<Vec<String>, IndexError> {
+    fn repo_collections(&self, did: &str) -> Result<Vec<String>, IndexError> {
         let prefix = join(did, "");
         let mut out = Vec::new();
         let iter = self.db.iterator_cf(self.cf(REPOS)?, IteratorMode::From(&prefix, Direction::Forward));
@@ -216,7 +220,7 @@ impl Index {
     }
 
     /// The status of an account the index holds as not active, if any.
-    pub fn inactive_status(&self, did: &str) -> Result<Option<String>, IndexError> {
+    fn inactive_status(&self, did: &str) -> Result<Option<String>, IndexError> {
         Ok(self
             .db
             .get_cf(self.cf(INACTIVE)?, did.as_bytes())?
@@ -224,7 +228,7 @@ impl Index {
     }
 
     /// Distinct DIDs with known pairs, after `after`, for the pruning pass.
-    pub fn dids(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, IndexError> {
+    fn dids(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, IndexError> {
         let start = after.map(|a| join(a, "\u{7f}")).unwrap_or_default();
         let mut out: Vec<String> = Vec::new();
         let iter = self.db.iterator_cf(self.cf(REPOS)?, IteratorMode::From(&start, Direction::Forward));
@@ -246,8 +250,7 @@ impl Index {
     /// Runs of adds and removes share one write batch (an overlay answers reads of keys the
     /// batch already wrote); status changes and replacements read a DID's whole key range,
     /// so they are written on their own.
-    pub fn apply(&self, changes: &[Change]) -> Result<(u64, u64), IndexError> {
-        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+    fn apply(&self, changes: &[Change]) -> Result<(u64, u64), IndexError> {
         let mut totals = (0, 0);
         let mut pending = Pending::default();
         for change in changes {
@@ -390,18 +393,18 @@ impl Index {
     }
 
     /// The relay seq up to which the live indexer has applied events.
-    pub fn live_checkpoint(&self) -> Result<u64, IndexError> {
+    fn live_checkpoint(&self) -> Result<u64, IndexError> {
         let value = self.db.get_cf(self.cf(META)?, LIVE_CHECKPOINT)?;
         Ok(value.and_then(|v| v.as_slice().try_into().ok().map(u64::from_le_bytes)).unwrap_or(0))
     }
 
-    pub fn save_live_checkpoint(&self, seq: u64) -> Result<(), IndexError> {
+    fn save_live_checkpoint(&self, seq: u64) -> Result<(), IndexError> {
         self.db.put_cf(self.cf(META)?, LIVE_CHECKPOINT, seq.to_le_bytes())?;
         Ok(())
     }
 
     /// Records (DID, collection) pairs found by a backfill, to be verified before listing.
-    pub fn add_pending(&self, pairs: &[(String, String)]) -> Result<(), IndexError> {
+    fn add_pending(&self, pairs: &[(String, String)]) -> Result<(), IndexError> {
         let mut batch = WriteBatch::default();
         let cf = self.cf(PENDING)?;
         for (did, collection) in pairs {
@@ -412,7 +415,7 @@ impl Index {
     }
 
     /// Up to `max_dids` DIDs waiting for verification, after `after`, with their collections.
-    pub fn pending(
+    fn pending(
         &self,
         after: Option<&str>,
         max_dids: usize,
@@ -438,12 +441,7 @@ impl Index {
     }
 
     /// Settles a pending DID: its pairs are listed when verified, dropped otherwise.
-    pub fn settle_pending(
-        &self,
-        did: &str,
-        collections: &[String],
-        verified: bool,
-    ) -> Result<u64, IndexError> {
+    fn settle_pending(&self, did: &str, collections: &[String], verified: bool) -> Result<u64, IndexError> {
         let mut added = 0;
         if verified {
             let changes: Vec<Change> = collections
@@ -461,7 +459,7 @@ impl Index {
     }
 
     /// Removes settled work from the queue: (DID, queued collections) pairs.
-    pub fn remove_pending(&self, settled: &[(String, Vec<String>)]) -> Result<(), IndexError> {
+    fn remove_pending(&self, settled: &[(String, Vec<String>)]) -> Result<(), IndexError> {
         let mut batch = WriteBatch::default();
         let cf = self.cf(PENDING)?;
         for (did, collections) in settled {
@@ -474,11 +472,112 @@ impl Index {
     }
 
     /// Approximate number of keys in a column family (RocksDB's estimate).
-    pub fn estimate_keys(&self, family: &'static str) -> u64 {
+    fn estimate_keys(&self, family: &'static str) -> u64 {
         self.cf(family)
             .ok()
             .and_then(|cf| self.db.property_int_value_cf(cf, "rocksdb.estimate-num-keys").ok().flatten())
             .unwrap_or(0)
+    }
+}
+
+impl Index {
+    pub fn open(path: &Path, config: &IndexConfig) -> Result<Index, IndexError> {
+        Ok(Index { inner: RwLock::new(Some(Inner::open(path, config)?)), write: Mutex::new(()) })
+    }
+
+    /// Closes RocksDB (flushing nothing is needed: the WAL is synced by RocksDB on close).
+    /// Later calls fail with [`IndexError::Closed`].
+    pub fn close(&self) {
+        let _write = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        self.inner.write().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    fn read(&self) -> Option<std::sync::RwLockReadGuard<'_, Option<Inner>>> {
+        let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        guard.is_some().then_some(guard)
+    }
+
+    // The methods below are [`Inner`]'s (documented there), behind the open/closed lock.
+
+    fn with<T>(&self, f: impl FnOnce(&Inner) -> Result<T, IndexError>) -> Result<T, IndexError> {
+        let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        f(guard.as_ref().ok_or(IndexError::Closed)?)
+    }
+
+    pub fn list(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, IndexError> {
+        self.with(|inner| inner.list(collection, after, limit))
+    }
+
+    pub fn compact(&self) -> Result<(), IndexError> {
+        self.with(|inner| inner.compact())
+    }
+
+    pub fn collections(&self, after: Option<&str>, limit: usize) -> Result<Vec<(String, i64)>, IndexError> {
+        self.with(|inner| inner.collections(after, limit))
+    }
+
+    pub fn count(&self, collection: &str) -> Result<i64, IndexError> {
+        self.with(|inner| inner.count(collection))
+    }
+
+    pub fn repo_collections(&self, did: &str) -> Result<Vec<String>, IndexError> {
+        self.with(|inner| inner.repo_collections(did))
+    }
+
+    pub fn inactive_status(&self, did: &str) -> Result<Option<String>, IndexError> {
+        self.with(|inner| inner.inactive_status(did))
+    }
+
+    pub fn dids(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, IndexError> {
+        self.with(|inner| inner.dids(after, limit))
+    }
+
+    pub fn apply(&self, changes: &[Change]) -> Result<(u64, u64), IndexError> {
+        let _write = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        self.with(|inner| inner.apply(changes))
+    }
+
+    pub fn live_checkpoint(&self) -> Result<u64, IndexError> {
+        self.with(|inner| inner.live_checkpoint())
+    }
+
+    pub fn save_live_checkpoint(&self, seq: u64) -> Result<(), IndexError> {
+        self.with(|inner| inner.save_live_checkpoint(seq))
+    }
+
+    pub fn add_pending(&self, pairs: &[(String, String)]) -> Result<(), IndexError> {
+        self.with(|inner| inner.add_pending(pairs))
+    }
+
+    pub fn pending(
+        &self,
+        after: Option<&str>,
+        max_dids: usize,
+    ) -> Result<Vec<(String, Vec<String>)>, IndexError> {
+        self.with(|inner| inner.pending(after, max_dids))
+    }
+
+    pub fn settle_pending(
+        &self,
+        did: &str,
+        collections: &[String],
+        verified: bool,
+    ) -> Result<u64, IndexError> {
+        let _write = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        self.with(|inner| inner.settle_pending(did, collections, verified))
+    }
+
+    pub fn remove_pending(&self, settled: &[(String, Vec<String>)]) -> Result<(), IndexError> {
+        self.with(|inner| inner.remove_pending(settled))
+    }
+
+    pub fn estimate_keys(&self, family: &'static str) -> u64 {
+        self.read().and_then(|guard| guard.as_ref().map(|inner| inner.estimate_keys(family))).unwrap_or(0)
     }
 
     pub fn pending_estimate(&self) -> u64 {

@@ -138,7 +138,9 @@ pub async fn run(collections: Arc<Collections>, fanout: Arc<Fanout>) {
         };
         match next {
             Followed::Event { seq, frame } => {
-                apply_frame(&collections, &frame).await;
+                if !apply_frame(&collections, &frame).await {
+                    return;
+                }
                 position = seq;
                 dirty = true;
                 collections.metrics.indexed_seq.set(seq as i64);
@@ -170,9 +172,10 @@ fn save_checkpoint(collections: &Collections, seq: u64) {
     }
 }
 
-async fn apply_frame(collections: &Arc<Collections>, bytes: &[u8]) {
+/// Returns false once the index is closed (shutdown).
+async fn apply_frame(collections: &Arc<Collections>, bytes: &[u8]) -> bool {
     let Ok(event) = frame::decode(bytes) else {
-        return;
+        return true;
     };
     let (mut changes, check) = event_changes(&event);
     if let Event::Commit(commit) = &event {
@@ -187,12 +190,14 @@ async fn apply_frame(collections: &Arc<Collections>, bytes: &[u8]) {
         collections.request_check(&did);
     }
     if changes.is_empty() {
-        return;
+        return true;
     }
     let index = collections.index.clone();
     match tokio::task::spawn_blocking(move || index.apply(&changes)).await {
         Ok(Ok((added, removed))) => collections.metrics.note_changes(added, removed),
+        Ok(Err(super::index::IndexError::Closed)) => return false,
         Ok(Err(error)) => tracing::error!(%error, "collections: applying live changes"),
         Err(error) => tracing::error!(%error, "collections: index task failed"),
     }
+    true
 }

@@ -220,6 +220,12 @@ impl Collections {
         self.work.notify_one();
     }
 
+    /// Stops using RocksDB (graceful shutdown): background work ends at its next step.
+    pub fn close(&self) {
+        self.index.close();
+        self.work.notify_waiters();
+    }
+
     /// Refreshes gauges that come from RocksDB estimates and the top-N collections.
     pub fn refresh_gauges(&self) {
         self.metrics.pairs.set(self.index.pairs_estimate() as i64);

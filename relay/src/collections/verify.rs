@@ -39,6 +39,7 @@ pub async fn run(relay: Arc<Relay>, collections: Arc<Collections>) {
         let batch = tokio::task::spawn_blocking(move || index.pending(from.as_deref(), SWEEP_BATCH)).await;
         let batch = match batch {
             Ok(Ok(batch)) => batch,
+            Ok(Err(super::index::IndexError::Closed)) => return,
             Ok(Err(error)) => {
                 tracing::error!(%error, "collections: reading the verification queue");
                 tokio::time::sleep(Duration::from_secs(5)).await;
