@@ -138,12 +138,24 @@ pub async fn run(collections: Arc<Collections>, fanout: Arc<Fanout>) {
         };
         match next {
             Followed::Event { seq, frame } => {
-                if !apply_frame(&collections, &frame).await {
+                // Take whatever else is ready and index it in one write: one blocking call and
+                // one RocksDB batch per burst instead of per event.
+                let mut frames = vec![frame];
+                position = seq;
+                while frames.len() < MAX_BATCH_EVENTS {
+                    match follower.next_ready() {
+                        Some(Followed::Event { seq, frame }) => {
+                            frames.push(frame);
+                            position = seq;
+                        }
+                        _ => break,
+                    }
+                }
+                if !apply_frames(&collections, frames).await {
                     return;
                 }
-                position = seq;
                 dirty = true;
-                collections.metrics.indexed_seq.set(seq as i64);
+                collections.metrics.indexed_seq.set(position as i64);
                 if last_saved.elapsed() >= CHECKPOINT_EVERY {
                     save_checkpoint(&collections, position);
                     dirty = false;
@@ -172,29 +184,39 @@ fn save_checkpoint(collections: &Collections, seq: u64) {
     }
 }
 
-/// Returns false once the index is closed (shutdown).
-async fn apply_frame(collections: &Arc<Collections>, bytes: &[u8]) -> bool {
-    let Ok(event) = frame::decode(bytes) else {
-        return true;
-    };
-    let (mut changes, check) = event_changes(&event);
-    if let Event::Commit(commit) = &event {
-        // A valid commit proves the account lives on a host we trust: undo a "PDS gone" prune.
-        let status = collections.index.inactive_status(&commit.repo).ok().flatten();
-        if status.as_deref() == Some(super::prune::PDS_GONE) {
-            changes.insert(0, Change::Status { did: commit.repo.clone(), active: true, status: None });
-        }
-    }
-    if let Some(did) = check {
-        collections.metrics.describe_fallbacks.inc();
-        collections.request_check(&did);
-    }
-    if changes.is_empty() {
-        return true;
-    }
+/// Events indexed per RocksDB batch at most.
+const MAX_BATCH_EVENTS: usize = 512;
+
+/// Indexes a burst of frames; returns false once the index is closed (shutdown).
+async fn apply_frames(collections: &Arc<Collections>, frames: Vec<bytes::Bytes>) -> bool {
     let index = collections.index.clone();
-    match tokio::task::spawn_blocking(move || index.apply(&changes)).await {
-        Ok(Ok((added, removed))) => collections.metrics.note_changes(added, removed),
+    let work = tokio::task::spawn_blocking(move || {
+        let mut changes = Vec::new();
+        let mut checks = Vec::new();
+        for bytes in &frames {
+            let Ok(event) = frame::decode(bytes) else { continue };
+            let (event_changes, check) = event_changes(&event);
+            if let Event::Commit(commit) = &event {
+                // A valid commit proves the account lives on a host we trust: undo a
+                // "PDS gone" prune.
+                let status = index.inactive_status(&commit.repo).ok().flatten();
+                if status.as_deref() == Some(super::prune::PDS_GONE) {
+                    changes.push(Change::Status { did: commit.repo.clone(), active: true, status: None });
+                }
+            }
+            changes.extend(event_changes);
+            checks.extend(check);
+        }
+        index.apply(&changes).map(|totals| (totals, checks))
+    });
+    match work.await {
+        Ok(Ok(((added, removed), checks))) => {
+            collections.metrics.note_changes(added, removed);
+            for did in checks {
+                collections.metrics.describe_fallbacks.inc();
+                collections.request_check(&did);
+            }
+        }
         Ok(Err(super::index::IndexError::Closed)) => return false,
         Ok(Err(error)) => tracing::error!(%error, "collections: applying live changes"),
         Err(error) => tracing::error!(%error, "collections: index task failed"),

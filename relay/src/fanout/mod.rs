@@ -33,8 +33,9 @@ pub struct FanoutConfig {
 impl Default for FanoutConfig {
     fn default() -> Self {
         FanoutConfig {
-            replay_chunk_events: 2000,
-            replay_chunk_bytes: 4 << 20,
+            // Each lagging consumer holds at most one chunk: 100 of them at 1 MiB stay small.
+            replay_chunk_events: 1000,
+            replay_chunk_bytes: 1 << 20,
             write_timeout: Duration::from_secs(30),
             ping_interval: Duration::from_secs(30),
         }
@@ -222,6 +223,15 @@ impl Follower {
                 Followed::FellBehind { resumed_after: self.feed.position }
             }
             Next::Closed => Followed::Closed,
+        }
+    }
+
+    /// The next event if one is available without waiting (for batching).
+    pub fn next_ready(&mut self) -> Option<Followed> {
+        match self.feed.next_ready(&self.fanout)? {
+            Next::Frame(bytes) => Some(Followed::Event { seq: self.feed.position, frame: bytes.into() }),
+            Next::Shared(event) => Some(Followed::Event { seq: event.seq, frame: event.frame.clone() }),
+            Next::TooSlow | Next::Closed => None,
         }
     }
 }
