@@ -223,6 +223,7 @@ async fn run_import(name: &str, total: u64, verify: bool) -> Vec<String> {
         hostile: Vec::new(),
         seed: 5,
         backlog_on_connect: false,
+        history_events: 0,
     })
     .await
     .expect("simulation");

@@ -111,6 +111,9 @@ fn sim_config(hosts: usize, accounts: usize, rate: f64, backlog: bool) -> Simula
         hostile: vec![],
         seed: 42,
         backlog_on_connect: backlog,
+        // The saturation phase replays all pre-generated events; a long steady run must not
+        // keep every event it ever made (an hour at 2,000/s is ~50 GB of frames).
+        history_events: if backlog { 0 } else { 1024 },
     }
 }
 

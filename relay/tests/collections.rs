@@ -25,6 +25,7 @@ fn sim_config(hosts: usize, accounts: usize) -> SimulateConfig {
         hostile: Vec::new(),
         seed: 11,
         backlog_on_connect: false,
+        history_events: 0,
     }
 }
 

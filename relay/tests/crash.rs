@@ -103,6 +103,7 @@ async fn kill_nine_under_load_loses_and_repeats_nothing() {
         hostile: vec![],
         seed: 5,
         backlog_on_connect: false,
+        history_events: 0,
     })
     .await
     .expect("simulator");

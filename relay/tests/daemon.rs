@@ -49,6 +49,7 @@ fn sim_config(hosts: usize, accounts: usize, hostile: Vec<Hostile>) -> SimulateC
         hostile,
         seed: 7,
         backlog_on_connect: false,
+        history_events: 0,
     }
 }
 

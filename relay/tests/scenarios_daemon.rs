@@ -45,6 +45,7 @@ async fn run(name: &str) {
         hostile: vec![],
         seed: 1,
         backlog_on_connect: false,
+        history_events: 0,
     })
     .await
     .expect("simulator");

@@ -70,6 +70,9 @@ pub struct SimulateConfig {
     /// to feed the relay pre-generated events as fast as it takes them).
     #[arg(long)]
     pub backlog_on_connect: bool,
+    /// Events each host keeps for cursor replay (0 = all; long runs need a bound).
+    #[arg(long, default_value_t = 0)]
+    pub history_events: usize,
 }
 
 struct SimAccount {
@@ -89,6 +92,7 @@ pub struct SimHost {
     next_seq: Mutex<i64>,
     hostile: Vec<Hostile>,
     backlog_on_connect: bool,
+    history_events: usize,
     /// While set and in the future, `listRepos` and `describeRepo` answer 429 with this
     /// `Retry-After` (seconds): a PDS enforcing a rate limit.
     throttle: Mutex<Option<(std::time::Instant, u64)>>,
@@ -134,16 +138,27 @@ impl SimHost {
         *next += 1;
         event.set_seq(seq);
         let bytes = frame::encode(&event).expect("simulated events encode");
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).push((seq, bytes.clone()));
+        self.remember(seq, bytes.clone());
         let _ = self.live.send((seq, bytes));
     }
 
     /// Sends a frame as-is with the given upstream seq (scripted scenarios, hostile hosts).
     pub fn emit_raw(&self, seq: i64, bytes: Vec<u8>) {
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).push((seq, bytes.clone()));
+        self.remember(seq, bytes.clone());
         let _ = self.live.send((seq, bytes));
     }
 
+    /// Keeps a frame for cursor replay, dropping the oldest beyond `history_events`.
+    fn remember(&self, seq: i64, bytes: Vec<u8>) {
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        events.push((seq, bytes));
+        if self.history_events > 0 && events.len() > self.history_events * 2 {
+            let excess = events.len() - self.history_events;
+            events.drain(..excess);
+        }
+    }
+
+    /// Events kept for replay (every event emitted when the history is unbounded).
     pub fn events_emitted(&self) -> usize {
         self.events.lock().map(|e| e.len()).unwrap_or(0)
     }
@@ -229,6 +244,7 @@ impl Simulation {
                 next_seq: Mutex::new(1),
                 hostile,
                 backlog_on_connect: config.backlog_on_connect,
+                history_events: config.history_events,
                 throttle: Mutex::new(None),
                 refused: 0.into(),
                 served: 0.into(),
