@@ -437,6 +437,7 @@ async fn spec_change_ready(env: &mut Env) -> anyhow::Result<()> {
         hostile: Vec::new(),
         seed: 7,
         backlog_on_connect: false,
+        history_events: 0,
     })
     .await?;
     sim.create_accounts();
