@@ -42,6 +42,13 @@ fn backfill_error(error: BackfillError) -> XrpcError {
     }
 }
 
+/// The name an import is kept under: the upstream's base URL, however `source` was written.
+fn import_name(relay: &Relay, source: &str) -> Result<String, XrpcError> {
+    backfill::source_base(source, relay.config.allow_insecure_hosts)
+        .map(|(base, _)| base)
+        .map_err(backfill_error)
+}
+
 #[derive(Deserialize)]
 struct SourceParam {
     source: Option<String>,
@@ -72,8 +79,7 @@ async fn start_import(
     {
         return Err(XrpcError::bad_request(format!("{bad:?} is not an NSID")));
     }
-    let (base, _) =
-        backfill::source_base(&source, relay.config.allow_insecure_hosts).map_err(backfill_error)?;
+    let base = import_name(&relay, &source)?;
     if collections.running_job("import", &base).is_some() {
         return Err(backfill_error(BackfillError::AlreadyRunning("import", base)));
     }
@@ -99,9 +105,7 @@ async fn import_status(State(relay): State<Arc<Relay>>, Query(params): Query<Sou
         let jobs: Vec<_> = collections.running_jobs().iter().map(|j| job_json(j)).collect();
         return Ok(Json(json!({ "jobs": jobs, "pendingVerification": pending })).into_response());
     };
-    let host = backfill::source_base(&source, relay.config.allow_insecure_hosts)
-        .map(|(base, _)| base)
-        .map_err(|e| XrpcError::bad_request(e.to_string()))?;
+    let host = import_name(&relay, &source)?;
     let progress = relay.store.import_progress(&host).await.map_err(XrpcError::internal)?;
     let running = collections.running_job("import", &host);
     let imported: i64 = progress.iter().map(|p| p.imported).sum();
@@ -125,9 +129,7 @@ async fn stop_import(State(relay): State<Arc<Relay>>, Query(params): Query<Sourc
         .source
         .filter(|s| !s.is_empty())
         .ok_or_else(|| XrpcError::bad_request("source is required"))?;
-    let host = backfill::source_base(&source, relay.config.allow_insecure_hosts)
-        .map(|(base, _)| base)
-        .map_err(|e| XrpcError::bad_request(e.to_string()))?;
+    let host = import_name(&relay, &source)?;
     if collections.stop_job("import", &host) {
         Ok(Json(json!({ "status": "stopping", "source": host })).into_response())
     } else {

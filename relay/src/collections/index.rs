@@ -440,24 +440,6 @@ impl Inner {
         Ok(out)
     }
 
-    /// Settles a pending DID: its pairs are listed when verified, dropped otherwise.
-    fn settle_pending(&self, did: &str, collections: &[String], verified: bool) -> Result<u64, IndexError> {
-        let mut added = 0;
-        if verified {
-            let changes: Vec<Change> = collections
-                .iter()
-                .map(|c| Change::Add { did: did.to_string(), collection: c.clone() })
-                .collect();
-            added = self.apply(&changes)?.0;
-        }
-        let mut batch = WriteBatch::default();
-        for collection in collections {
-            batch.delete_cf(self.cf(PENDING)?, join(did, collection));
-        }
-        self.db.write(batch)?;
-        Ok(added)
-    }
-
     /// Removes settled work from the queue: (DID, queued collections) pairs.
     fn remove_pending(&self, settled: &[(String, Vec<String>)]) -> Result<(), IndexError> {
         let mut batch = WriteBatch::default();
@@ -560,16 +542,6 @@ impl Index {
         max_dids: usize,
     ) -> Result<Vec<(String, Vec<String>)>, IndexError> {
         self.with(|inner| inner.pending(after, max_dids))
-    }
-
-    pub fn settle_pending(
-        &self,
-        did: &str,
-        collections: &[String],
-        verified: bool,
-    ) -> Result<u64, IndexError> {
-        let _write = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        self.with(|inner| inner.settle_pending(did, collections, verified))
     }
 
     pub fn remove_pending(&self, settled: &[(String, Vec<String>)]) -> Result<(), IndexError> {
@@ -714,8 +686,9 @@ mod tests {
         assert_eq!(pending.len(), 2);
         assert_eq!(pending[0], ("did:plc:a".to_string(), vec!["app.x".to_string(), "app.y".to_string()]));
         assert_eq!(index.pending(Some("did:plc:a"), 10).unwrap().len(), 1);
-        index.settle_pending("did:plc:a", &pending[0].1, true).unwrap();
-        index.settle_pending("did:plc:ghost", &pending[1].1, false).unwrap();
+        // Verified: listed, then off the queue; the ghost only leaves the queue.
+        index.apply(&[add("did:plc:a", "app.x"), add("did:plc:a", "app.y")]).unwrap();
+        index.remove_pending(&pending).unwrap();
         assert!(index.pending(None, 10).unwrap().is_empty());
         assert_eq!(index.list("app.x", None, 10).unwrap(), vec!["did:plc:a"]);
     }

@@ -146,8 +146,8 @@ async fn record(collections: &Arc<Collections>, did: &str, pending: &[String], s
         }
     };
     collections.metrics.verified.with_label_values(&[result]).inc();
-    let (index, did, pending) = (collections.index.clone(), did.to_string(), pending.to_vec());
-    let removed = tokio::task::spawn_blocking(move || index.settle_pending(&did, &pending, false)).await;
+    let (index, settled) = (collections.index.clone(), vec![(did.to_string(), pending.to_vec())]);
+    let removed = tokio::task::spawn_blocking(move || index.remove_pending(&settled)).await;
     if !matches!(removed, Ok(Ok(_))) {
         tracing::warn!("collections: removing settled work from the queue failed; it will be redone");
     }
