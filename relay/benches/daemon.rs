@@ -90,6 +90,16 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat(5), i.e. 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 async fn metric(internal: u16, name: &str) -> f64 {
     let Ok(response) = reqwest::get(format!("http://127.0.0.1:{internal}/metrics")).await else { return 0.0 };
     let text = response.text().await.unwrap_or_default();
@@ -131,6 +141,7 @@ async fn saturation() {
     eprintln!("generated {total} events in {:.1}s", generating.elapsed().as_secs_f64());
     let (relay, _) = start_relay("sat", &sim.plc_url()).await;
     let started = Instant::now();
+    let cpu_before = cpu_seconds(relay.child.id());
     sim.register_with_relay(&format!("http://127.0.0.1:{}", relay.internal), "bench").await.expect("crawl");
     loop {
         let done = metric(relay.internal, "relay_events_sequenced_total").await;
@@ -145,9 +156,10 @@ async fn saturation() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(relay.child.id()) - cpu_before;
     let rejected = metric(relay.internal, "relay_events_rejected_total").await;
-    println!("| saturation | {hosts} hosts, {total} pre-generated events | {:.0} validated events/s | {rejected} rejected | peak RSS {:.0} MiB |",
-        total as f64 / elapsed, rss_mib(relay.child.id()));
+    println!("| saturation | {hosts} hosts, {total} pre-generated events | {:.0} validated events/s | relay CPU {:.2} cores, {:.0} µs CPU per event | {rejected} rejected | peak RSS {:.0} MiB |",
+        total as f64 / elapsed, cpu / elapsed, cpu * 1e6 / total as f64, rss_mib(relay.child.id()));
 }
 
 async fn steady() {
@@ -198,6 +210,8 @@ async fn steady() {
     let generator = tokio::spawn(sim.clone().run());
     let mut rss = Vec::new();
     let started = Instant::now();
+    let (relay_cpu_before, bench_cpu_before) =
+        (cpu_seconds(relay.child.id()), cpu_seconds(std::process::id()));
     while started.elapsed() < Duration::from_secs(seconds) {
         tokio::time::sleep(Duration::from_secs(5)).await;
         rss.push(rss_mib(relay.child.id()));
@@ -215,8 +229,11 @@ async fn steady() {
     if rss.len() > 120 {
         rss = rss.chunks(12).map(|minute| minute.iter().copied().fold(0.0, f64::max)).collect();
     }
+    let relay_cores = (cpu_seconds(relay.child.id()) - relay_cpu_before) / started.elapsed().as_secs_f64();
+    let bench_cores = (cpu_seconds(std::process::id()) - bench_cpu_before) / started.elapsed().as_secs_f64();
     generator.abort();
     let accepted = metric(relay.internal, "relay_events_accepted_total").await;
+    let stages = stage_latencies(relay.internal).await;
     for task in tasks {
         let _ = task.await;
     }
@@ -240,6 +257,22 @@ async fn steady() {
         rss.iter().copied().fold(0.0, f64::max),
         serving.as_secs_f64(),
     );
+    println!(
+        "  CPU: relay {relay_cores:.2} cores, bench process (simulator + consumers) {bench_cores:.2} cores; relay stage means: {stages}"
+    );
+}
+
+/// Mean seconds of the relay's per-stage histograms, as one line.
+async fn stage_latencies(internal: u16) -> String {
+    let mut out = Vec::new();
+    for name in ["relay_validation_seconds", "relay_log_write_seconds"] {
+        let sum = metric(internal, &format!("{name}_sum")).await;
+        let count = metric(internal, &format!("{name}_count")).await;
+        if count > 0.0 {
+            out.push(format!("{name} {:.2} ms", sum / count * 1000.0));
+        }
+    }
+    out.join(", ")
 }
 
 fn main() {

@@ -53,6 +53,7 @@ impl Relay {
             dir: config.persist_dir(),
             segment_bytes: config.log_segment_bytes,
             sync: config.log_fsync,
+            index_stride_bytes: config.log_index_stride_bytes,
         })
         .context("opening the event log")?;
         let sequencer_config = SequencerConfig {

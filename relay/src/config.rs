@@ -46,6 +46,11 @@ pub struct ServeConfig {
     #[arg(long, env = "RELAY_LOG_SEGMENT_BYTES", default_value_t = 256 << 20)]
     pub log_segment_bytes: u64,
 
+    /// Bytes of event log between two entries of a segment's in-memory seek index (a replay
+    /// from a cursor scans at most this much before its first event).
+    #[arg(long, env = "RELAY_LOG_INDEX_STRIDE_BYTES", default_value_t = crate::sequence::log::DEFAULT_INDEX_STRIDE_BYTES)]
+    pub log_index_stride_bytes: u64,
+
     /// Public listener: firehose and XRPC.
     #[arg(long = "bind", env = "RELAY_API_BIND", default_value = "0.0.0.0:2470")]
     pub api_bind: String,

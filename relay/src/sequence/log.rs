@@ -10,10 +10,18 @@
 //! sequencer only broadcasts a batch after that, so no event is ever sent that a crash could
 //! lose, and seqs are never reused. A torn write at the tail (crash mid-batch) is detected by
 //! length/crc on open and truncated away; those events were never broadcast.
+//!
+//! Seeking: each segment has a sparse in-memory index, one `(seq, offset)` pair per
+//! `index_stride_bytes` of records, so reading after a cursor seeks close to it instead of
+//! scanning the segment from its start (a consumer replaying a 256 MiB segment in 1 MiB
+//! chunks would otherwise read the segment's first half again for every chunk). The writer
+//! indexes what it writes; an older segment is indexed by one header-only pass the first time
+//! it is read, so start-up never scans the log.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 const HEADER_BYTES: usize = 8; // len + crc
 const FIXED_BODY_BYTES: usize = 8 + 8 + 1; // seq + time + did_len
@@ -41,6 +49,42 @@ pub struct LogRecord {
 struct Segment {
     first_seq: u64,
     path: PathBuf,
+    index: Arc<RwLock<SeekIndex>>,
+}
+
+impl Segment {
+    fn new(first_seq: u64, path: PathBuf, complete: bool) -> Segment {
+        let index = SeekIndex { entries: Vec::new(), complete, next_offset: 0 };
+        Segment { first_seq, path, index: Arc::new(RwLock::new(index)) }
+    }
+}
+
+/// Sparse `(seq, offset)` pairs of one segment, in order.
+#[derive(Debug, Default)]
+struct SeekIndex {
+    entries: Vec<(u64, u64)>,
+    /// Whether the entries cover the whole segment (false: not indexed since start-up).
+    complete: bool,
+    /// The offset at which the next entry is due.
+    next_offset: u64,
+}
+
+impl SeekIndex {
+    fn note(&mut self, seq: u64, offset: u64, stride: u64) {
+        if offset >= self.next_offset {
+            self.entries.push((seq, offset));
+            self.next_offset = offset + stride.max(1);
+        }
+    }
+
+    /// The offset of the last indexed record with seq at or below `seq` (0 = segment start).
+    fn offset_for(&self, seq: u64) -> (u64, Option<u64>) {
+        let at = self.entries.partition_point(|(s, _)| *s <= seq);
+        match at.checked_sub(1) {
+            Some(i) => (self.entries[i].1, Some(self.entries[i].0)),
+            None => (0, None),
+        }
+    }
 }
 
 /// Settings for the log; each has a default used by `relay serve`.
@@ -51,7 +95,14 @@ pub struct LogConfig {
     pub segment_bytes: u64,
     /// `fdatasync` after every batch (turning this off trades crash safety for speed; tests only).
     pub sync: bool,
+    /// Bytes of records between two entries of a segment's seek index: a read after a cursor
+    /// scans at most this much before its first record, and the index costs 16 bytes per
+    /// stride in memory (32 KiB per 256 MiB segment at the default).
+    pub index_stride_bytes: u64,
 }
+
+/// Default of [`LogConfig::index_stride_bytes`].
+pub const DEFAULT_INDEX_STRIDE_BYTES: u64 = 128 * 1024;
 
 pub struct EventLog {
     config: LogConfig,
@@ -118,6 +169,26 @@ fn read_record(reader: &mut impl Read, max_body: usize) -> Result<Option<(LogRec
     Ok(Some((LogRecord { seq, time_micros, did, frame }, (HEADER_BYTES + len) as u64)))
 }
 
+/// Reads one record's length, seq and time and skips its body (building a seek index needs
+/// no frames or checksums: records are checked when they are read for real).
+fn skip_record(reader: &mut BufReader<File>) -> Result<Option<(u64, u64, u64)>, &'static str> {
+    let mut head = [0u8; HEADER_BYTES + 16];
+    match read_full(reader, &mut head) {
+        Ok(0) => return Ok(None),
+        Ok(n) if n == head.len() => {}
+        Ok(_) => return Err("truncated header"),
+        Err(_) => return Err("read error"),
+    }
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    if !(FIXED_BODY_BYTES..=MAX_RECORD_BODY).contains(&len) {
+        return Err("bad record length");
+    }
+    let seq = u64::from_le_bytes(head[8..16].try_into().map_err(|_| "short")?);
+    let time = u64::from_le_bytes(head[16..24].try_into().map_err(|_| "short")?);
+    reader.seek_relative((len - 16) as i64).map_err(|_| "seek error")?;
+    Ok(Some((seq, time, (HEADER_BYTES + len) as u64)))
+}
+
 fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> Result<usize, ()> {
     let mut filled = 0;
     while filled < buf.len() {
@@ -140,7 +211,9 @@ impl EventLog {
         fs::create_dir_all(&config.dir)?;
         let mut segments: Vec<Segment> = fs::read_dir(&config.dir)?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter_map(|path| parse_segment_name(&path).map(|first_seq| Segment { first_seq, path }))
+            .filter_map(|path| {
+                parse_segment_name(&path).map(|first_seq| Segment::new(first_seq, path, false))
+            })
             .collect();
         segments.sort_by_key(|s| s.first_seq);
         let mut log = EventLog { config, segments, active: None, active_len: 0, head: 0 };
@@ -155,11 +228,14 @@ impl EventLog {
             let mut reader = BufReader::new(&file);
             let mut valid_len = 0u64;
             let mut head = None;
+            let mut index = SeekIndex { complete: true, ..SeekIndex::default() };
             while let Ok(Some((record, size))) = read_record(&mut reader, MAX_RECORD_BODY) {
+                index.note(record.seq, valid_len, self.config.index_stride_bytes);
                 valid_len += size;
                 head = Some(record.seq);
             }
             drop(reader);
+            *last.index.write().unwrap_or_else(|p| p.into_inner()) = index;
             if file.metadata()?.len() != valid_len {
                 tracing::warn!(segment = %last.path.display(), valid_len, "truncating torn tail of the event log");
                 file.set_len(valid_len)?;
@@ -201,6 +277,8 @@ impl EventLog {
         }
         let mut buffer = Vec::with_capacity(records.iter().map(|r| r.3.len() + 64).sum());
         let mut head = self.head;
+        // Index entries are published after the write, so a reader never seeks past the data.
+        let mut entries: Vec<(Arc<RwLock<SeekIndex>>, u64, u64)> = Vec::new();
         for (seq, time, did, frame) in records {
             if *seq <= head {
                 return Err(LogError::SeqNotIncreasing { seq: *seq, head });
@@ -210,6 +288,9 @@ impl EventLog {
                 self.write_out(&buffer)?;
                 buffer.clear();
                 self.start_segment(*seq)?;
+            }
+            if let Some(segment) = self.segments.last() {
+                entries.push((segment.index.clone(), *seq, self.active_len));
             }
             let before = buffer.len();
             encode_record(*seq, *time, did, frame, &mut buffer);
@@ -222,6 +303,13 @@ impl EventLog {
             }
         }
         self.head = head;
+        for (index, seq, offset) in entries {
+            index.write().unwrap_or_else(|p| p.into_inner()).note(
+                seq,
+                offset,
+                self.config.index_stride_bytes,
+            );
+        }
         Ok(())
     }
 
@@ -242,7 +330,7 @@ impl EventLog {
             // Make the new file's directory entry durable too.
             File::open(&self.config.dir)?.sync_all()?;
         }
-        self.segments.push(Segment { first_seq, path });
+        self.segments.push(Segment::new(first_seq, path, true));
         self.active = Some(file);
         self.active_len = 0;
         Ok(())
@@ -250,7 +338,12 @@ impl EventLog {
 
     /// A cheap snapshot that readers use without holding the writer's lock during I/O.
     pub fn view(&self) -> LogView {
-        LogView { segments: self.segments.clone(), head: self.head }
+        LogView {
+            segments: self.segments.clone(),
+            head: self.head,
+            active_len: self.active_len,
+            stride: self.config.index_stride_bytes,
+        }
     }
 
     /// Reads up to `max_events` records with seq > `after` (see [`LogView::read_after`]).
@@ -281,14 +374,45 @@ impl EventLog {
         Ok(removed)
     }
 
+    /// The time of a sealed segment's last record: a seek to its last index entry, then a
+    /// header-only scan of the rest.
     fn newest_time(&self, segment: &Segment) -> Result<Option<u64>, LogError> {
-        let mut reader = BufReader::with_capacity(256 * 1024, File::open(&segment.path)?);
+        ensure_indexed(segment, self.config.index_stride_bytes)?;
+        let (offset, _) = segment.index.read().unwrap_or_else(|p| p.into_inner()).offset_for(u64::MAX);
+        let mut reader = BufReader::with_capacity(64 * 1024, File::open(&segment.path)?);
+        reader.seek(SeekFrom::Start(offset))?;
         let mut newest = None;
-        while let Ok(Some((record, _))) = read_record(&mut reader, MAX_RECORD_BODY) {
-            newest = Some(record.time_micros);
+        while let Ok(Some((_, time, _))) = skip_record(&mut reader) {
+            newest = Some(time);
         }
         Ok(newest)
     }
+}
+
+/// Builds a segment's seek index if this process has not written or read it yet.
+fn ensure_indexed(segment: &Segment, stride: u64) -> Result<(), LogError> {
+    if segment.index.read().unwrap_or_else(|p| p.into_inner()).complete {
+        return Ok(());
+    }
+    let mut index = segment.index.write().unwrap_or_else(|p| p.into_inner());
+    if index.complete {
+        return Ok(()); // another reader built it meanwhile
+    }
+    let mut reader = BufReader::with_capacity(256 * 1024, File::open(&segment.path)?);
+    let mut built = SeekIndex { complete: true, ..SeekIndex::default() };
+    let mut offset = 0u64;
+    loop {
+        match skip_record(&mut reader) {
+            Ok(Some((seq, _, size))) => {
+                built.note(seq, offset, stride);
+                offset += size;
+            }
+            Ok(None) => break,
+            Err(reason) => return Err(LogError::Corrupt { path: segment.path.clone(), offset, reason }),
+        }
+    }
+    *index = built;
+    Ok(())
 }
 
 /// The segments and head at one moment; reading needs no lock on the writer.
@@ -296,6 +420,10 @@ impl EventLog {
 pub struct LogView {
     segments: Vec<Segment>,
     head: u64,
+    /// Bytes of the newest segment written when the view was taken: a reader stops there
+    /// rather than meet a batch being written.
+    active_len: u64,
+    stride: u64,
 }
 
 impl LogView {
@@ -319,14 +447,28 @@ impl LogView {
         // The segment that can hold `after + 1`: the last one starting at or below it.
         let start =
             self.segments.partition_point(|s| s.first_seq <= after.saturating_add(1)).saturating_sub(1);
-        for segment in &self.segments[start..] {
+        let newest = self.segments.len().saturating_sub(1);
+        for (position, segment) in self.segments.iter().enumerate().skip(start) {
             let file = match File::open(&segment.path) {
                 Ok(file) => file,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // collected meanwhile
                 Err(e) => return Err(e.into()),
             };
-            let mut reader = BufReader::with_capacity(256 * 1024, file);
+            let limit = if position == newest { self.active_len } else { u64::MAX };
             let mut offset = 0u64;
+            if position == start && after >= segment.first_seq {
+                if let Err(error) = ensure_indexed(segment, self.stride) {
+                    if !segment.path.exists() {
+                        continue; // collected meanwhile
+                    }
+                    return Err(error);
+                }
+                let index = segment.index.read().unwrap_or_else(|p| p.into_inner());
+                offset = index.offset_for(after.saturating_add(1)).0.min(limit);
+            }
+            let mut file = file;
+            file.seek(SeekFrom::Start(offset))?;
+            let mut reader = BufReader::with_capacity(256 * 1024, file.take(limit.saturating_sub(offset)));
             loop {
                 match read_record(&mut reader, MAX_RECORD_BODY) {
                     Ok(Some((record, size))) => {
@@ -365,7 +507,7 @@ mod tests {
     }
 
     fn config(dir: &Path, segment_bytes: u64) -> LogConfig {
-        LogConfig { dir: dir.to_path_buf(), segment_bytes, sync: false }
+        LogConfig { dir: dir.to_path_buf(), segment_bytes, sync: false, index_stride_bytes: 64 }
     }
 
     #[test]
@@ -386,6 +528,57 @@ mod tests {
         let reopened = EventLog::open(config(&dir, 200)).expect("reopen");
         assert_eq!(reopened.head(), 50);
         assert!(reopened.read_after(50, 10, usize::MAX).expect("read").is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn reads_after_every_cursor_through_the_seek_index() {
+        let dir = temp_dir("seek");
+        let mut log = EventLog::open(config(&dir, 2_000)).expect("open");
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut seq = 0u64;
+        while seq < 300 {
+            let batch: Vec<(u64, Vec<u8>)> = (0..rng.usize(1..6))
+                .map(|_| (seq + 1, vec![0u8; rng.usize(0..120)]))
+                .enumerate()
+                .map(|(i, (s, f))| (s + i as u64, f))
+                .collect();
+            seq += batch.len() as u64;
+            let records: Vec<(u64, u64, &str, &[u8])> =
+                batch.iter().map(|(s, f)| (*s, *s, "did:plc:a", f.as_slice())).collect();
+            log.append_batch(&records).expect("append");
+        }
+        let check = |log: &EventLog| {
+            for after in 0..=seq {
+                let got: Vec<u64> =
+                    log.read_after(after, 7, usize::MAX).expect("read").iter().map(|r| r.seq).collect();
+                let want: Vec<u64> = (after + 1..=seq.min(after + 7)).collect();
+                assert_eq!(got, want, "after {after}");
+            }
+        };
+        check(&log);
+        drop(log);
+        // Reopened: older segments are indexed on their first read.
+        let log = EventLog::open(config(&dir, 2_000)).expect("reopen");
+        assert!(!log.segments[0].index.read().unwrap().complete);
+        check(&log);
+        assert!(log.segments.iter().all(|s| s.index.read().unwrap().complete));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_view_stops_at_what_was_written_when_it_was_taken() {
+        let dir = temp_dir("view");
+        let mut log = EventLog::open(config(&dir, 1 << 20)).expect("open");
+        log.append_batch(&[(1, 1, "did:plc:a", b"one"), (2, 2, "did:plc:a", b"two")]).expect("append");
+        let view = log.view();
+        // Half a record appended behind the view's back (a batch being written).
+        let path = log.segments[0].path.clone();
+        let mut file = OpenOptions::new().append(true).open(&path).expect("open");
+        file.write_all(&[40, 0, 0, 0, 1, 2, 3]).expect("write");
+        let seqs: Vec<u64> =
+            view.read_after(0, 10, usize::MAX).expect("read").iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![1, 2]);
         let _ = fs::remove_dir_all(&dir);
     }
 
