@@ -200,7 +200,17 @@ async fn steady() {
                         if let Ok(made) = chrono::DateTime::parse_from_rfc3339(&commit.time) {
                             let ms =
                                 (chrono::Utc::now() - made.with_timezone(&chrono::Utc)).num_microseconds();
-                            latencies.lock().expect("lock").push(ms.unwrap_or(0) as f64 / 1000.0);
+                            let ms = ms.unwrap_or(0) as f64 / 1000.0;
+                            if ms > 1000.0 && std::env::var("BENCH_DEBUG").is_ok() {
+                                eprintln!(
+                                    "late: {ms:.0} ms at {:.1}s: {} {} seq {}",
+                                    measure_from.elapsed().as_secs_f64(),
+                                    commit.repo,
+                                    commit.rev,
+                                    commit.seq
+                                );
+                            }
+                            latencies.lock().expect("lock").push(ms);
                         }
                     }
                 }
@@ -265,9 +275,20 @@ async fn steady() {
 /// Mean seconds of the relay's per-stage histograms, as one line.
 async fn stage_latencies(internal: u16) -> String {
     let mut out = Vec::new();
-    for name in ["relay_validation_seconds", "relay_log_write_seconds"] {
-        let sum = metric(internal, &format!("{name}_sum")).await;
-        let count = metric(internal, &format!("{name}_count")).await;
+    let names: Vec<String> = ["validation", "log_write"]
+        .iter()
+        .map(|n| format!("relay_{n}_seconds"))
+        .chain(
+            ["account", "identity", "verify", "apply", "sequencer_queue"]
+                .iter()
+                .map(|step| format!("relay_validation_step_seconds{{step=\"{step}\"}}")),
+        )
+        .collect();
+    for name in &names {
+        let (base, labels) = name.split_once('{').map_or((name.as_str(), ""), |(b, l)| (b, l));
+        let labels = if labels.is_empty() { String::new() } else { format!("{{{labels}") };
+        let sum = metric(internal, &format!("{base}_sum{labels}")).await;
+        let count = metric(internal, &format!("{base}_count{labels}")).await;
         if count > 0.0 {
             out.push(format!("{name} {:.2} ms", sum / count * 1000.0));
         }

@@ -119,6 +119,7 @@ impl Relay {
         }
         tokio::spawn(write_state(relay.store.clone(), state_rx));
         tokio::spawn(watch_idle_hosts(relay.clone()));
+        tokio::spawn(crate::ingest::flush_cursors(relay.clone()));
         Ok(relay)
     }
 
@@ -343,15 +344,13 @@ impl Relay {
     }
 
     pub async fn refresh_host_metrics(&self) {
-        let mut counts: HashMap<String, i64> = HashMap::new();
-        let mut after = 0;
-        while let Ok(page) = self.store.list_hosts(after, 1000).await {
-            let Some(last) = page.last() else { break };
-            after = last.id;
-            for host in page {
-                *counts.entry(host.status).or_default() += 1;
+        let counts = match self.store.count_hosts_by_status().await {
+            Ok(counts) => counts,
+            Err(error) => {
+                tracing::warn!(%error, "counting hosts by status");
+                return;
             }
-        }
+        };
         for status in ["active", "idle", "offline", "throttled", "banned"] {
             self.metrics.hosts.with_label_values(&[status]).set(counts.get(status).copied().unwrap_or(0));
         }
@@ -454,25 +453,37 @@ pub async fn bootstrap_from_upstream(relay: Arc<Relay>) {
     relay.refresh_host_metrics().await;
 }
 
-/// Applies repo state from durable events to SQL, in seq order, and advances the checkpoint.
+/// Most repo state updates stored in one transaction.
+const STATE_BATCH: usize = 1024;
+
+/// Applies repo state from durable events to SQL, in seq order, and advances the checkpoint:
+/// whatever has queued up goes in one transaction, so SQL keeps up at any event rate.
 async fn write_state(
     store: Store,
     mut updates: tokio::sync::mpsc::Receiver<(u64, String, crate::sequence::StateUpdate)>,
 ) {
-    let mut last_checkpoint = Instant::now();
-    while let Some((seq, did, state)) = updates.recv().await {
-        if let Err(error) =
-            store.save_repo_state(&did, &state.rev, &state.data, state.commit.as_deref()).await
-        {
-            tracing::error!(%error, %did, "storing repo state (the log replays it on restart)");
-            continue;
+    let mut batch = Vec::with_capacity(STATE_BATCH);
+    while updates.recv_many(&mut batch, STATE_BATCH).await > 0 {
+        let checkpoint = batch.last().map_or(0, |(seq, _, _)| *seq as i64);
+        let rows: Vec<crate::storage::RepoStateUpdate> = batch
+            .iter()
+            .map(|(_, did, state)| crate::storage::RepoStateUpdate {
+                did,
+                rev: &state.rev,
+                data_cid: &state.data,
+                commit_cid: state.commit.as_deref(),
+            })
+            .collect();
+        // Retried until stored: the checkpoint must not pass state that SQL does not have. While
+        // the database is unavailable this queue fills and the sequencer waits (backpressure).
+        let mut delay = Duration::from_millis(100);
+        while let Err(error) = store.save_repo_states(&rows, checkpoint).await {
+            tracing::error!(%error, updates = rows.len(), "storing repo state; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
         }
-        if last_checkpoint.elapsed() > Duration::from_secs(1) || updates.is_empty() {
-            last_checkpoint = Instant::now();
-            if let Err(error) = store.save_state_checkpoint(seq as i64).await {
-                tracing::warn!(%error, "saving the repo state checkpoint");
-            }
-        }
+        drop(rows);
+        batch.clear();
     }
 }
 

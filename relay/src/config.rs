@@ -139,6 +139,12 @@ pub struct ServeConfig {
     #[arg(long, env = "RELAY_TRUSTED_HOST_EVENTS_PER_SECOND", default_value_t = 5000.0)]
     pub trusted_host_events_per_second: f64,
 
+    /// How often the upstream cursors of all hosts are saved (one transaction for all that
+    /// moved). A crash loses nothing either way: hosts re-send from the saved cursor and
+    /// duplicates are dropped by rev.
+    #[arg(long, env = "RELAY_CURSOR_FLUSH_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    pub cursor_flush_interval: Duration,
+
     /// A connected host that sends nothing for this long is marked `idle` (0 disables).
     #[arg(long, env = "RELAY_IDLE_AFTER", default_value = "12h", value_parser = parse_duration)]
     pub idle_after: Duration,

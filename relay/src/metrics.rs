@@ -2,8 +2,8 @@
 //! rejection reasons and host statuses are fixed sets; no DIDs or hostnames.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -21,9 +21,11 @@ pub struct Metrics {
     pub hosts: IntGaugeVec,
     pub hosts_connected: IntGauge,
     pub host_throttled: IntCounter,
+    pub cursor_flushes: IntCounter,
     pub queue_bytes: IntGaugeVec,
     pub identity_cache_entries: IntGauge,
     pub validation_seconds: Histogram,
+    pub validation_step_seconds: HistogramVec,
     pub sibling_forwards: IntCounterVec,
 }
 
@@ -47,6 +49,19 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
+    metric
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let metric =
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
     registry.register(Box::new(metric.clone())).expect("unique metric");
     metric
 }
@@ -115,6 +130,11 @@ impl Metrics {
                 "Consumers closed because they fell out of the replay window",
             ),
             hosts: gauge_vec(&registry, "relay_hosts", "Known upstream hosts, by status", &["status"]),
+            cursor_flushes: counter(
+                &registry,
+                "relay_cursor_flushes_total",
+                "Transactions that saved the upstream cursors of every host that moved",
+            ),
             host_throttled: counter(
                 &registry,
                 "relay_host_throttled_events_total",
@@ -140,6 +160,13 @@ impl Metrics {
                 &registry,
                 "relay_validation_seconds",
                 "Time to validate one event",
+                fast.clone(),
+            ),
+            validation_step_seconds: histogram_vec(
+                &registry,
+                "relay_validation_step_seconds",
+                "Time of each step of handling one event in the validation stage (waits included)",
+                &["step"],
                 fast,
             ),
             sibling_forwards: counter_vec(

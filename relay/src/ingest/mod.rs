@@ -42,6 +42,8 @@ pub struct HostProgress {
     /// Set when the host was marked `idle`; the next event marks it `active` again.
     pub idle: AtomicBool,
     in_flight: std::sync::Mutex<std::collections::BTreeSet<i64>>,
+    /// The cursor last stored in the database.
+    saved: AtomicI64,
 }
 
 impl HostProgress {
@@ -51,6 +53,7 @@ impl HostProgress {
             last_event_unix: unix_now().into(),
             idle: AtomicBool::new(false),
             in_flight: Default::default(),
+            saved: AtomicI64::new(cursor),
         }
     }
 
@@ -197,8 +200,61 @@ fn count_connected(relay: &Relay) -> i64 {
 async fn save_cursor(relay: &Relay, host: &Host, progress: &HostProgress) {
     let seq = progress.durable_cursor();
     if seq > 0 {
-        if let Err(error) = relay.store.save_host_cursor(host.id, seq).await {
-            tracing::warn!(host = %host.hostname, %error, "saving upstream cursor");
+        match relay.store.save_host_cursor(host.id, seq).await {
+            Ok(()) => progress.saved.fetch_max(seq, Ordering::Relaxed),
+            Err(error) => {
+                tracing::warn!(host = %host.hostname, %error, "saving upstream cursor");
+                0
+            }
+        };
+    }
+}
+
+/// How soon a host's first cursor is saved.
+const FIRST_SAVE_PERIOD: Duration = Duration::from_millis(50);
+
+/// Saves every host's durable cursor that moved, all in one transaction per round: with
+/// thousands of hosts, one write per host per second would keep SQLite's single writer
+/// busy with little else. A host with no saved cursor yet is saved within
+/// `FIRST_SAVE_PERIOD`: until then a restart would subscribe to it live-only and miss what
+/// it sent meanwhile.
+pub async fn flush_cursors(relay: Arc<Relay>) {
+    let interval = relay.config.cursor_flush_interval.max(FIRST_SAVE_PERIOD);
+    let mut ticker = tokio::time::interval(FIRST_SAVE_PERIOD);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_full = tokio::time::Instant::now();
+    loop {
+        ticker.tick().await;
+        let full = last_full.elapsed() >= interval;
+        if full {
+            last_full = tokio::time::Instant::now();
+        }
+        let moved: Vec<(i64, i64, Arc<HostProgress>)> = {
+            let hosts = relay.hosts.lock().unwrap_or_else(|p| p.into_inner());
+            hosts
+                .iter()
+                .filter_map(|(id, handle)| {
+                    let saved = handle.progress.saved.load(Ordering::Relaxed);
+                    if !full && saved > 0 {
+                        return None;
+                    }
+                    let durable = handle.progress.durable_cursor();
+                    (durable > saved).then(|| (*id, durable, handle.progress.clone()))
+                })
+                .collect()
+        };
+        if moved.is_empty() {
+            continue;
+        }
+        let cursors: Vec<(i64, i64)> = moved.iter().map(|(id, seq, _)| (*id, *seq)).collect();
+        match relay.store.save_host_cursors(&cursors).await {
+            Ok(()) => {
+                for (_, seq, progress) in &moved {
+                    progress.saved.fetch_max(*seq, Ordering::Relaxed);
+                }
+                relay.metrics.cursor_flushes.inc();
+            }
+            Err(error) => tracing::warn!(%error, hosts = cursors.len(), "saving upstream cursors"),
         }
     }
 }
@@ -254,18 +310,16 @@ async fn subscribe_once(
     // An idle upstream is normal; a dead TCP connection is caught by this read timeout.
     let idle_timeout = Duration::from_secs(600);
     let mut last_read = tokio::time::Instant::now();
-    let mut saved = progress.durable_cursor();
-    // One timer for the whole subscription (reset when it fires), not a new one per event.
-    let save_timer = tokio::time::sleep(cursor_save_period(saved));
-    tokio::pin!(save_timer);
+    // Cursors are saved for all hosts together (`flush_cursors`); this timer only notices a
+    // dead connection. One timer for the whole subscription, not a new one per event.
+    let check_period = Duration::from_secs(10);
+    let idle_check = tokio::time::sleep(check_period);
+    tokio::pin!(idle_check);
     loop {
-        // Cursors are saved on a timer, not per event, so a host that goes quiet still
-        // gets its last durable position saved.
         let next = tokio::select! {
             next = socket.next() => next,
-            _ = &mut save_timer => {
-                saved = save_cursor_if_advanced(relay, host, progress, saved).await;
-                save_timer.as_mut().reset(tokio::time::Instant::now() + cursor_save_period(saved));
+            _ = &mut idle_check => {
+                idle_check.as_mut().reset(tokio::time::Instant::now() + check_period);
                 if last_read.elapsed() > idle_timeout {
                     return Ended::Failed("no data for 10 minutes".into());
                 }
@@ -315,31 +369,6 @@ async fn subscribe_once(
             relay.refresh_host_metrics().await;
         }
         relay.validation.submit(host.id, hostname.clone(), event, bytes.len(), in_flight).await;
-    }
-}
-
-/// How soon to save the cursor again. Until a host has a saved cursor, soon: a relay
-/// restarted with none subscribes live-only, and would miss what the host sent meanwhile.
-fn cursor_save_period(saved: i64) -> Duration {
-    if saved > 0 {
-        Duration::from_secs(1)
-    } else {
-        Duration::from_millis(100)
-    }
-}
-
-/// Saves the durable cursor if it moved past `saved`; returns the cursor now saved.
-async fn save_cursor_if_advanced(relay: &Relay, host: &Host, progress: &HostProgress, saved: i64) -> i64 {
-    let durable = progress.durable_cursor();
-    if durable <= saved {
-        return saved;
-    }
-    match relay.store.save_host_cursor(host.id, durable).await {
-        Ok(()) => durable,
-        Err(error) => {
-            tracing::warn!(host = %host.hostname, %error, "saving upstream cursor");
-            saved
-        }
     }
 }
 

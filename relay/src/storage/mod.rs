@@ -61,6 +61,15 @@ impl Account {
     }
 }
 
+/// One account's repo state as set by a durable event.
+#[derive(Debug, Clone, Copy)]
+pub struct RepoStateUpdate<'a> {
+    pub did: &'a str,
+    pub rev: &'a str,
+    pub data_cid: &'a str,
+    pub commit_cid: Option<&'a str>,
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -219,6 +228,37 @@ impl Store {
         Ok(())
     }
 
+    /// How many hosts have each status (one grouped query; the host gauges are refreshed
+    /// after every admin or crawl change, so this must not read every host row).
+    pub async fn count_hosts_by_status(&self) -> Result<HashMap<String, i64>, StoreError> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM hosts GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut counts = HashMap::new();
+        for row in rows {
+            counts.insert(row.try_get::<String, _>("status")?, row.try_get::<i64, _>("n")?);
+        }
+        Ok(counts)
+    }
+
+    /// Saves many upstream cursors in one transaction (never moving one backwards): the
+    /// relay flushes every host's cursor together instead of one write per host.
+    pub async fn save_host_cursors(&self, cursors: &[(i64, i64)]) -> Result<(), StoreError> {
+        if cursors.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (id, seq) in cursors {
+            sqlx::query("UPDATE hosts SET last_seq = $1 WHERE id = $2 AND last_seq < $1")
+                .bind(seq)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn count_host_accounts(&self, id: i64) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM accounts WHERE host_id = $1")
             .bind(id)
@@ -295,6 +335,33 @@ impl Store {
             .bind(did)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    /// Stores the repo state of a run of durable events and moves the checkpoint to
+    /// `checkpoint`, all in one transaction (one SQLite commit per run, not per event).
+    pub async fn save_repo_states(
+        &self,
+        states: &[RepoStateUpdate<'_>],
+        checkpoint: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_seconds();
+        for state in states {
+            sqlx::query("UPDATE accounts SET rev = $1, data_cid = $2, commit_cid = COALESCE($3, commit_cid), updated_at = $4 WHERE did = $5")
+                .bind(state.rev)
+                .bind(state.data_cid)
+                .bind(state.commit_cid)
+                .bind(now)
+                .bind(state.did)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("UPDATE state_checkpoint SET seq = $1 WHERE id = 1 AND seq < $1")
+            .bind(checkpoint)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 

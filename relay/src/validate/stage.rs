@@ -94,6 +94,7 @@ async fn process(relay: &Arc<Relay>, incoming: Incoming) {
     let Some(did) = event.did().map(str::to_string) else {
         return;
     };
+    let mut step = StepTimer::new(relay);
     let account = match relay.account(&did, Some(host_id)).await {
         Ok(account) => account,
         Err(error) => {
@@ -104,7 +105,9 @@ async fn process(relay: &Arc<Relay>, incoming: Incoming) {
     if !account_within_host_limit(relay, &account, host_id).await {
         return reject(relay, "host_account_limit");
     }
+    step.done("account");
     let mut identity = relay.resolver.resolve(&did).await.ok();
+    step.done("identity");
     let last = match (&account.rev, &account.data_cid) {
         (Some(rev), Some(data)) => {
             cid::Cid::try_from(data.as_str()).ok().map(|data| RepoState { rev: rev.clone(), data })
@@ -119,6 +122,7 @@ async fn process(relay: &Arc<Relay>, incoming: Incoming) {
         verify_event(&event, &view, last.as_ref(), &relay.policy, now)
     };
     let mut verdict = judge(identity.as_deref());
+    step.done("verify");
     if verdict.as_ref().err().is_some_and(Rejection::identity_may_be_stale) {
         // Key rotation or migration: look the identity up again once before dropping.
         identity = relay.resolver.refresh(&did).await.ok();
@@ -142,10 +146,31 @@ async fn process(relay: &Arc<Relay>, incoming: Incoming) {
             return reject(relay, "store_error");
         }
     };
+    step.done("apply");
     relay.metrics.events_accepted.with_label_values(&[event.type_name()]).inc();
     relay.note_accepted();
     let outgoing = Outgoing { did, event, in_flight: Some(in_flight), state };
     let _ = relay.sequencer.input.send(outgoing).await;
+    step.done("sequencer_queue");
+}
+
+/// Observes the time since the previous step into `relay_validation_step_seconds`.
+struct StepTimer<'r> {
+    relay: &'r Relay,
+    last: std::time::Instant,
+}
+
+impl<'r> StepTimer<'r> {
+    fn new(relay: &'r Relay) -> Self {
+        StepTimer { relay, last: std::time::Instant::now() }
+    }
+
+    fn done(&mut self, step: &str) {
+        let now = std::time::Instant::now();
+        let seconds = now.duration_since(self.last).as_secs_f64();
+        self.relay.metrics.validation_step_seconds.with_label_values(&[step]).observe(seconds);
+        self.last = now;
+    }
 }
 
 /// Refuses events for accounts beyond a host's account limit (new accounts only).
