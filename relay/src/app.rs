@@ -60,6 +60,7 @@ impl Relay {
             initial_seq: config.initial_seq_number.max(1),
             live_buffer_events: config.live_buffer_events,
             replay_window: config.replay_window,
+            linger: config.sequencer_linger,
             ..SequencerConfig::default()
         };
         recover_state(&store, &log).await.context("replaying repo state from the event log")?;

@@ -122,6 +122,11 @@ pub struct ServeConfig {
     #[arg(long, env = "RELAY_SEQUENCER_QUEUE_EVENTS", default_value_t = 4096)]
     pub sequencer_queue_events: usize,
 
+    /// How long the sequencer waits for more events before writing a small batch: fewer
+    /// fsyncs and fewer wake-ups of every consumer, for at most this much added latency.
+    #[arg(long, env = "RELAY_SEQUENCER_LINGER", default_value = "2ms", value_parser = parse_duration)]
+    pub sequencer_linger: Duration,
+
     /// Events kept in memory for live consumers.
     #[arg(long, env = "RELAY_LIVE_BUFFER_EVENTS", default_value_t = 8192)]
     pub live_buffer_events: usize,

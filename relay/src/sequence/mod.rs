@@ -62,7 +62,12 @@ pub struct SequencerConfig {
     pub replay_window: Duration,
     /// How often old segments are collected.
     pub gc_interval: Duration,
+    /// How long to wait for more events before writing a batch smaller than `LINGER_ENOUGH`.
+    pub linger: Duration,
 }
+
+/// A batch this large is written at once, without lingering.
+const LINGER_ENOUGH: usize = 64;
 
 impl Default for SequencerConfig {
     fn default() -> Self {
@@ -73,6 +78,7 @@ impl Default for SequencerConfig {
             live_buffer_events: 8192,
             replay_window: Duration::from_secs(72 * 3600),
             gc_interval: Duration::from_secs(60),
+            linger: Duration::ZERO,
         }
     }
 }
@@ -143,6 +149,7 @@ fn run(
     let mut last_gc = std::time::Instant::now();
     let mut batch: Vec<Outgoing> = Vec::with_capacity(config.max_batch_events);
     while let Some(first) = rx.blocking_recv() {
+        let linger_until = std::time::Instant::now() + config.linger;
         batch.push(first);
         let mut bytes = 0usize;
         while batch.len() < config.max_batch_events && bytes < config.max_batch_bytes {
@@ -150,6 +157,15 @@ fn run(
                 Ok(item) => {
                     bytes += approx_size(&item.event);
                     batch.push(item);
+                }
+                Err(mpsc::error::TryRecvError::Empty) if batch.len() < LINGER_ENOUGH => {
+                    // A few events at a time under light load: each batch costs an fsync and
+                    // wakes every consumer, so wait a moment for company.
+                    let now = std::time::Instant::now();
+                    if now >= linger_until {
+                        break;
+                    }
+                    std::thread::sleep((linger_until - now).min(Duration::from_micros(250)));
                 }
                 Err(_) => break,
             }
