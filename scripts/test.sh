@@ -39,14 +39,24 @@ if [ -z "${RELAY_TEST_POSTGRES_URL:-}" ]; then
     apt-get update -qq && apt-get install -y -qq postgresql
   fi
   pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-  # A port per run, so a cluster left behind by a killed run cannot get in the way.
-  pg_port="${RELAY_TEST_POSTGRES_PORT:-$((55000 + $$ % 4000))}"
   pg_data=$(mktemp -d /tmp/relay-test-pg.XXXXXX)
   run_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "$*"; else sh -c "$*"; fi; }
+  trap 'run_pg "$pg_bin/pg_ctl -D $pg_data -m immediate stop" >/dev/null 2>&1; rm -rf "$pg_data"' EXIT
   [ "$(id -u)" = 0 ] && chown postgres "$pg_data"
   run_pg "$pg_bin/initdb -D $pg_data -A trust -U postgres" >/dev/null
-  run_pg "$pg_bin/pg_ctl -D $pg_data -l $pg_data/server.log -w -o \"-p $pg_port -k $pg_data -c listen_addresses=127.0.0.1 -c fsync=off\" start" >/dev/null
-  trap 'run_pg "$pg_bin/pg_ctl -D $pg_data -m immediate stop" >/dev/null 2>&1; rm -rf "$pg_data"' EXIT
+  # A port per run, below the kernel's ephemeral range (so the many loopback connections of
+  # the tests and benches cannot hold it), retried a few times in case another listener has it.
+  pg_started=""
+  for attempt in 1 2 3 4 5; do
+    pg_port="${RELAY_TEST_POSTGRES_PORT:-$((20000 + ($$ * 7 + attempt * 613) % 10000))}"
+    if run_pg "$pg_bin/pg_ctl -D $pg_data -l $pg_data/server.log -w -o \"-p $pg_port -k $pg_data -c listen_addresses=127.0.0.1 -c fsync=off\" start" >/dev/null; then
+      pg_started=1
+      break
+    fi
+    echo "PostgreSQL did not start on port $pg_port (attempt $attempt):" >&2
+    tail -n 3 "$pg_data/server.log" >&2 || true
+  done
+  [ -n "$pg_started" ] || { echo "could not start PostgreSQL for the tests" >&2; exit 1; }
   export RELAY_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
 fi
 echo "PostgreSQL: $RELAY_TEST_POSTGRES_URL"
