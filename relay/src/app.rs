@@ -497,6 +497,8 @@ async fn recover_state(store: &Store, log: &EventLog) -> anyhow::Result<()> {
         let records = log.read_after(after, 2000, 16 << 20)?;
         let Some(last) = records.last() else { break };
         after = last.seq;
+        // (did, rev, data, commit) of each #commit/#sync in this chunk, in seq order.
+        let mut states: Vec<(String, String, String, Option<String>)> = Vec::new();
         for record in &records {
             let (did, blocks, commit_cid) = match frame::decode(&record.frame) {
                 Ok(frame::Event::Commit(c)) => (c.repo, c.blocks, Some(c.commit.to_string())),
@@ -507,10 +509,19 @@ async fn recover_state(store: &Store, log: &EventLog) -> anyhow::Result<()> {
             let Some(bytes) = parsed.get(&parsed.roots[0]) else { continue };
             let Ok(signed) = SignedCommit::decode(bytes) else { continue };
             store.ensure_account(&did, None).await?;
-            store.save_repo_state(&did, &signed.rev, &signed.data.to_string(), commit_cid.as_deref()).await?;
-            replayed += 1;
+            states.push((did, signed.rev, signed.data.to_string(), commit_cid));
         }
-        store.save_state_checkpoint(after as i64).await?;
+        let rows: Vec<crate::storage::RepoStateUpdate> = states
+            .iter()
+            .map(|(did, rev, data, commit)| crate::storage::RepoStateUpdate {
+                did,
+                rev,
+                data_cid: data,
+                commit_cid: commit.as_deref(),
+            })
+            .collect();
+        store.save_repo_states(&rows, after as i64).await?;
+        replayed += rows.len();
     }
     if replayed > 0 {
         tracing::info!(replayed, "repo state recovered from the event log");

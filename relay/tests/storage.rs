@@ -3,7 +3,7 @@
 
 mod common;
 
-use relay::storage::Store;
+use relay::storage::{RepoStateUpdate, Store};
 
 async fn exercise(url: &str) {
     let store = Store::connect(url, 4).await.expect("connect and migrate");
@@ -19,8 +19,8 @@ async fn exercise(url: &str) {
     assert!(b.id > a.id && b.trusted && b.ssl);
     assert_eq!(store.list_hosts(0, 10).await.expect("list").len(), 2);
     assert_eq!(store.list_hosts(a.id, 10).await.expect("list"), vec![b.clone()]);
-    store.save_host_cursor(a.id, 50).await.expect("cursor");
-    store.save_host_cursor(a.id, 40).await.expect("cursor");
+    store.save_host_cursors(&[(a.id, 50)]).await.expect("cursor");
+    store.save_host_cursors(&[(a.id, 40)]).await.expect("cursor");
     assert_eq!(
         store.host_by_id(a.id).await.expect("get").expect("row").last_seq,
         50,
@@ -36,10 +36,13 @@ async fn exercise(url: &str) {
         let did = format!("did:plc:account{n}");
         let account = store.ensure_account(&did, Some(b.id)).await.expect("ensure");
         assert!(account.is_active() && account.rev.is_none());
-        store
-            .save_repo_state(&did, "3lmxjza3nva27", "bafyreidata", Some("bafyreicommit"))
-            .await
-            .expect("state");
+        let state = RepoStateUpdate {
+            did: &did,
+            rev: "3lmxjza3nva27",
+            data_cid: "bafyreidata",
+            commit_cid: Some("bafyreicommit"),
+        };
+        store.save_repo_states(&[state], 0).await.expect("state");
     }
     assert_eq!(store.count_host_accounts(b.id).await.expect("count"), 5);
     store.set_upstream_status("did:plc:account1", "deactivated").await.expect("upstream");
@@ -56,7 +59,13 @@ async fn exercise(url: &str) {
     assert_eq!(rest.iter().map(|a| a.did.as_str()).collect::<Vec<_>>(), ["did:plc:account4"]);
     let account = store.account("did:plc:account0").await.expect("get").expect("row");
     assert_eq!(account.commit_cid.as_deref(), Some("bafyreicommit"));
-    store.save_repo_state("did:plc:account0", "3lmxjza3nvb27", "bafyreidata2", None).await.expect("state");
+    let sync = RepoStateUpdate {
+        did: "did:plc:account0",
+        rev: "3lmxjza3nvb27",
+        data_cid: "bafyreidata2",
+        commit_cid: None,
+    };
+    store.save_repo_states(&[sync], 0).await.expect("state");
     let account = store.account("did:plc:account0").await.expect("get").expect("row");
     assert_eq!(account.commit_cid.as_deref(), Some("bafyreicommit"), "a #sync keeps the last commit CID");
     assert_eq!(account.rev.as_deref(), Some("3lmxjza3nvb27"));
@@ -71,8 +80,8 @@ async fn exercise(url: &str) {
     store.save_purge("did:plc:account2", 20).await.expect("purge update");
     assert_eq!(store.purges().await.expect("purges"), vec![("did:plc:account2".to_string(), 20)]);
     assert_eq!(store.state_checkpoint().await.expect("checkpoint"), 0);
-    store.save_state_checkpoint(42).await.expect("save");
-    store.save_state_checkpoint(41).await.expect("save lower");
+    store.save_repo_states(&[], 42).await.expect("save");
+    store.save_repo_states(&[], 41).await.expect("save lower");
     assert_eq!(store.state_checkpoint().await.expect("checkpoint"), 42);
 
     // Accounts the relay knows as inactive, looked up in bulk.

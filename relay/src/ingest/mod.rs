@@ -200,13 +200,12 @@ fn count_connected(relay: &Relay) -> i64 {
 async fn save_cursor(relay: &Relay, host: &Host, progress: &HostProgress) {
     let seq = progress.durable_cursor();
     if seq > 0 {
-        match relay.store.save_host_cursor(host.id, seq).await {
-            Ok(()) => progress.saved.fetch_max(seq, Ordering::Relaxed),
-            Err(error) => {
-                tracing::warn!(host = %host.hostname, %error, "saving upstream cursor");
-                0
+        match relay.store.save_host_cursors(&[(host.id, seq)]).await {
+            Ok(()) => {
+                progress.saved.fetch_max(seq, Ordering::Relaxed);
             }
-        };
+            Err(error) => tracing::warn!(host = %host.hostname, %error, "saving upstream cursor"),
+        }
     }
 }
 

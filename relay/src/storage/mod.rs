@@ -218,16 +218,6 @@ impl Store {
         Ok(())
     }
 
-    /// Saves an upstream cursor (never moves it backwards).
-    pub async fn save_host_cursor(&self, id: i64, seq: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE hosts SET last_seq = $1 WHERE id = $2 AND last_seq < $1")
-            .bind(seq)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     /// How many hosts have each status (one grouped query; the host gauges are refreshed
     /// after every admin or crawl change, so this must not read every host row).
     pub async fn count_hosts_by_status(&self) -> Result<HashMap<String, i64>, StoreError> {
@@ -241,8 +231,8 @@ impl Store {
         Ok(counts)
     }
 
-    /// Saves many upstream cursors in one transaction (never moving one backwards): the
-    /// relay flushes every host's cursor together instead of one write per host.
+    /// Saves upstream cursors in one transaction, never moving one backwards (the relay
+    /// flushes every host's moved cursor together instead of one write per host).
     pub async fn save_host_cursors(&self, cursors: &[(i64, i64)]) -> Result<(), StoreError> {
         if cursors.is_empty() {
             return Ok(());
@@ -319,27 +309,8 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Stores the last accepted repo state.
-    pub async fn save_repo_state(
-        &self,
-        did: &str,
-        rev: &str,
-        data_cid: &str,
-        commit_cid: Option<&str>,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE accounts SET rev = $1, data_cid = $2, commit_cid = COALESCE($3, commit_cid), updated_at = $4 WHERE did = $5")
-            .bind(rev)
-            .bind(data_cid)
-            .bind(commit_cid)
-            .bind(now_seconds())
-            .bind(did)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Stores the repo state of a run of durable events and moves the checkpoint to
-    /// `checkpoint`, all in one transaction (one SQLite commit per run, not per event).
+    /// Stores the repo state of a run of durable events and moves the checkpoint up to
+    /// `checkpoint` (never down), all in one transaction (one SQLite commit per run, not per event).
     pub async fn save_repo_states(
         &self,
         states: &[RepoStateUpdate<'_>],
@@ -379,14 +350,6 @@ impl Store {
     pub async fn state_checkpoint(&self) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT seq FROM state_checkpoint WHERE id = 1").fetch_one(&self.pool).await?;
         Ok(row.try_get("seq")?)
-    }
-
-    pub async fn save_state_checkpoint(&self, seq: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE state_checkpoint SET seq = $1 WHERE id = 1 AND seq < $1")
-            .bind(seq)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 
     // ---- bans and purges
