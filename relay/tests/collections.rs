@@ -169,6 +169,22 @@ async fn live_index_follows_creates_deletes_and_account_status() {
 
     // Deletes: the last record of b goes (the pair goes); a keeps a record (the pair stays).
     // Both are decided from the commit's MST proof, with no describeRepo call.
+    // The baseline is read once the indexer has applied everything the relay has sequenced and
+    // nothing new arrives: account-creation events of other hosts (whose #sync events queue
+    // describeRepo checks) can be sequenced after the writes above.
+    let mut settled = (0.0, Instant::now());
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        let head = metric(&running, "relay_seq_head");
+        if head != settled.0 {
+            settled = (head, Instant::now());
+        } else if metric(&running, "relay_collections_indexed_seq") >= head
+            && settled.1.elapsed() > Duration::from_millis(500)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let fallbacks = metric(&running, "relay_collections_describe_fallbacks_total");
     sim.write(0, 0, &[delete("com.example.b/1")]).unwrap();
     sim.write(0, 0, &[create("com.example.a/3")]).unwrap();
