@@ -78,12 +78,9 @@ impl SeekIndex {
     }
 
     /// The offset of the last indexed record with seq at or below `seq` (0 = segment start).
-    fn offset_for(&self, seq: u64) -> (u64, Option<u64>) {
+    fn offset_for(&self, seq: u64) -> u64 {
         let at = self.entries.partition_point(|(s, _)| *s <= seq);
-        match at.checked_sub(1) {
-            Some(i) => (self.entries[i].1, Some(self.entries[i].0)),
-            None => (0, None),
-        }
+        at.checked_sub(1).map_or(0, |i| self.entries[i].1)
     }
 }
 
@@ -378,7 +375,7 @@ impl EventLog {
     /// header-only scan of the rest.
     fn newest_time(&self, segment: &Segment) -> Result<Option<u64>, LogError> {
         ensure_indexed(segment, self.config.index_stride_bytes)?;
-        let (offset, _) = segment.index.read().unwrap_or_else(|p| p.into_inner()).offset_for(u64::MAX);
+        let offset = segment.index.read().unwrap_or_else(|p| p.into_inner()).offset_for(u64::MAX);
         let mut reader = BufReader::with_capacity(64 * 1024, File::open(&segment.path)?);
         reader.seek(SeekFrom::Start(offset))?;
         let mut newest = None;
@@ -464,7 +461,7 @@ impl LogView {
                     return Err(error);
                 }
                 let index = segment.index.read().unwrap_or_else(|p| p.into_inner());
-                offset = index.offset_for(after.saturating_add(1)).0.min(limit);
+                offset = index.offset_for(after.saturating_add(1)).min(limit);
             }
             let mut file = file;
             file.seek(SeekFrom::Start(offset))?;
