@@ -228,3 +228,41 @@ fn identity_of(repo: &Repo) -> Identity {
         pds_endpoint: None,
     }
 }
+
+/// A writer that runs for thousands of commits holds its repo, not its history: replaced
+/// nodes and deleted records are dropped, every commit still validates against the last
+/// (so compaction never removes a block a proof or the next commit needs), and the records
+/// left are exactly the ones written and not deleted.
+#[test]
+fn long_running_writer_keeps_only_its_current_repo() {
+    let mut repo = Repo::new("did:plc:longwriter", SigningKey::from_seed(Curve::K256, b"long"));
+    let identity = identity_of(&repo);
+    let view = AccountView { identity: Some(&identity), active: true, source_host: None };
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut present: Vec<String> = Vec::new();
+    let mut last: Option<RepoState> = None;
+    let mut most_blocks = 0;
+    for step in 0..3_000u64 {
+        let write = if present.len() >= 60 || (!present.is_empty() && rng.u8(..10) < 3) {
+            Write::Delete { path: present.swap_remove(rng.usize(..present.len())) }
+        } else {
+            let path = format!("app.bsky.feed.post/{step:08}");
+            present.push(path.clone());
+            Write::Create { path, record: sample_post(&format!("post {step}"), "2025-01-01T00:00:00.000Z") }
+        };
+        let commit = repo.commit(&[write], step as i64 + 1, NOW + step).expect("commit");
+        let accepted = verify_event(&Event::Commit(commit), &view, last.as_ref(), &Policy::default(), NOW + step)
+            .unwrap_or_else(|e| panic!("commit {step} rejected: {e}"));
+        last = accepted.new_state;
+        most_blocks = most_blocks.max(repo.stored_blocks());
+    }
+    // 60 records and their nodes are under 150 blocks; without compaction 3,000 commits
+    // leave several thousand.
+    assert!(most_blocks < 400, "the repo held {most_blocks} blocks at its largest");
+    present.sort();
+    let collections = repo.collections().expect("collections");
+    assert_eq!(collections, vec!["app.bsky.feed.post".to_string()]);
+    for path in &present {
+        assert!(repo.get(path).expect("get").is_some(), "{path} lost");
+    }
+}

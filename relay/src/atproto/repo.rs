@@ -46,6 +46,8 @@ pub struct Repo {
     pub data: Cid,
     tree: Mst,
     blocks: HashMap<Cid, Vec<u8>>,
+    /// Blocks the tree referred to at the last compaction (see [`Repo::compact_if_grown`]).
+    live_blocks: usize,
     last_tid_micros: u64,
 }
 
@@ -60,6 +62,7 @@ impl Repo {
             data,
             tree,
             blocks: new_blocks.into_iter().collect(),
+            live_blocks: 1,
             last_tid_micros: 0,
         }
     }
@@ -81,6 +84,11 @@ impl Repo {
             }
         }
         Ok(out)
+    }
+
+    /// Blocks held in memory (nodes and records, current and not yet compacted).
+    pub fn stored_blocks(&self) -> usize {
+        self.blocks.len()
     }
 
     pub fn get(&mut self, path: &str) -> Result<Option<Cid>, MstError> {
@@ -149,6 +157,7 @@ impl Repo {
         let blocks = car::write(&[commit_cid], car_blocks.iter().map(|(c, b)| (c, *b)));
         let since = self.rev.replace(rev.clone());
         self.data = data;
+        self.compact_if_grown()?;
         Ok(Commit {
             seq,
             rebase: false,
@@ -163,6 +172,19 @@ impl Repo {
             prev_data: Some(prev_data),
             time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         })
+    }
+
+    /// Drops blocks the current tree no longer refers to (replaced nodes, deleted records)
+    /// once the store has doubled since the last compaction: amortised O(1) per commit, and
+    /// a writer that runs for hours holds its repo, not its whole history.
+    fn compact_if_grown(&mut self) -> Result<(), MstError> {
+        if self.blocks.len() <= 2 * self.live_blocks + 64 {
+            return Ok(());
+        }
+        let reachable = self.tree.reachable(&self.blocks)?;
+        self.blocks.retain(|cid, _| reachable.contains(cid));
+        self.live_blocks = self.blocks.len();
+        Ok(())
     }
 
     /// Refuses writes that do not fit the repo (create of an existing path, update or

@@ -492,6 +492,19 @@ fn collect_leaves<S: BlockSource>(
     Ok(())
 }
 
+/// Adds the CID of `node` (hashed), of every node below it and of every leaf value.
+fn collect_reachable<S: BlockSource>(node: &mut Node, store: &S, out: &mut HashSet<Cid>) -> Result<(), MstError> {
+    out.insert(node_cid(node, &mut None));
+    for index in 0..node.items.len() {
+        if matches!(node.items[index], Item::Tree(_)) {
+            collect_reachable(subtree_mut(node, index, store)?, store, out)?;
+        } else if let Item::Leaf(leaf) = &node.items[index] {
+            out.insert(leaf.value);
+        }
+    }
+    Ok(())
+}
+
 /// The nearest keys below and above a key, when there are any.
 pub type Neighbors = (Option<Vec<u8>>, Option<Vec<u8>>);
 
@@ -662,6 +675,15 @@ impl Mst {
     pub fn neighbors<S: BlockSource>(&mut self, key: &[u8], store: &S) -> Result<Neighbors, MstError> {
         let root = self.root_node(store)?;
         neighbors(root, key, store)
+    }
+
+    /// Every block the current tree refers to: its nodes and the values of its leaves
+    /// (what a writer must keep; anything else in its store is history). Loads the whole tree.
+    pub fn reachable<S: BlockSource>(&mut self, store: &S) -> Result<HashSet<Cid>, MstError> {
+        let mut out = HashSet::new();
+        let root = self.root_node(store)?;
+        collect_reachable(root, store, &mut out)?;
+        Ok(out)
     }
 
     /// Every (key, value) in order; loads the whole tree.
