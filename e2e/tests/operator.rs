@@ -438,6 +438,7 @@ async fn spec_change_ready(env: &mut Env) -> anyhow::Result<()> {
         seed: 7,
         backlog_on_connect: false,
         history_events: 0,
+        advertise_name: None,
     })
     .await?;
     sim.create_accounts();

@@ -224,6 +224,7 @@ async fn run_import(name: &str, total: u64, verify: bool) -> Vec<String> {
         seed: 5,
         backlog_on_connect: false,
         history_events: 0,
+        advertise_name: None,
     })
     .await
     .expect("simulation");

@@ -11,6 +11,11 @@
 //! 100); reports relay-added latency (commit creation → consumer receipt) p50/p99, RSS over
 //! time, and seconds from process start to serving.
 //! Needs a high open-file limit (`ulimit -n 65536`) for thousands of hosts.
+//!
+//! `BENCH_RELAY=indigo` runs the same phases against Bluesky's Go relay (indigo
+//! `cmd/relay`, built by `scripts/indigo-relay.sh`; `BENCH_INDIGO_BIN` to point elsewhere)
+//! with the same settings through its own variables: a side-by-side baseline. Events out
+//! and latency are measured on the firehose, the same way for both.
 
 use futures_util::StreamExt;
 use relay::atproto::frame::{self, Event};
@@ -29,11 +34,60 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
 }
 
+/// Which relay runs under the load: ours, or Bluesky's Go relay for a side-by-side figure
+/// (`BENCH_RELAY=indigo`, binary from `BENCH_INDIGO_BIN`, see `scripts/indigo-relay.sh`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    Ours,
+    Indigo,
+}
+
+impl Flavor {
+    fn from_env() -> Flavor {
+        match std::env::var("BENCH_RELAY").as_deref() {
+            Ok("indigo") => Flavor::Indigo,
+            Ok("" | "ours") | Err(_) => Flavor::Ours,
+            Ok(other) => panic!("BENCH_RELAY={other}: expected `ours` or `indigo`"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Flavor::Ours => "ours",
+            Flavor::Indigo => "indigo",
+        }
+    }
+}
+
 struct RelayProcess {
     child: Child,
+    flavor: Flavor,
     public: u16,
     internal: u16,
     dir: std::path::PathBuf,
+}
+
+impl RelayProcess {
+    /// Where `/admin/*` is served: our internal listener, indigo's public one.
+    fn admin_url(&self) -> String {
+        let port = if self.flavor == Flavor::Ours { self.internal } else { self.public };
+        format!("http://127.0.0.1:{port}")
+    }
+
+    fn firehose_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/xrpc/com.atproto.sync.subscribeRepos", self.public)
+    }
+
+    /// Hosts with an open upstream subscription (indigo's admin route, which ours serves too).
+    async fn connected_hosts(&self) -> usize {
+        let request = reqwest::Client::new()
+            .get(format!("{}/admin/subs/getUpstreamConns", self.admin_url()))
+            .basic_auth("admin", Some("bench"));
+        match request.send().await {
+            Ok(response) => response.json::<Vec<serde_json::Value>>().await.map_or(0, |hosts| hosts.len()),
+            Err(_) => 0,
+        }
+    }
 }
 
 impl Drop for RelayProcess {
@@ -44,31 +98,78 @@ impl Drop for RelayProcess {
     }
 }
 
-async fn start_relay(name: &str, plc: &str) -> (RelayProcess, Duration) {
+fn indigo_binary() -> std::path::PathBuf {
+    match std::env::var_os("BENCH_INDIGO_BIN") {
+        Some(path) => path.into(),
+        None => std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+            .join(".cache/atproto-relay/indigo/bin/relay"),
+    }
+}
+
+fn relay_command(flavor: Flavor, dir: &std::path::Path, public: u16, internal: u16, plc: &str) -> Command {
+    match flavor {
+        Flavor::Ours => {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_relay"));
+            command
+                .args(["serve", "--allow-insecure-hosts", "--upstream", "", "--admin-password", "bench"])
+                .arg("--data-dir")
+                .arg(dir)
+                .args([
+                    "--bind",
+                    &format!("127.0.0.1:{public}"),
+                    "--metrics-listen",
+                    &format!("127.0.0.1:{internal}"),
+                ])
+                .args(["--plc-host", plc, "--connect-stagger", "1ms", "--default-account-limit", "1000000"])
+                .args(["--host-events-per-second", "100000"])
+                .env("RELAY_LOG_LEVEL", "warn");
+            command
+        }
+        Flavor::Indigo => {
+            // The same settings through indigo's own variables; an account limit of 1M
+            // also lifts its per-host event limit (50 + limit/1000 per second) out of the way.
+            let binary = indigo_binary();
+            assert!(binary.exists(), "no indigo relay at {} (run scripts/indigo-relay.sh)", binary.display());
+            let mut command = Command::new(binary);
+            command
+                .arg("serve")
+                .current_dir(dir)
+                .env("RELAY_ADMIN_PASSWORD", "bench")
+                .env("RELAY_PLC_HOST", plc)
+                .env("DATABASE_URL", format!("sqlite://{}/relay.sqlite", dir.display()))
+                .env("RELAY_PERSIST_DIR", dir.join("persist"))
+                .env("RELAY_API_BIND", format!("127.0.0.1:{public}"))
+                .env("RELAY_METRICS_LISTEN", format!("127.0.0.1:{internal}"))
+                .env("RELAY_ALLOW_INSECURE_HOSTS", "true")
+                .env("RELAY_DEFAULT_ACCOUNT_LIMIT", "1000000")
+                .env("RELAY_LOG_LEVEL", "warn");
+            command
+        }
+    }
+}
+
+async fn start_relay(flavor: Flavor, name: &str, plc: &str) -> (RelayProcess, Duration) {
     let dir = std::env::temp_dir().join(format!("relay-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("bench data dir");
     let (public, internal) = (free_port(), free_port());
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_relay"))
-        .args(["serve", "--allow-insecure-hosts", "--upstream", "", "--admin-password", "bench"])
-        .arg("--data-dir")
-        .arg(&dir)
-        .args([
-            "--bind",
-            &format!("127.0.0.1:{public}"),
-            "--metrics-listen",
-            &format!("127.0.0.1:{internal}"),
-        ])
-        .args(["--plc-host", plc, "--connect-stagger", "1ms", "--default-account-limit", "1000000"])
-        .args(["--host-events-per-second", "100000"])
-        .env("RELAY_LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("relay binary");
-    let process = RelayProcess { child, public, internal, dir };
+    let mut command = relay_command(flavor, &dir, public, internal, plc);
+    // SAFETY: prctl is async-signal-safe; between fork and exec it only sets a flag on the child.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        // The relay dies with the bench, even when the bench is killed or panics.
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("relay binary");
+    let process = RelayProcess { child, flavor, public, internal, dir };
+    // Both relays answer `/_health` once their database is open and they listen.
+    let health_port = if flavor == Flavor::Ours { internal } else { public };
     loop {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{internal}/_health")).await {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{health_port}/_health")).await {
             if r.status().is_success() {
                 break;
             }
@@ -78,6 +179,109 @@ async fn start_relay(name: &str, plc: &str) -> (RelayProcess, Duration) {
     }
     let serving = started.elapsed();
     (process, serving)
+}
+
+/// A firehose consumer that costs the bench as little as one can: the WebSocket handshake,
+/// then frames counted by their headers and their payloads discarded unread.
+async fn drain_consumer(port: u16, stop_at: Instant, received: Arc<AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return };
+    let request = format!(
+        "GET /xrpc/com.atproto.sync.subscribeRepos HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+         Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: YmVuY2gtZHJhaW4tY29uc3VtZXI=\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut filled = 0;
+    let body_start = loop {
+        let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer[filled..])).await
+        else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        filled += n;
+        if let Some(end) = buffer[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+            assert!(buffer.starts_with(b"HTTP/1.1 101"), "firehose upgrade refused");
+            break end + 4;
+        }
+    };
+    let mut frames = FrameCounter::default();
+    frames.feed(&buffer[body_start..filled], &received);
+    while Instant::now() < stop_at {
+        match tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buffer)).await {
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(n)) => frames.feed(&buffer[..n], &received),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Splits a server's WebSocket byte stream into frames without looking at payloads.
+#[derive(Default)]
+struct FrameCounter {
+    header: Vec<u8>,
+    payload_left: u64,
+}
+
+impl FrameCounter {
+    fn feed(&mut self, mut data: &[u8], binary_frames: &AtomicU64) {
+        while !data.is_empty() {
+            if self.payload_left > 0 {
+                let skip = self.payload_left.min(data.len() as u64);
+                self.payload_left -= skip;
+                data = &data[skip as usize..];
+                continue;
+            }
+            self.header.push(data[0]);
+            data = &data[1..];
+            if let Some((opcode, payload)) = Self::complete_header(&self.header) {
+                if opcode == 2 {
+                    binary_frames.fetch_add(1, Ordering::Relaxed);
+                }
+                self.payload_left = payload;
+                self.header.clear();
+            }
+        }
+    }
+
+    /// The opcode and payload length once `header` holds a whole frame header.
+    fn complete_header(header: &[u8]) -> Option<(u8, u64)> {
+        let (&first, &second) = (header.first()?, header.get(1)?);
+        let short = second & 0x7f;
+        let extended = match short {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if second & 0x80 != 0 { 4 } else { 0 };
+        if header.len() < 2 + extended + mask {
+            return None;
+        }
+        let payload = match short {
+            126 => u64::from(u16::from_be_bytes([header[2], header[3]])),
+            127 => u64::from_be_bytes(header[2..10].try_into().ok()?),
+            n => u64::from(n),
+        };
+        Some((first & 0x0f, payload))
+    }
+}
+
+/// Counts frames on one firehose connection (the relay-neutral measure of events out).
+fn count_frames(url: String, count: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok((mut socket, _)) = tokio_tungstenite::connect_async(url).await else { return };
+        while let Some(Ok(message)) = socket.next().await {
+            if matches!(message, Message::Binary(_)) {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    })
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -124,10 +328,12 @@ fn sim_config(hosts: usize, accounts: usize, rate: f64, backlog: bool) -> Simula
         // The saturation phase replays all pre-generated events; a long steady run must not
         // keep every event it ever made (an hour at 2,000/s is ~50 GB of frames).
         history_events: if backlog { 0 } else { 1024 },
+        // indigo's relay takes loopback hosts only as `localhost:PORT`; both relays get the same.
+        advertise_name: Some("localhost".into()),
     }
 }
 
-async fn saturation() {
+async fn saturation(flavor: Flavor) {
     let hosts = env_num("BENCH_SAT_HOSTS", 50usize);
     let events = env_num("BENCH_SAT_EVENTS", 40_000u64);
     let sim = Simulation::start(sim_config(hosts, 4, 1.0, true)).await.expect("sim");
@@ -139,42 +345,56 @@ async fn saturation() {
     }
     let total: usize = sim.hosts.iter().map(|h| h.events_emitted()).sum();
     eprintln!("generated {total} events in {:.1}s", generating.elapsed().as_secs_f64());
-    let (relay, _) = start_relay("sat", &sim.plc_url()).await;
+    let (relay, _) = start_relay(flavor, "sat", &sim.plc_url()).await;
+    let delivered = Arc::new(AtomicU64::new(0));
+    let counter = count_frames(relay.firehose_url(), delivered.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     let cpu_before = cpu_seconds(relay.child.id());
-    sim.register_with_relay(&format!("http://127.0.0.1:{}", relay.internal), "bench").await.expect("crawl");
+    let mut peak_rss = 0.0f64;
+    sim.register_with_relay(&relay.admin_url(), "bench").await.expect("crawl");
+    // Every pre-generated event is valid, so the run ends when all are out on the firehose
+    // (or nothing more comes for 15 s: a relay that drops events is reported as such).
+    let (mut last_count, mut last_change) = (0, Instant::now());
     loop {
-        let done = metric(relay.internal, "relay_events_sequenced_total").await;
-        let dropped = metric(relay.internal, "relay_events_rejected_total").await;
-        if done + dropped >= total as f64 {
+        let done = delivered.load(Ordering::Relaxed);
+        peak_rss = peak_rss.max(rss_mib(relay.child.id()));
+        if done != last_count {
+            (last_count, last_change) = (done, Instant::now());
+        }
+        if done >= total as u64 || last_change.elapsed() > Duration::from_secs(15) {
             break;
         }
-        if started.elapsed() > Duration::from_secs(600) {
+        if started.elapsed() > Duration::from_secs(900) {
             eprintln!("saturation run timed out at {done} of {total}");
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = (last_change - started).as_secs_f64().max(0.001);
     let cpu = cpu_seconds(relay.child.id()) - cpu_before;
-    let rejected = metric(relay.internal, "relay_events_rejected_total").await;
-    println!("| saturation | {hosts} hosts, {total} pre-generated events | {:.0} validated events/s | relay CPU {:.2} cores, {:.0} µs CPU per event | {rejected} rejected | peak RSS {:.0} MiB |",
-        total as f64 / elapsed, cpu / elapsed, cpu * 1e6 / total as f64, rss_mib(relay.child.id()));
+    counter.abort();
+    let rejected = match flavor {
+        Flavor::Ours => format!("{} rejected", metric(relay.internal, "relay_events_rejected_total").await),
+        Flavor::Indigo => String::from("-"),
+    };
+    println!("| saturation ({}) | {hosts} hosts, {total} pre-generated events | {:.0} validated events/s ({last_count} of {total} out) | relay CPU {:.2} cores, {:.0} µs CPU per event | {rejected} | peak RSS {peak_rss:.0} MiB |",
+        flavor.name(), last_count as f64 / elapsed, cpu / elapsed, cpu * 1e6 / last_count.max(1) as f64);
 }
 
-async fn steady() {
+async fn steady(flavor: Flavor) {
     let hosts = env_num("BENCH_HOSTS", 2800usize);
     let rate = env_num("BENCH_RATE", 2000.0f64);
     let seconds = env_num("BENCH_SECONDS", 60u64);
     let consumers = env_num("BENCH_CONSUMERS", 100usize);
     let sim = Simulation::start(sim_config(hosts, 2, rate, false)).await.expect("sim");
-    let (relay, serving) = start_relay("steady", &sim.plc_url()).await;
-    sim.register_with_relay(&format!("http://127.0.0.1:{}", relay.internal), "bench").await.expect("crawl");
+    let (relay, serving) = start_relay(flavor, "steady", &sim.plc_url()).await;
+    sim.register_with_relay(&relay.admin_url(), "bench").await.expect("crawl");
     let until = Instant::now() + Duration::from_secs(120);
-    while metric(relay.internal, "relay_hosts_connected").await < hosts as f64 && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    while relay.connected_hosts().await < hosts && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let connected = metric(relay.internal, "relay_hosts_connected").await;
+    let connected = relay.connected_hosts().await;
     sim.create_accounts();
     let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
     let received = Arc::new(AtomicU64::new(0));
@@ -183,9 +403,17 @@ async fn steady() {
     let warmup = Duration::from_secs(env_num("BENCH_WARMUP_SECONDS", 20u64).min(seconds / 2));
     let measure_from = Instant::now() + warmup;
     let mut tasks = Vec::new();
+    // Consumer 0 decodes every frame and measures latency; the others, unless
+    // BENCH_FULL_CONSUMERS=1, only count frames by their headers (the relay does the same
+    // work for them, and the bench's share of the two cores stays small).
+    let full_consumers = std::env::var("BENCH_FULL_CONSUMERS").is_ok_and(|v| v == "1");
     for index in 0..consumers {
-        let url = format!("ws://127.0.0.1:{}/xrpc/com.atproto.sync.subscribeRepos", relay.public);
+        let url = relay.firehose_url();
         let (latencies, received) = (latencies.clone(), received.clone());
+        if index > 0 && !full_consumers {
+            tasks.push(tokio::spawn(drain_consumer(relay.public, stop_at, received)));
+            continue;
+        }
         tasks.push(tokio::spawn(async move {
             let Ok((mut socket, _)) = tokio_tungstenite::connect_async(url).await else { return };
             while Instant::now() < stop_at {
@@ -231,11 +459,11 @@ async fn steady() {
         rss.push(rss_mib(relay.child.id()));
         if rss.len() % 60 == 0 {
             // A progress line every 5 minutes, for long (soak) runs.
-            let accepted = metric(relay.internal, "relay_events_accepted_total").await;
             eprintln!(
-                "{:>5}s: RSS {:.0} MiB, {accepted} events accepted",
+                "{:>5}s: RSS {:.0} MiB, {} frames to consumers",
                 started.elapsed().as_secs(),
-                rss[rss.len() - 1]
+                rss[rss.len() - 1],
+                received.load(Ordering::Relaxed)
             );
         }
     }
@@ -248,8 +476,25 @@ async fn steady() {
     let relay_cores = (cpu_seconds(relay.child.id()) - relay_cpu_before) / window;
     let bench_cores = (cpu_seconds(std::process::id()) - bench_cpu_before) / window;
     generator.abort();
-    let accepted = metric(relay.internal, "relay_events_accepted_total").await;
-    let stages = stage_latencies(relay.internal).await;
+    let (accepted, stages) = match flavor {
+        Flavor::Ours => {
+            let lag = "relay_consumer_delivery_lag_seconds";
+            let (p50, p99) = (
+                histogram_quantile(relay.internal, lag, 0.5).await.unwrap_or(f64::NAN),
+                histogram_quantile(relay.internal, lag, 0.99).await.unwrap_or(f64::NAN),
+            );
+            (
+                format!("{} events accepted", metric(relay.internal, "relay_events_accepted_total").await),
+                format!(
+                    "{}; consumer writes flushed within (sequencing → socket, all consumers, whole run): p50 ≤ {} ms, p99 ≤ {} ms",
+                    stage_latencies(relay.internal).await,
+                    p50 * 1000.0,
+                    p99 * 1000.0
+                ),
+            )
+        }
+        Flavor::Indigo => (String::from("-"), String::from("-")),
+    };
     for task in tasks {
         let _ = task.await;
     }
@@ -263,7 +508,8 @@ async fn steady() {
     };
     let made = sim.commits.load(Ordering::Relaxed);
     println!(
-        "| steady | {hosts} hosts ({connected} connected), {rate}/s target, {consumers} consumers, {seconds}s | {:.0} commits/s made, {accepted} events accepted, {} frames to consumers | latency after {}s warm-up: p50 {:.1} ms, p99 {:.1} ms | RSS {} MiB (max {:.0}) | serving after {:.2}s |",
+        "| steady ({}) | {hosts} hosts ({connected} connected), {rate}/s target, {consumers} consumers, {seconds}s | {:.0} commits/s made, {accepted}, {} frames to consumers | latency after {}s warm-up: p50 {:.1} ms, p99 {:.1} ms | RSS {} MiB (max {:.0}) | serving after {:.2}s |",
+        flavor.name(),
         made as f64 / seconds as f64,
         received.load(Ordering::Relaxed),
         warmup.as_secs(),
@@ -276,6 +522,25 @@ async fn steady() {
     println!(
         "  CPU after the warm-up: relay {relay_cores:.2} cores, bench process (simulator + consumers) {bench_cores:.2} cores; relay stage means (whole run): {stages}"
     );
+}
+
+/// A quantile of one of the relay's histograms, read from its cumulative buckets (the
+/// upper bound of the bucket the quantile falls in, as Prometheus' histogram_quantile
+/// would bound it).
+async fn histogram_quantile(internal: u16, name: &str, q: f64) -> Option<f64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{internal}/metrics")).await.ok()?.text().await.ok()?;
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (bound, count) = rest.split_once("\"} ")?;
+            let bound = if bound == "+Inf" { f64::INFINITY } else { bound.parse().ok()? };
+            Some((bound, count.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last()?.1;
+    buckets.iter().find(|(_, count)| *count >= q * total).map(|(bound, _)| *bound)
 }
 
 /// Mean seconds of the relay's per-stage histograms, as one line.
@@ -312,10 +577,11 @@ fn main() {
     println!("| phase | setup | throughput | other | memory | start |");
     println!("|---|---|---|---|---|---|");
     let phases = std::env::var("BENCH_PHASES").unwrap_or_else(|_| "saturation,steady".into());
+    let flavor = Flavor::from_env();
     if phases.contains("saturation") {
-        runtime.block_on(saturation());
+        runtime.block_on(saturation(flavor));
     }
     if phases.contains("steady") {
-        runtime.block_on(steady());
+        runtime.block_on(steady(flavor));
     }
 }

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub log_write_seconds: Histogram,
     pub consumers: IntGauge,
     pub consumer_too_slow: IntCounter,
+    pub consumer_delivery_lag_seconds: Histogram,
     pub hosts: IntGaugeVec,
     pub hosts_connected: IntGauge,
     pub host_throttled: IntCounter,
@@ -128,6 +129,12 @@ impl Metrics {
                 &registry,
                 "relay_consumers_too_slow_total",
                 "Consumers closed because they fell out of the replay window",
+            ),
+            consumer_delivery_lag_seconds: histogram(
+                &registry,
+                "relay_consumer_delivery_lag_seconds",
+                "Per consumer write: age of its oldest event (since sequencing) when the write was flushed",
+                vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0],
             ),
             hosts: gauge_vec(&registry, "relay_hosts", "Known upstream hosts, by status", &["status"]),
             cursor_flushes: counter(

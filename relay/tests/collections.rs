@@ -26,6 +26,7 @@ fn sim_config(hosts: usize, accounts: usize) -> SimulateConfig {
         seed: 11,
         backlog_on_connect: false,
         history_events: 0,
+        advertise_name: None,
     }
 }
 

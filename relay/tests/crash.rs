@@ -104,6 +104,7 @@ async fn kill_nine_under_load_loses_and_repeats_nothing() {
         seed: 5,
         backlog_on_connect: false,
         history_events: 0,
+        advertise_name: None,
     })
     .await
     .expect("simulator");

@@ -50,6 +50,7 @@ fn sim_config(hosts: usize, accounts: usize, hostile: Vec<Hostile>) -> SimulateC
         seed: 7,
         backlog_on_connect: false,
         history_events: 0,
+        advertise_name: None,
     }
 }
 

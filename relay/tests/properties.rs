@@ -251,8 +251,9 @@ fn long_running_writer_keeps_only_its_current_repo() {
             Write::Create { path, record: sample_post(&format!("post {step}"), "2025-01-01T00:00:00.000Z") }
         };
         let commit = repo.commit(&[write], step as i64 + 1, NOW + step).expect("commit");
-        let accepted = verify_event(&Event::Commit(commit), &view, last.as_ref(), &Policy::default(), NOW + step)
-            .unwrap_or_else(|e| panic!("commit {step} rejected: {e}"));
+        let accepted =
+            verify_event(&Event::Commit(commit), &view, last.as_ref(), &Policy::default(), NOW + step)
+                .unwrap_or_else(|e| panic!("commit {step} rejected: {e}"));
         last = accepted.new_state;
         most_blocks = most_blocks.max(repo.stored_blocks());
     }

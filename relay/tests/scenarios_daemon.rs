@@ -46,6 +46,7 @@ async fn run(name: &str) {
         seed: 1,
         backlog_on_connect: false,
         history_events: 0,
+        advertise_name: None,
     })
     .await
     .expect("simulator");

@@ -45,6 +45,19 @@ async fn exercise(url: &str) {
         store.save_repo_states(&[state], 0).await.expect("state");
     }
     assert_eq!(store.count_host_accounts(b.id).await.expect("count"), 5);
+    // The count is kept in memory after the first one: new accounts and moves keep it equal
+    // to what a fresh store (counting in SQL) sees.
+    assert_eq!(store.count_host_accounts(a.id).await.expect("count"), 0);
+    store.ensure_account("did:plc:account5", Some(b.id)).await.expect("ensure");
+    store.ensure_account("did:plc:account5", Some(b.id)).await.expect("ensure again");
+    store.set_account_host("did:plc:account4", Some(b.id), a.id).await.expect("move");
+    store.set_account_host("did:plc:account4", Some(a.id), a.id).await.expect("same host");
+    let fresh = Store::connect(url, 1).await.expect("connect");
+    for (host, expected) in [(a.id, 1), (b.id, 5)] {
+        assert_eq!(store.count_host_accounts(host).await.expect("count"), expected, "cached, host {host}");
+        assert_eq!(fresh.count_host_accounts(host).await.expect("count"), expected, "in SQL, host {host}");
+    }
+    store.set_account_host("did:plc:account4", Some(a.id), b.id).await.expect("move back");
     store.set_upstream_status("did:plc:account1", "deactivated").await.expect("upstream");
     assert!(store.set_local_status("did:plc:account2", "takendown").await.expect("local"));
     assert!(!store.set_local_status("did:plc:nobody", "takendown").await.expect("local"));

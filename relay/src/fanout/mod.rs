@@ -113,7 +113,8 @@ pub struct ConsumerInfo {
 }
 
 enum Next {
-    Frame(Vec<u8>),
+    /// A frame read from disk, with its sequencing time.
+    Frame(Vec<u8>, u64),
     Shared(Arc<Sequenced>),
     TooSlow,
     Closed,
@@ -140,7 +141,7 @@ impl Feed {
                 if Self::purged(fanout, &record.did, record.seq) {
                     continue;
                 }
-                return Next::Frame(record.frame);
+                return Next::Frame(record.frame, record.time_micros);
             }
             if self.catching_up {
                 let view = fanout.sequencer.view();
@@ -214,7 +215,7 @@ impl Follower {
 
     pub async fn next(&mut self) -> Followed {
         match self.feed.next(&self.fanout).await {
-            Next::Frame(bytes) => Followed::Event { seq: self.feed.position, frame: bytes.into() },
+            Next::Frame(bytes, _) => Followed::Event { seq: self.feed.position, frame: bytes.into() },
             Next::Shared(event) => Followed::Event { seq: event.seq, frame: event.frame.clone() },
             Next::TooSlow => {
                 let oldest = self.fanout.sequencer.view().oldest_seq().unwrap_or(1);
@@ -229,7 +230,7 @@ impl Follower {
     /// The next event if one is available without waiting (for batching).
     pub fn next_ready(&mut self) -> Option<Followed> {
         match self.feed.next_ready(&self.fanout)? {
-            Next::Frame(bytes) => Some(Followed::Event { seq: self.feed.position, frame: bytes.into() }),
+            Next::Frame(bytes, _) => Some(Followed::Event { seq: self.feed.position, frame: bytes.into() }),
             Next::Shared(event) => Some(Followed::Event { seq: event.seq, frame: event.frame.clone() }),
             Next::TooSlow | Next::Closed => None,
         }
@@ -248,7 +249,7 @@ impl Feed {
                 if Self::purged(fanout, &record.did, record.seq) {
                     continue;
                 }
-                return Some(Next::Frame(record.frame));
+                return Some(Next::Frame(record.frame, record.time_micros));
             }
             if self.catching_up {
                 return None;
@@ -322,9 +323,9 @@ pub async fn serve_consumer(
     loop {
         tokio::select! {
             next = feed.next(&fanout) => {
-                let message = match next {
-                    Next::Frame(bytes) => Message::Binary(bytes.into()),
-                    Next::Shared(event) => Message::Binary(event.frame.clone()),
+                let (message, oldest) = match next {
+                    Next::Frame(bytes, time) => (Message::Binary(bytes.into()), time),
+                    Next::Shared(event) => (Message::Binary(event.frame.clone()), event.time_micros),
                     Next::TooSlow => {
                         fanout.metrics.consumer_too_slow.inc();
                         let frame = frame::error_frame("ConsumerTooSlow", Some("fell out of the replay window"));
@@ -338,7 +339,7 @@ pub async fn serve_consumer(
                 let mut burst = vec![message];
                 while burst.len() < MAX_BURST {
                     match feed.next_ready(&fanout) {
-                        Some(Next::Frame(bytes)) => burst.push(Message::Binary(bytes.into())),
+                        Some(Next::Frame(bytes, _)) => burst.push(Message::Binary(bytes.into())),
                         Some(Next::Shared(event)) => burst.push(Message::Binary(event.frame.clone())),
                         _ => break,
                     }
@@ -353,6 +354,9 @@ pub async fn serve_consumer(
                 match tokio::time::timeout(timeout, write).await {
                     Ok(Ok(())) => {
                         info.events_sent.fetch_add(count, Ordering::Relaxed);
+                        // One observation per write (not per frame): cheap at 100 consumers.
+                        let lag = crate::sequence::now_micros().saturating_sub(oldest);
+                        fanout.metrics.consumer_delivery_lag_seconds.observe(lag as f64 / 1e6);
                     }
                     _ => break,
                 }

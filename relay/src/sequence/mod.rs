@@ -43,6 +43,8 @@ pub type StateSender = mpsc::Sender<(u64, String, StateUpdate)>;
 pub struct Sequenced {
     pub seq: u64,
     pub did: String,
+    /// When it was sequenced (µs since the epoch; the log keeps the same time).
+    pub time_micros: u64,
     /// Shared by every consumer: sending it to one more consumer is a reference-count bump.
     pub frame: bytes::Bytes,
 }
@@ -107,7 +109,8 @@ impl SequencerHandle {
     }
 }
 
-fn now_micros() -> u64 {
+/// Microseconds since the Unix epoch: the time the log and live events carry.
+pub fn now_micros() -> u64 {
     crate::validate::verdict::now_micros()
 }
 
@@ -182,14 +185,14 @@ fn run(
                     if let Some(state) = state {
                         states.push((next_seq, did.clone(), state));
                     }
-                    sequenced.push(Sequenced { seq: next_seq, did, frame: bytes.into() });
+                    sequenced.push(Sequenced { seq: next_seq, did, time_micros: now, frame: bytes.into() });
                     next_seq += 1;
                 }
                 Err(error) => tracing::error!(%error, "dropping an event that cannot be encoded"),
             }
         }
         let records: Vec<(u64, u64, &str, &[u8])> =
-            sequenced.iter().map(|s| (s.seq, now, s.did.as_str(), &s.frame[..])).collect();
+            sequenced.iter().map(|s| (s.seq, s.time_micros, s.did.as_str(), &s.frame[..])).collect();
         let write_started = std::time::Instant::now();
         log.lock().unwrap_or_else(|p| p.into_inner()).append_batch(&records)?;
         metrics.log_write_seconds.observe(write_started.elapsed().as_secs_f64());

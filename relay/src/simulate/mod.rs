@@ -73,6 +73,10 @@ pub struct SimulateConfig {
     /// Events each host keeps for cursor replay (0 = all; long runs need a bound).
     #[arg(long, default_value_t = 0)]
     pub history_events: usize,
+    /// Name hosts go by in DID documents and `requestCrawl` instead of the bind address
+    /// (`localhost` for relays that, like indigo's, accept loopback hosts only by that name).
+    #[arg(long)]
+    pub advertise_name: Option<String>,
 }
 
 struct SimAccount {
@@ -86,6 +90,8 @@ struct SimAccount {
 /// One simulated PDS.
 pub struct SimHost {
     pub addr: SocketAddr,
+    /// `name:port` as advertised (see `SimulateConfig::advertise_name`).
+    name: String,
     events: Mutex<Vec<(i64, Vec<u8>)>>,
     live: broadcast::Sender<(i64, Vec<u8>)>,
     accounts: Mutex<Vec<SimAccount>>,
@@ -128,7 +134,7 @@ impl SimHost {
     }
 
     pub fn hostname(&self) -> String {
-        self.addr.to_string()
+        self.name.clone()
     }
 
     /// Sequences a frame on this host and sends it to subscribers.
@@ -236,8 +242,13 @@ impl Simulation {
             let addr = listener.local_addr()?;
             let hostile = if index + 1 == config.hosts { config.hostile.clone() } else { Vec::new() };
             let (live, _) = broadcast::channel(4096);
+            let name = match &config.advertise_name {
+                Some(name) => format!("{name}:{}", addr.port()),
+                None => addr.to_string(),
+            };
             let host = Arc::new(SimHost {
                 addr,
+                name,
                 events: Mutex::new(Vec::new()),
                 live,
                 accounts: Mutex::new(Vec::new()),
@@ -273,7 +284,7 @@ impl Simulation {
                     &did,
                     &handle,
                     &key.public_key(),
-                    &format!("http://{}", host.addr),
+                    &format!("http://{}", host.name),
                 );
                 self.plc.docs.lock().unwrap_or_else(|p| p.into_inner()).insert(did.clone(), doc);
                 let mut repo = Repo::new(&did, key);
@@ -423,13 +434,14 @@ impl Simulation {
         }
     }
 
-    /// Asks the relay to crawl every host (admin requestCrawl).
+    /// Asks the relay to crawl every host (admin requestCrawl at `admin_url`).
     pub async fn register_with_relay(&self, admin_url: &str, token: &str) -> anyhow::Result<()> {
         let client = reqwest::Client::new();
         for host in &self.hosts {
             let response = client
                 .post(format!("{}/admin/pds/requestCrawl", admin_url.trim_end_matches('/')))
-                .bearer_auth(token)
+                // Basic `admin:<token>`: what indigo's relay takes (ours takes it and Bearer).
+                .basic_auth("admin", Some(token))
                 .json(&json!({ "hostname": format!("http://{}", host.hostname()) }))
                 .send()
                 .await?;

@@ -5,6 +5,7 @@
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +74,19 @@ pub struct RepoStateUpdate<'a> {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Accounts per host, counted once per host and then kept by the writes below: the
+    /// account limit is checked on every new account, and counting a host with hundreds of
+    /// thousands of accounts each time made a cold start against the network quadratic.
+    /// Valid because this relay is the only writer of its accounts table.
+    host_account_counts: Arc<Mutex<HashMap<i64, HostAccountCount>>>,
+}
+
+#[derive(Default)]
+struct HostAccountCount {
+    /// `None` until counted.
+    count: Option<i64>,
+    /// Account writes seen for the host, to tell whether one raced with a count.
+    writes: u64,
 }
 
 fn now_seconds() -> i64 {
@@ -146,7 +160,7 @@ impl Store {
         } else {
             POSTGRES_MIGRATIONS.run(&pool).await?;
         }
-        Ok(Store { pool })
+        Ok(Store { pool, host_account_counts: Arc::default() })
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -249,12 +263,44 @@ impl Store {
         Ok(())
     }
 
+    /// Accounts whose current host is `id`.
     pub async fn count_host_accounts(&self, id: i64) -> Result<i64, StoreError> {
+        let writes_before = {
+            let mut counts = self.counts();
+            let entry = counts.entry(id).or_default();
+            if let Some(count) = entry.count {
+                return Ok(count);
+            }
+            entry.writes
+        };
         let row = sqlx::query("SELECT COUNT(*) AS n FROM accounts WHERE host_id = $1")
             .bind(id)
             .fetch_one(&self.pool)
             .await?;
-        Ok(row.try_get("n")?)
+        let count: i64 = row.try_get("n")?;
+        // Kept only if no account of this host came or went while counting (the count may or
+        // may not include such a write); otherwise the next call counts again.
+        let mut counts = self.counts();
+        let entry = counts.entry(id).or_default();
+        if entry.writes == writes_before {
+            entry.count = Some(count);
+        }
+        Ok(count)
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<i64, HostAccountCount>> {
+        self.host_account_counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps a host's cached count right after one of its accounts came (`+1`) or went (`-1`).
+    fn adjust_host_count(&self, id: Option<i64>, delta: i64) {
+        let Some(id) = id else { return };
+        let mut counts = self.counts();
+        let entry = counts.entry(id).or_default();
+        entry.writes += 1;
+        if let Some(count) = entry.count.as_mut() {
+            *count += delta;
+        }
     }
 
     // ---- accounts
@@ -267,7 +313,7 @@ impl Store {
 
     /// Creates the account row if missing (first event seen for the DID).
     pub async fn ensure_account(&self, did: &str, host_id: Option<i64>) -> Result<Account, StoreError> {
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO accounts (did, host_id, local_status, upstream_status, updated_at) \
              VALUES ($1, $2, 'active', 'active', $3) ON CONFLICT (did) DO NOTHING",
         )
@@ -276,16 +322,29 @@ impl Store {
         .bind(now_seconds())
         .execute(&self.pool)
         .await?;
+        if inserted.rows_affected() > 0 {
+            self.adjust_host_count(host_id, 1);
+        }
         self.account(did).await?.ok_or(StoreError::Sql(sqlx::Error::RowNotFound))
     }
 
-    pub async fn set_account_host(&self, did: &str, host_id: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE accounts SET host_id = $1, updated_at = $2 WHERE did = $3")
+    /// Moves an account to another host (`previous` is the host it had, for the counts).
+    pub async fn set_account_host(
+        &self,
+        did: &str,
+        previous: Option<i64>,
+        host_id: i64,
+    ) -> Result<(), StoreError> {
+        let updated = sqlx::query("UPDATE accounts SET host_id = $1, updated_at = $2 WHERE did = $3")
             .bind(host_id)
             .bind(now_seconds())
             .bind(did)
             .execute(&self.pool)
             .await?;
+        if updated.rows_affected() > 0 && previous != Some(host_id) {
+            self.adjust_host_count(previous, -1);
+            self.adjust_host_count(Some(host_id), 1);
+        }
         Ok(())
     }
 

@@ -197,7 +197,7 @@ async fn apply(
 ) -> Result<Option<crate::sequence::StateUpdate>, crate::storage::StoreError> {
     let mut updated = account.clone();
     if account.host_id != Some(host_id) {
-        relay.store.set_account_host(&account.did, host_id).await?;
+        relay.store.set_account_host(&account.did, account.host_id, host_id).await?;
         updated.host_id = Some(host_id);
     }
     match event {

@@ -493,7 +493,11 @@ fn collect_leaves<S: BlockSource>(
 }
 
 /// Adds the CID of `node` (hashed), of every node below it and of every leaf value.
-fn collect_reachable<S: BlockSource>(node: &mut Node, store: &S, out: &mut HashSet<Cid>) -> Result<(), MstError> {
+fn collect_reachable<S: BlockSource>(
+    node: &mut Node,
+    store: &S,
+    out: &mut HashSet<Cid>,
+) -> Result<(), MstError> {
     out.insert(node_cid(node, &mut None));
     for index in 0..node.items.len() {
         if matches!(node.items[index], Item::Tree(_)) {
