@@ -148,13 +148,64 @@ fn relay_command(flavor: Flavor, dir: &std::path::Path, public: u16, internal: u
     }
 }
 
-async fn start_relay(flavor: Flavor, name: &str, plc: &str) -> (RelayProcess, Duration) {
+/// Starts the relay with the simulated hosts registered: ours through admin
+/// `requestCrawl`; indigo's through its host table, since its `requestCrawl` probes
+/// `describeServer` through an SSRF guard that refuses loopback addresses (its own
+/// `pull-hosts` command writes the same rows). Returns the process and the seconds from
+/// its (last) start to answering `/_health`, and the moment of that start.
+async fn start_relay(flavor: Flavor, name: &str, sim: &Simulation) -> (RelayProcess, Duration, Instant) {
     let dir = std::env::temp_dir().join(format!("relay-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("bench data dir");
     let (public, internal) = (free_port(), free_port());
+    let plc = sim.plc_url();
+    let mut launched = Instant::now();
+    let (mut process, mut serving) = launch(flavor, &dir, public, internal, &plc).await;
+    match flavor {
+        Flavor::Ours => {
+            sim.register_with_relay(&process.admin_url(), "bench").await.expect("crawl");
+        }
+        Flavor::Indigo => {
+            // First start created the schema; add the hosts while it is stopped.
+            unsafe { libc::kill(process.child.id() as i32, libc::SIGTERM) };
+            let _ = process.child.wait();
+            insert_indigo_hosts(&dir, sim).await;
+            std::mem::forget(process);
+            launched = Instant::now();
+            (process, serving) = launch(flavor, &dir, public, internal, &plc).await;
+        }
+    }
+    (process, serving, launched)
+}
+
+async fn insert_indigo_hosts(dir: &std::path::Path, sim: &Simulation) {
+    let url = format!("sqlite://{}/relay.sqlite", dir.display());
+    let pool =
+        sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect(&url).await.expect("indigo db");
+    let mut tx = pool.begin().await.expect("tx");
+    for host in &sim.hosts {
+        sqlx::query(
+            "INSERT INTO host (created_at, updated_at, hostname, no_ssl, account_limit, trusted, status, last_seq, account_count) \
+             VALUES (datetime('now'), datetime('now'), ?, true, 1000000, true, 'active', -1, 0)",
+        )
+        .bind(host.hostname())
+        .execute(&mut *tx)
+        .await
+        .expect("insert host");
+    }
+    tx.commit().await.expect("commit");
+    pool.close().await;
+}
+
+async fn launch(
+    flavor: Flavor,
+    dir: &std::path::Path,
+    public: u16,
+    internal: u16,
+    plc: &str,
+) -> (RelayProcess, Duration) {
     let started = Instant::now();
-    let mut command = relay_command(flavor, &dir, public, internal, plc);
+    let mut command = relay_command(flavor, dir, public, internal, plc);
     // SAFETY: prctl is async-signal-safe; between fork and exec it only sets a flag on the child.
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -165,7 +216,7 @@ async fn start_relay(flavor: Flavor, name: &str, plc: &str) -> (RelayProcess, Du
         });
     }
     let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("relay binary");
-    let process = RelayProcess { child, flavor, public, internal, dir };
+    let process = RelayProcess { child, flavor, public, internal, dir: dir.to_path_buf() };
     // Both relays answer `/_health` once their database is open and they listen.
     let health_port = if flavor == Flavor::Ours { internal } else { public };
     loop {
@@ -177,8 +228,7 @@ async fn start_relay(flavor: Flavor, name: &str, plc: &str) -> (RelayProcess, Du
         assert!(started.elapsed() < Duration::from_secs(60), "relay did not start");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let serving = started.elapsed();
-    (process, serving)
+    (process, started.elapsed())
 }
 
 /// A firehose consumer that costs the bench as little as one can: the WebSocket handshake,
@@ -310,7 +360,7 @@ async fn metric(internal: u16, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
+        .fold(0.0, |total, value| total + value)
 }
 
 fn sim_config(hosts: usize, accounts: usize, rate: f64, backlog: bool) -> SimulateConfig {
@@ -326,8 +376,9 @@ fn sim_config(hosts: usize, accounts: usize, rate: f64, backlog: bool) -> Simula
         seed: 42,
         backlog_on_connect: backlog,
         // The saturation phase replays all pre-generated events; a long steady run must not
-        // keep every event it ever made (an hour at 2,000/s is ~50 GB of frames).
-        history_events: if backlog { 0 } else { 1024 },
+        // keep every event it ever made (an hour at 2,000/s is ~50 GB of frames), and even
+        // 1,024 per host came to ~17 GB over 2,800 hosts once repos (and proofs) had grown.
+        history_events: if backlog { 0 } else { 256 },
         // indigo's relay takes loopback hosts only as `localhost:PORT`; both relays get the same.
         advertise_name: Some("localhost".into()),
     }
@@ -345,14 +396,14 @@ async fn saturation(flavor: Flavor) {
     }
     let total: usize = sim.hosts.iter().map(|h| h.events_emitted()).sum();
     eprintln!("generated {total} events in {:.1}s", generating.elapsed().as_secs_f64());
-    let (relay, _) = start_relay(flavor, "sat", &sim.plc_url()).await;
+    // Hosts are registered by then and the relay is already taking their backlog: the clock
+    // starts at the relay's (last) start, the same point for both relays.
+    let (relay, _, launched) = start_relay(flavor, "sat", &sim).await;
+    // From cursor 0, so frames the relay sent before this connection count too.
     let delivered = Arc::new(AtomicU64::new(0));
-    let counter = count_frames(relay.firehose_url(), delivered.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let counter = count_frames(format!("{}?cursor=0", relay.firehose_url()), delivered.clone());
     let started = Instant::now();
-    let cpu_before = cpu_seconds(relay.child.id());
     let mut peak_rss = 0.0f64;
-    sim.register_with_relay(&relay.admin_url(), "bench").await.expect("crawl");
     // Every pre-generated event is valid, so the run ends when all are out on the firehose
     // (or nothing more comes for 15 s: a relay that drops events is reported as such).
     let (mut last_count, mut last_change) = (0, Instant::now());
@@ -371,8 +422,9 @@ async fn saturation(flavor: Flavor) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let elapsed = (last_change - started).as_secs_f64().max(0.001);
-    let cpu = cpu_seconds(relay.child.id()) - cpu_before;
+    let elapsed = (last_change - launched).as_secs_f64().max(0.001);
+    // The process's whole CPU time (start-up included, the same for both relays).
+    let cpu = cpu_seconds(relay.child.id());
     counter.abort();
     let rejected = match flavor {
         Flavor::Ours => format!("{} rejected", metric(relay.internal, "relay_events_rejected_total").await),
@@ -388,8 +440,7 @@ async fn steady(flavor: Flavor) {
     let seconds = env_num("BENCH_SECONDS", 60u64);
     let consumers = env_num("BENCH_CONSUMERS", 100usize);
     let sim = Simulation::start(sim_config(hosts, 2, rate, false)).await.expect("sim");
-    let (relay, serving) = start_relay(flavor, "steady", &sim.plc_url()).await;
-    sim.register_with_relay(&relay.admin_url(), "bench").await.expect("crawl");
+    let (relay, serving, _) = start_relay(flavor, "steady", &sim).await;
     let until = Instant::now() + Duration::from_secs(120);
     while relay.connected_hosts().await < hosts && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(500)).await;
