@@ -106,7 +106,14 @@ fn indigo_binary() -> std::path::PathBuf {
     }
 }
 
-fn relay_command(flavor: Flavor, dir: &std::path::Path, public: u16, internal: u16, plc: &str) -> Command {
+fn relay_command(
+    flavor: Flavor,
+    dir: &std::path::Path,
+    database: &str,
+    public: u16,
+    internal: u16,
+    plc: &str,
+) -> Command {
     match flavor {
         Flavor::Ours => {
             let mut command = Command::new(env!("CARGO_BIN_EXE_relay"));
@@ -122,6 +129,7 @@ fn relay_command(flavor: Flavor, dir: &std::path::Path, public: u16, internal: u
                 ])
                 .args(["--plc-host", plc, "--connect-stagger", "1ms", "--default-account-limit", "1000000"])
                 .args(["--host-events-per-second", "100000"])
+                .env("DATABASE_URL", database)
                 .env("RELAY_LOG_LEVEL", "warn");
             command
         }
@@ -136,7 +144,7 @@ fn relay_command(flavor: Flavor, dir: &std::path::Path, public: u16, internal: u
                 .current_dir(dir)
                 .env("RELAY_ADMIN_PASSWORD", "bench")
                 .env("RELAY_PLC_HOST", plc)
-                .env("DATABASE_URL", format!("sqlite://{}/relay.sqlite", dir.display()))
+                .env("DATABASE_URL", database)
                 .env("RELAY_PERSIST_DIR", dir.join("persist"))
                 .env("RELAY_API_BIND", format!("127.0.0.1:{public}"))
                 .env("RELAY_METRICS_LISTEN", format!("127.0.0.1:{internal}"))
@@ -159,8 +167,9 @@ async fn start_relay(flavor: Flavor, name: &str, sim: &Simulation) -> (RelayProc
     std::fs::create_dir_all(&dir).expect("bench data dir");
     let (public, internal) = (free_port(), free_port());
     let plc = sim.plc_url();
+    let database = bench_database(name, &dir).await;
     let mut launched = Instant::now();
-    let (mut process, mut serving) = launch(flavor, &dir, public, internal, &plc).await;
+    let (mut process, mut serving) = launch(flavor, &dir, &database, public, internal, &plc).await;
     match flavor {
         Flavor::Ours => {
             sim.register_with_relay(&process.admin_url(), "bench").await.expect("crawl");
@@ -169,24 +178,44 @@ async fn start_relay(flavor: Flavor, name: &str, sim: &Simulation) -> (RelayProc
             // First start created the schema; add the hosts while it is stopped.
             unsafe { libc::kill(process.child.id() as i32, libc::SIGTERM) };
             let _ = process.child.wait();
-            insert_indigo_hosts(&dir, sim).await;
+            insert_indigo_hosts(&database, sim).await;
             std::mem::forget(process);
             launched = Instant::now();
-            (process, serving) = launch(flavor, &dir, public, internal, &plc).await;
+            (process, serving) = launch(flavor, &dir, &database, public, internal, &plc).await;
         }
     }
     (process, serving, launched)
 }
 
-async fn insert_indigo_hosts(dir: &std::path::Path, sim: &Simulation) {
-    let url = format!("sqlite://{}/relay.sqlite", dir.display());
+/// The relay's database: SQLite in its data dir, or with `BENCH_POSTGRES_URL` (a server URL
+/// such as `postgres://postgres@127.0.0.1:5432`) a fresh PostgreSQL database for this run
+/// (indigo's production setup; ours takes either).
+async fn bench_database(name: &str, dir: &std::path::Path) -> String {
+    let Ok(server) = std::env::var("BENCH_POSTGRES_URL") else {
+        return format!("sqlite://{}/relay.sqlite", dir.display());
+    };
+    let server = server.trim_end_matches('/');
+    let database = format!("bench_{name}_{}", std::process::id());
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("{server}/postgres"))
+        .await
+        .expect("BENCH_POSTGRES_URL");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {database}")).execute(&admin).await.expect("drop");
+    sqlx::query(&format!("CREATE DATABASE {database}")).execute(&admin).await.expect("create");
+    admin.close().await;
+    format!("{server}/{database}")
+}
+
+async fn insert_indigo_hosts(database: &str, sim: &Simulation) {
+    sqlx::any::install_default_drivers();
     let pool =
-        sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect(&url).await.expect("indigo db");
+        sqlx::any::AnyPoolOptions::new().max_connections(1).connect(database).await.expect("indigo db");
     let mut tx = pool.begin().await.expect("tx");
     for host in &sim.hosts {
         sqlx::query(
             "INSERT INTO host (created_at, updated_at, hostname, no_ssl, account_limit, trusted, status, last_seq, account_count) \
-             VALUES (datetime('now'), datetime('now'), ?, true, 1000000, true, 'active', -1, 0)",
+             VALUES (CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, $1, true, 1000000, true, 'active', -1, 0)",
         )
         .bind(host.hostname())
         .execute(&mut *tx)
@@ -200,12 +229,13 @@ async fn insert_indigo_hosts(dir: &std::path::Path, sim: &Simulation) {
 async fn launch(
     flavor: Flavor,
     dir: &std::path::Path,
+    database: &str,
     public: u16,
     internal: u16,
     plc: &str,
 ) -> (RelayProcess, Duration) {
     let started = Instant::now();
-    let mut command = relay_command(flavor, dir, public, internal, plc);
+    let mut command = relay_command(flavor, dir, database, public, internal, plc);
     // SAFETY: prctl is async-signal-safe; between fork and exec it only sets a flag on the child.
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -234,40 +264,63 @@ async fn launch(
 /// A firehose consumer that costs the bench as little as one can: the WebSocket handshake,
 /// then frames counted by their headers and their payloads discarded unread.
 async fn drain_consumer(port: u16, stop_at: Instant, received: Arc<AtomicU64>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return };
-    let request = format!(
-        "GET /xrpc/com.atproto.sync.subscribeRepos HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
-         Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: YmVuY2gtZHJhaW4tY29uc3VtZXI=\r\n\
-         Sec-WebSocket-Version: 13\r\n\r\n"
-    );
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return;
-    }
-    let mut buffer = vec![0u8; 256 * 1024];
-    let mut filled = 0;
-    let body_start = loop {
-        let Ok(Ok(n)) =
-            tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer[filled..])).await
-        else {
-            return;
-        };
-        if n == 0 {
-            return;
-        }
-        filled += n;
-        if let Some(end) = buffer[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
-            assert!(buffer.starts_with(b"HTTP/1.1 101"), "firehose upgrade refused");
-            break end + 4;
+    use tokio::io::AsyncReadExt;
+    // A refused upgrade is reported (and retried): a consumer that silently never connects
+    // would make a relay look better than it is.
+    let mut attempt = 0;
+    let (mut stream, mut buffer, body) = loop {
+        attempt += 1;
+        match drain_handshake(port).await {
+            Ok(connected) => break connected,
+            Err(why) if attempt < 10 => {
+                eprintln!("drain consumer: {why}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(why) => {
+                eprintln!("drain consumer: {why}; giving up");
+                return;
+            }
         }
     };
     let mut frames = FrameCounter::default();
-    frames.feed(&buffer[body_start..filled], &received);
+    frames.feed(&body, &received);
     while Instant::now() < stop_at {
         match tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buffer)).await {
             Ok(Ok(0) | Err(_)) => return,
             Ok(Ok(n)) => frames.feed(&buffer[..n], &received),
             Err(_) => {}
+        }
+    }
+}
+
+/// Opens a firehose WebSocket by hand; returns the stream, a read buffer and the bytes that
+/// came after the response headers. The key must be base64 of 16 bytes (RFC 6455; indigo's
+/// WebSocket library checks it).
+async fn drain_handshake(port: u16) -> Result<(tokio::net::TcpStream, Vec<u8>, Vec<u8>), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
+    let request = format!(
+        "GET /xrpc/com.atproto.sync.subscribeRepos HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+         Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ZHJhaW4tY29uc3VtZXIhIQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut filled = 0;
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer[filled..])).await;
+        let n = read.map_err(|_| "no upgrade response in 10 s".to_string())?.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed during the upgrade".into());
+        }
+        filled += n;
+        if let Some(end) = buffer[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+            if !buffer.starts_with(b"HTTP/1.1 101") {
+                let head = String::from_utf8_lossy(&buffer[..filled.min(200)]).into_owned();
+                return Err(format!("upgrade refused: {head}"));
+            }
+            let body = buffer[end + 4..filled].to_vec();
+            return Ok((stream, buffer, body));
         }
     }
 }
