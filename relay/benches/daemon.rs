@@ -65,9 +65,19 @@ struct RelayProcess {
     public: u16,
     internal: u16,
     dir: std::path::PathBuf,
+    /// Set when the process was stopped for a restart on the same data.
+    keep_dir: bool,
 }
 
 impl RelayProcess {
+    /// Stops the relay with SIGTERM (as an operator would) and keeps its data for a restart.
+    fn stop_keeping_data(mut self) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        self.keep_dir = true;
+    }
+
     /// Where `/admin/*` is served: our internal listener, indigo's public one.
     fn admin_url(&self) -> String {
         let port = if self.flavor == Flavor::Ours { self.internal } else { self.public };
@@ -94,7 +104,9 @@ impl Drop for RelayProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -176,10 +188,8 @@ async fn start_relay(flavor: Flavor, name: &str, sim: &Simulation) -> (RelayProc
         }
         Flavor::Indigo => {
             // First start created the schema; add the hosts while it is stopped.
-            unsafe { libc::kill(process.child.id() as i32, libc::SIGTERM) };
-            let _ = process.child.wait();
+            process.stop_keeping_data();
             insert_indigo_hosts(&database, sim).await;
-            std::mem::forget(process);
             launched = Instant::now();
             (process, serving) = launch(flavor, &dir, &database, public, internal, &plc).await;
         }
@@ -246,7 +256,7 @@ async fn launch(
         });
     }
     let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("relay binary");
-    let process = RelayProcess { child, flavor, public, internal, dir: dir.to_path_buf() };
+    let process = RelayProcess { child, flavor, public, internal, dir: dir.to_path_buf(), keep_dir: false };
     // Both relays answer `/_health` once their database is open and they listen.
     let health_port = if flavor == Flavor::Ours { internal } else { public };
     loop {
