@@ -118,14 +118,19 @@ fn indigo_binary() -> std::path::PathBuf {
     }
 }
 
-fn relay_command(
+/// Everything one start of a relay process needs (a restart reuses it).
+struct RelaySetup {
     flavor: Flavor,
-    dir: &std::path::Path,
-    database: &str,
+    dir: std::path::PathBuf,
+    database: String,
     public: u16,
     internal: u16,
-    plc: &str,
-) -> Command {
+    plc: String,
+}
+
+fn relay_command(setup: &RelaySetup) -> Command {
+    let RelaySetup { flavor, dir, database, public, internal, plc } = setup;
+    let (public, internal, plc) = (*public, *internal, plc.as_str());
     match flavor {
         Flavor::Ours => {
             let mut command = Command::new(env!("CARGO_BIN_EXE_relay"));
@@ -177,11 +182,11 @@ async fn start_relay(flavor: Flavor, name: &str, sim: &Simulation) -> (RelayProc
     let dir = std::env::temp_dir().join(format!("relay-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("bench data dir");
-    let (public, internal) = (free_port(), free_port());
-    let plc = sim.plc_url();
     let database = bench_database(name, &dir).await;
+    let setup =
+        RelaySetup { flavor, dir, database, public: free_port(), internal: free_port(), plc: sim.plc_url() };
     let mut launched = Instant::now();
-    let (mut process, mut serving) = launch(flavor, &dir, &database, public, internal, &plc).await;
+    let (mut process, mut serving) = launch(&setup).await;
     match flavor {
         Flavor::Ours => {
             sim.register_with_relay(&process.admin_url(), "bench").await.expect("crawl");
@@ -189,9 +194,9 @@ async fn start_relay(flavor: Flavor, name: &str, sim: &Simulation) -> (RelayProc
         Flavor::Indigo => {
             // First start created the schema; add the hosts while it is stopped.
             process.stop_keeping_data();
-            insert_indigo_hosts(&database, sim).await;
+            insert_indigo_hosts(&setup.database, sim).await;
             launched = Instant::now();
-            (process, serving) = launch(flavor, &dir, &database, public, internal, &plc).await;
+            (process, serving) = launch(&setup).await;
         }
     }
     (process, serving, launched)
@@ -236,16 +241,9 @@ async fn insert_indigo_hosts(database: &str, sim: &Simulation) {
     pool.close().await;
 }
 
-async fn launch(
-    flavor: Flavor,
-    dir: &std::path::Path,
-    database: &str,
-    public: u16,
-    internal: u16,
-    plc: &str,
-) -> (RelayProcess, Duration) {
+async fn launch(setup: &RelaySetup) -> (RelayProcess, Duration) {
     let started = Instant::now();
-    let mut command = relay_command(flavor, dir, database, public, internal, plc);
+    let mut command = relay_command(setup);
     // SAFETY: prctl is async-signal-safe; between fork and exec it only sets a flag on the child.
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -256,7 +254,8 @@ async fn launch(
         });
     }
     let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("relay binary");
-    let process = RelayProcess { child, flavor, public, internal, dir: dir.to_path_buf(), keep_dir: false };
+    let RelaySetup { flavor, public, internal, .. } = *setup;
+    let process = RelayProcess { child, flavor, public, internal, dir: setup.dir.clone(), keep_dir: false };
     // Both relays answer `/_health` once their database is open and they listen.
     let health_port = if flavor == Flavor::Ours { internal } else { public };
     loop {
