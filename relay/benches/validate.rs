@@ -118,8 +118,12 @@ fn main() {
             signing_key: Some(repo.key.public_key()),
             pds_endpoint: Some("https://pds.example.com".into()),
         };
-        let view =
-            AccountView { identity: Some(&identity), active: true, source_host: Some("pds.example.com") };
+        let view = AccountView {
+            identity: Some(&identity),
+            active: true,
+            source_host: Some("pds.example.com"),
+            known_on_source: false,
+        };
         let policy = Policy::default();
         let events: Vec<Event> = events.into_iter().map(Event::Commit).collect();
         let car_bytes: usize =

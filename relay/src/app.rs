@@ -12,7 +12,6 @@ use crate::storage::{Account, Host, Store};
 use crate::validate::stage::{self, ValidationStage};
 use crate::validate::Policy;
 use std::collections::{HashMap, VecDeque};
-use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,7 +27,8 @@ pub struct Relay {
     pub validation: ValidationStage,
     pub policy: Policy,
     pub hosts: Mutex<HashMap<i64, HostHandle>>,
-    accounts: Mutex<lru::LruCache<String, Account>>,
+    /// Accounts the relay has stored, by DID (a cache in front of SQL, bounded by bytes).
+    accounts: Mutex<crate::cache::ByteLru<Account>>,
     new_hosts: Mutex<VecDeque<Instant>>,
     pub request_crawl_enabled: AtomicBool,
     last_accepted_unix: AtomicU64,
@@ -45,6 +45,11 @@ impl Relay {
         use anyhow::Context;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        // Starting on a full disk would fail later in ways that say less (RocksDB aborts on
+        // its own assertion): refuse now, naming the directory and what is missing.
+        for dir in [config.data_dir.clone(), config.persist_dir()] {
+            crate::disk::ensure_free_space(&dir, config.min_free_disk_bytes)?;
+        }
         let store = Store::connect(&config.database_url(), config.max_db_connections)
             .await
             .context("opening the database")?;
@@ -73,10 +78,18 @@ impl Relay {
         let resolver = Resolver::new(IdentityConfig {
             plc_url: config.plc_url.clone(),
             cache_entries: config.identity_cache_entries,
+            cache_bytes: config.identity_cache_bytes,
             ssrf: crate::identity::ssrf::SsrfPolicy { allow_loopback: config.allow_insecure_hosts },
             ..IdentityConfig::default()
         });
-        let fanout = Arc::new(Fanout::new(sequencer.clone(), FanoutConfig::default(), metrics.clone()));
+        let fanout_config = FanoutConfig {
+            write_timeout: config.consumer_write_timeout,
+            close_timeout: config.consumer_close_timeout,
+            max_consumers: config.max_consumers,
+            max_consumers_per_ip: config.max_consumers_per_ip,
+            ..FanoutConfig::default()
+        };
+        let fanout = Arc::new(Fanout::new(sequencer.clone(), fanout_config, metrics.clone()));
         let policy = Policy { lenient: config.lenient_sync_validation, ..Policy::default() };
         let (validation, receivers) = stage::channels(config.workers(), config.ingest_queue_bytes);
         #[cfg(feature = "collections")]
@@ -99,7 +112,7 @@ impl Relay {
             validation,
             policy,
             hosts: Mutex::new(HashMap::new()),
-            accounts: Mutex::new(lru::LruCache::new(NonZeroUsize::new(200_000).expect("non-zero"))),
+            accounts: Mutex::new(crate::cache::ByteLru::new(config.account_cache_bytes, usize::MAX)),
             new_hosts: Mutex::new(VecDeque::new()),
             request_crawl_enabled: AtomicBool::new(!config.disable_request_crawl),
             last_accepted_unix: AtomicU64::new(0),
@@ -228,6 +241,11 @@ impl Relay {
             self.subscribe(existing.clone());
             return Ok(existing);
         }
+        // The daily limit is checked before the outbound probe, so requests beyond it cost
+        // the relay nothing; the slot is taken only once the probe succeeded.
+        if !admin {
+            self.new_host_slot_free()?;
+        }
         crawl::probe(&host, insecure_ok, Duration::from_secs(10)).await?;
         if !admin {
             self.take_new_host_slot()?;
@@ -246,7 +264,8 @@ impl Relay {
         Ok(stored)
     }
 
-    fn take_new_host_slot(&self) -> Result<(), crawl::CrawlError> {
+    /// Whether the new-hosts-per-day limit leaves room, without taking it.
+    fn new_host_slot_free(&self) -> Result<(), crawl::CrawlError> {
         let mut window = self.new_hosts.lock().unwrap_or_else(|p| p.into_inner());
         let day = Duration::from_secs(86_400);
         while window.front().is_some_and(|t| t.elapsed() > day) {
@@ -255,22 +274,49 @@ impl Relay {
         if window.len() as u32 >= self.config.new_hosts_per_day {
             return Err(crawl::CrawlError::DailyLimit);
         }
-        window.push_back(Instant::now());
         Ok(())
     }
 
-    /// The account row, through a cache in front of the database.
-    pub async fn account(
+    fn take_new_host_slot(&self) -> Result<(), crawl::CrawlError> {
+        self.new_host_slot_free()?;
+        self.new_hosts.lock().unwrap_or_else(|p| p.into_inner()).push_back(Instant::now());
+        Ok(())
+    }
+
+    /// The stored account row, through a cache in front of the database. Never creates one:
+    /// rows are created only for events that passed validation (`create_account`).
+    pub async fn known_account(&self, did: &str) -> Result<Option<Account>, crate::storage::StoreError> {
+        if let Some(account) = self.accounts.lock().unwrap_or_else(|p| p.into_inner()).get(did) {
+            return Ok(Some(account.clone()));
+        }
+        let account = self.store.account(did).await?;
+        if let Some(account) = &account {
+            self.cache_account(account.clone());
+        }
+        Ok(account)
+    }
+
+    /// Stores a new account served by `host_id`, unless the host is at its account limit
+    /// (`Ok(None)`).
+    pub async fn create_account(
         &self,
         did: &str,
-        host_id: Option<i64>,
-    ) -> Result<Account, crate::storage::StoreError> {
-        if let Some(account) = self.accounts.lock().unwrap_or_else(|p| p.into_inner()).get(did) {
-            return Ok(account.clone());
+        host_id: i64,
+    ) -> Result<Option<Account>, crate::storage::StoreError> {
+        if !self.host_has_room(host_id).await? {
+            return Ok(None);
         }
-        let account = self.store.ensure_account(did, host_id).await?;
+        let account = self.store.ensure_account(did, Some(host_id)).await?;
         self.cache_account(account.clone());
-        Ok(account)
+        Ok(Some(account))
+    }
+
+    /// Whether a host may bring one more account (its account limit).
+    pub async fn host_has_room(&self, host_id: i64) -> Result<bool, crate::storage::StoreError> {
+        let Some(host) = self.store.host_by_id(host_id).await? else {
+            return Ok(false);
+        };
+        Ok(self.store.count_host_accounts(host_id).await? < host.account_limit)
     }
 
     pub fn cache_account(&self, account: Account) {
@@ -320,6 +366,9 @@ impl Relay {
 
     /// Readiness: relaying for real, not just up.
     pub fn readiness(&self) -> Result<(), String> {
+        if let Some(reason) = self.sequencer.write_failure() {
+            return Err(reason);
+        }
         let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
         let total = hosts.len();
         let connected = hosts.values().filter(|h| h.is_connected()).count();
@@ -420,31 +469,15 @@ pub async fn bootstrap_from_upstream(relay: Arc<Relay>) {
                 break;
             }
         };
-        for host in page["hosts"].as_array().into_iter().flatten() {
-            let status = host["status"].as_str().unwrap_or("active");
-            let Some(hostname) = host["hostname"].as_str() else {
-                continue;
-            };
-            if status != "active" && status != "idle" {
-                continue;
-            }
-            let normalized = match crawl::normalize_hostname(hostname, relay.config.allow_insecure_hosts) {
-                Ok(normalized) => normalized,
-                Err(_) => continue,
-            };
-            let trusted = relay.config.is_trusted(&normalized.hostname);
-            let limit =
-                if trusted { relay.config.trusted_account_limit } else { relay.config.default_account_limit };
-            if let Ok(stored) =
-                relay.store.upsert_host(&normalized.hostname, normalized.ssl, limit, trusted).await
-            {
-                if stored.status != "banned" {
-                    relay.subscribe(stored);
-                    added += 1;
-                    tokio::time::sleep(relay.config.connect_stagger).await;
-                }
-            }
-        }
+        let candidates: Vec<crawl::NormalizedHost> = page["hosts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|host| matches!(host["status"].as_str().unwrap_or("active"), "active" | "idle"))
+            .filter_map(|host| host["hostname"].as_str())
+            .filter_map(|name| crawl::normalize_hostname(name, relay.config.allow_insecure_hosts).ok())
+            .collect();
+        added += add_bootstrap_hosts(&relay, candidates).await;
         cursor = page["cursor"].as_str().map(str::to_string);
         if cursor.is_none() {
             break;
@@ -452,6 +485,48 @@ pub async fn bootstrap_from_upstream(relay: Arc<Relay>) {
     }
     tracing::info!(added, upstream = %base, "bootstrap from upstream listHosts done");
     relay.refresh_host_metrics().await;
+}
+
+/// Hosts from the upstream's list probed at once (each probe may wait out its timeout).
+const BOOTSTRAP_PROBE_CONCURRENCY: usize = 16;
+
+/// Stores and subscribes hosts named by the upstream relay. A host the relay does not know
+/// yet is probed first like a crawled one (`describeServer` through the SSRF guard, relays
+/// refused): the upstream's list is input from another party, not a trusted one.
+async fn add_bootstrap_hosts(relay: &Arc<Relay>, candidates: Vec<crawl::NormalizedHost>) -> usize {
+    use futures_util::StreamExt;
+    let bans = relay.store.domain_bans().await.unwrap_or_default();
+    let probed: Vec<Option<crawl::NormalizedHost>> = futures_util::stream::iter(candidates)
+        .filter(|host| std::future::ready(!crawl::is_banned(&host.hostname, &bans)))
+        .map(|host| async move {
+            if let Ok(Some(_)) = relay.store.host_by_name(&host.hostname).await {
+                return Some(host);
+            }
+            match crawl::probe(&host, relay.config.allow_insecure_hosts, Duration::from_secs(10)).await {
+                Ok(()) => Some(host),
+                Err(error) => {
+                    tracing::info!(host = %host.hostname, %error, "bootstrap: host refused");
+                    None
+                }
+            }
+        })
+        .buffer_unordered(BOOTSTRAP_PROBE_CONCURRENCY)
+        .collect()
+        .await;
+    let mut added = 0;
+    for host in probed.into_iter().flatten() {
+        let trusted = relay.config.is_trusted(&host.hostname);
+        let limit =
+            if trusted { relay.config.trusted_account_limit } else { relay.config.default_account_limit };
+        if let Ok(stored) = relay.store.upsert_host(&host.hostname, host.ssl, limit, trusted).await {
+            if stored.status != "banned" {
+                relay.subscribe(stored);
+                added += 1;
+                tokio::time::sleep(relay.config.connect_stagger).await;
+            }
+        }
+    }
+    added
 }
 
 /// Most repo state updates stored in one transaction.

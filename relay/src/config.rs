@@ -135,6 +135,31 @@ pub struct ServeConfig {
     #[arg(long, env = "RELAY_IDENT_CACHE_SIZE", default_value_t = 1_000_000)]
     pub identity_cache_entries: usize,
 
+    /// Memory bound of the identity cache, bytes (whichever of this and the entry count
+    /// is reached first evicts).
+    #[arg(long, env = "RELAY_IDENT_CACHE_BYTES", default_value_t = 192 << 20)]
+    pub identity_cache_bytes: usize,
+
+    /// Memory bound of the account cache in front of the database, bytes.
+    #[arg(long, env = "RELAY_ACCOUNT_CACHE_BYTES", default_value_t = 64 << 20)]
+    pub account_cache_bytes: usize,
+
+    /// Identity lookups per second one untrusted host's events may cause (DIDs not in the
+    /// cache, and every `#identity`); beyond it the host's socket is read more slowly, so a
+    /// host cannot make the relay query the directory on its behalf without bound.
+    #[arg(long, env = "RELAY_HOST_IDENTITY_LOOKUPS_PER_SECOND", default_value_t = 20.0)]
+    pub host_identity_lookups_per_second: f64,
+
+    /// Identity lookups per second a trusted host's events may cause.
+    #[arg(long, env = "RELAY_TRUSTED_HOST_IDENTITY_LOOKUPS_PER_SECOND", default_value_t = 2000.0)]
+    pub trusted_host_identity_lookups_per_second: f64,
+
+    /// How long an account's events wait for its did:web host to answer before they are
+    /// dropped as `identity_unavailable`. A PLC directory that cannot answer holds events
+    /// for as long as it takes (it is the relay's own dependency, not the account's).
+    #[arg(long, env = "RELAY_DID_WEB_HOLD", default_value = "2m", value_parser = parse_duration)]
+    pub did_web_hold: Duration,
+
     /// Events per second taken from an untrusted host; beyond it the relay reads the socket
     /// more slowly (the host is slowed down, nothing is dropped).
     #[arg(long, env = "RELAY_HOST_EVENTS_PER_SECOND", default_value_t = 50.0)]
@@ -232,6 +257,28 @@ pub struct ServeConfig {
     /// it. Off trusts the source, as zlay does.
     #[arg(long, env = "RELAY_BACKFILL_VERIFY_IDENTITY", default_value_t = true, action = clap::ArgAction::Set)]
     pub backfill_verify_identity: bool,
+
+    /// Firehose consumers connected at once; more are refused with 503 TooManyConsumers.
+    #[arg(long, env = "RELAY_MAX_CONSUMERS", default_value_t = 10_000)]
+    pub max_consumers: usize,
+
+    /// Firehose consumers connected at once from one IP address; more get 429. Behind a
+    /// proxy every consumer has the proxy's address: raise this, or limit at the proxy.
+    #[arg(long, env = "RELAY_MAX_CONSUMERS_PER_IP", default_value_t = 100)]
+    pub max_consumers_per_ip: usize,
+
+    /// A consumer write that takes longer than this closes the connection.
+    #[arg(long, env = "RELAY_CONSUMER_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub consumer_write_timeout: Duration,
+
+    /// Longest wait for a consumer's closing handshake before its socket is dropped.
+    #[arg(long, env = "RELAY_CONSUMER_CLOSE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub consumer_close_timeout: Duration,
+
+    /// Free bytes the data and event log directories need for the relay to start (a relay
+    /// started on a full disk refuses with a clear message instead of failing later).
+    #[arg(long, env = "RELAY_MIN_FREE_DISK_BYTES", default_value_t = 64 << 20)]
+    pub min_free_disk_bytes: u64,
 
     /// fsync the event log before broadcasting (turn off only for throwaway test runs).
     #[arg(long, env = "RELAY_LOG_FSYNC", default_value_t = true, action = clap::ArgAction::Set)]

@@ -10,9 +10,11 @@
 pub mod admin;
 pub mod app;
 pub mod atproto;
+pub mod cache;
 #[cfg(feature = "collections")]
 pub mod collections;
 pub mod config;
+pub mod disk;
 pub mod fanout;
 pub mod identity;
 pub mod ingest;

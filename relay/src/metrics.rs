@@ -28,6 +28,16 @@ pub struct Metrics {
     pub validation_seconds: Histogram,
     pub validation_step_seconds: HistogramVec,
     pub sibling_forwards: IntCounterVec,
+    pub identity_cache_bytes: IntGauge,
+    pub identity_lookup_retries: IntCounter,
+    pub identity_held_accounts: IntGauge,
+    pub host_identity_throttled: IntCounter,
+    pub log_write_failures: IntCounter,
+    pub intake_stopped: IntGauge,
+    pub consumers_refused: IntCounterVec,
+    pub upstream_log_lines_suppressed: IntCounter,
+    pub disk_free_bytes: IntGaugeVec,
+    pub store_retries: IntCounter,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -181,6 +191,58 @@ impl Metrics {
                 "relay_sibling_forwards_total",
                 "Requests forwarded to sibling relays, by result (ok, refused, failed)",
                 &["result"],
+            ),
+            identity_cache_bytes: gauge(
+                &registry,
+                "relay_identity_cache_bytes",
+                "Bytes held by the DID resolution cache (bounded by RELAY_IDENT_CACHE_BYTES)",
+            ),
+            identity_lookup_retries: counter(
+                &registry,
+                "relay_identity_lookup_retries_total",
+                "Identity lookups retried after a transient failure (the account's events were held, not dropped)",
+            ),
+            identity_held_accounts: gauge(
+                &registry,
+                "relay_identity_held_accounts",
+                "Accounts whose events are waiting for their identity lookup to succeed",
+            ),
+            host_identity_throttled: counter(
+                &registry,
+                "relay_host_identity_throttled_events_total",
+                "Events read later because their host exceeded its identity lookup budget",
+            ),
+            log_write_failures: counter(
+                &registry,
+                "relay_log_write_failures_total",
+                "Event log writes that failed (the batch is retried; nothing is acknowledged upstream meanwhile)",
+            ),
+            intake_stopped: gauge(
+                &registry,
+                "relay_intake_stopped",
+                "1 while the event log cannot be written and intake is stopped (see /_health for the reason)",
+            ),
+            consumers_refused: counter_vec(
+                &registry,
+                "relay_consumers_refused_total",
+                "Firehose connections refused, by limit (total, per_ip)",
+                &["limit"],
+            ),
+            upstream_log_lines_suppressed: counter(
+                &registry,
+                "relay_upstream_log_lines_suppressed_total",
+                "Log lines about upstream input not written because of the per-host log rate limit",
+            ),
+            disk_free_bytes: gauge_vec(
+                &registry,
+                "relay_disk_free_bytes",
+                "Bytes free on the filesystem of the data directory and of the event log",
+                &["dir"],
+            ),
+            store_retries: counter(
+                &registry,
+                "relay_store_retries_total",
+                "Database calls of the validation stage retried after an error (the event was held, not dropped)",
             ),
             registry,
         }

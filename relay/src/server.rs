@@ -23,10 +23,16 @@ pub fn internal_router(relay: Arc<Relay>) -> Router {
         .route("/_ready", get(ready))
         .with_state(relay.clone())
         .merge(crate::admin::router(relay))
+        .layer(axum::middleware::from_fn(crate::xrpc::lexicon_errors))
 }
 
 async fn metrics(State(relay): State<Arc<Relay>>) -> Response {
     relay.metrics.queue_bytes.with_label_values(&["validation"]).set(relay.validation.queued_bytes() as i64);
+    for (label, dir) in [("data", relay.config.data_dir.clone()), ("log", relay.config.persist_dir())] {
+        if let Ok(free) = crate::disk::free_bytes(&dir) {
+            relay.metrics.disk_free_bytes.with_label_values(&[label]).set(free as i64);
+        }
+    }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], relay.metrics.render())
         .into_response()
 }

@@ -70,7 +70,7 @@ proptest! {
             did: did.into(), handle: None,
             signing_key: Some(repo.key.public_key()), pds_endpoint: Some("https://pds.example".into()),
         };
-        let view = AccountView { identity: Some(&identity), active: true, source_host: Some("pds.example") };
+        let view = AccountView { identity: Some(&identity), active: true, source_host: Some("pds.example"), known_on_source: false };
         let policy = Policy::default();
         let mut present: BTreeMap<String, u32> = BTreeMap::new();
         let mut last: Option<RepoState> = None;
@@ -177,7 +177,8 @@ fn blocks_needed(parsed: &car::Car, commit: &relay::atproto::frame::Commit) -> V
 fn sync_events() {
     let mut repo = Repo::new("did:plc:syncaccount", SigningKey::from_seed(Curve::K256, b"sync"));
     let identity = identity_of(&repo);
-    let view = AccountView { identity: Some(&identity), active: true, source_host: None };
+    let view =
+        AccountView { identity: Some(&identity), active: true, source_host: None, known_on_source: false };
     let writes = [Write::Create { path: "app.bsky.feed.post/a".into(), record: sample_post("a", "x") }];
     let commit = repo.commit(&writes, 1, NOW).expect("commit");
     let first = verify_event(&Event::Commit(commit), &view, None, &Policy::default(), NOW).expect("valid");
@@ -198,7 +199,8 @@ fn sync_events() {
 fn genesis_commit_without_prev_data() {
     let mut repo = Repo::new("did:plc:genesisaccount", SigningKey::from_seed(Curve::K256, b"genesis"));
     let identity = identity_of(&repo);
-    let view = AccountView { identity: Some(&identity), active: true, source_host: None };
+    let view =
+        AccountView { identity: Some(&identity), active: true, source_host: None, known_on_source: false };
     let mut genesis = repo.commit(&[], 1, NOW).expect("empty first commit");
     genesis.prev_data = None;
     genesis.since = None;
@@ -237,7 +239,8 @@ fn identity_of(repo: &Repo) -> Identity {
 fn long_running_writer_keeps_only_its_current_repo() {
     let mut repo = Repo::new("did:plc:longwriter", SigningKey::from_seed(Curve::K256, b"long"));
     let identity = identity_of(&repo);
-    let view = AccountView { identity: Some(&identity), active: true, source_host: None };
+    let view =
+        AccountView { identity: Some(&identity), active: true, source_host: None, known_on_source: false };
     let mut rng = fastrand::Rng::with_seed(11);
     let mut present: Vec<String> = Vec::new();
     let mut last: Option<RepoState> = None;

@@ -13,7 +13,6 @@
 use super::index::Change;
 use super::{Collections, CHECK_MARKER};
 use crate::app::Relay;
-use crate::identity::resolver::ResolveError;
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -229,7 +228,7 @@ pub async fn settle(
 async fn pds_of(relay: &Arc<Relay>, did: &str) -> Result<String, Settled> {
     let identity = match relay.resolver.resolve(did).await {
         Ok(identity) => identity,
-        Err(ResolveError::Failed(_)) => return Err(Settled::Deferred),
+        Err(error) if error.is_transient() => return Err(Settled::Deferred),
         Err(_) => return Err(Settled::Dropped("unresolvable")),
     };
     let (Some(endpoint), Some(hostname)) = (identity.pds_endpoint.clone(), identity.pds_host()) else {

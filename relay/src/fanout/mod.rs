@@ -12,6 +12,7 @@ use crate::sequence::{log::LogRecord, Sequenced, SequencerHandle};
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +29,13 @@ pub struct FanoutConfig {
     pub write_timeout: Duration,
     /// Interval between WebSocket pings.
     pub ping_interval: Duration,
+    /// Longest wait for a closing handshake: a peer that stopped reading cannot take the
+    /// close frame either, and must not hold its task and buffers any longer than this.
+    pub close_timeout: Duration,
+    /// Consumers connected at once, in total.
+    pub max_consumers: usize,
+    /// Consumers connected at once from one IP address.
+    pub max_consumers_per_ip: usize,
 }
 
 impl Default for FanoutConfig {
@@ -38,6 +46,9 @@ impl Default for FanoutConfig {
             replay_chunk_bytes: 1 << 20,
             write_timeout: Duration::from_secs(30),
             ping_interval: Duration::from_secs(30),
+            close_timeout: Duration::from_secs(5),
+            max_consumers: 10_000,
+            max_consumers_per_ip: 100,
         }
     }
 }
@@ -70,6 +81,63 @@ pub struct Fanout {
     pub metrics: Metrics,
     pub consumers: Mutex<HashMap<u64, Arc<ConsumerInfo>>>,
     next_id: AtomicU64,
+    admitted: Mutex<Admitted>,
+}
+
+/// Connections counted against the consumer limits (from admission to the socket's end).
+#[derive(Default)]
+struct Admitted {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Why a new consumer was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    TooManyConsumers { limit: usize },
+    TooManyFromAddress { limit: usize },
+}
+
+impl Refused {
+    /// Label for `relay_consumers_refused_total`.
+    pub fn limit_name(&self) -> &'static str {
+        match self {
+            Refused::TooManyConsumers { .. } => "total",
+            Refused::TooManyFromAddress { .. } => "per_ip",
+        }
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::TooManyConsumers { limit } => {
+                write!(f, "the relay serves its maximum of {limit} consumers; try again later")
+            }
+            Refused::TooManyFromAddress { limit } => {
+                write!(f, "at most {limit} consumers may connect from one address")
+            }
+        }
+    }
+}
+
+/// A consumer's place under the limits; released when dropped (also when the upgrade fails).
+pub struct Admission {
+    fanout: Arc<Fanout>,
+    ip: IpAddr,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut admitted = self.fanout.admitted.lock().unwrap_or_else(|p| p.into_inner());
+        admitted.total = admitted.total.saturating_sub(1);
+        if let Some(count) = admitted.per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                admitted.per_ip.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Fanout {
@@ -80,7 +148,28 @@ impl Fanout {
             metrics,
             consumers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            admitted: Mutex::default(),
         }
+    }
+
+    /// Takes a place for a new consumer from `ip`, or says which limit refuses it.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Refused> {
+        let mut admitted = self.admitted.lock().unwrap_or_else(|p| p.into_inner());
+        let from_ip = admitted.per_ip.get(&ip).copied().unwrap_or(0);
+        let refused = if admitted.total >= self.config.max_consumers {
+            Some(Refused::TooManyConsumers { limit: self.config.max_consumers })
+        } else if from_ip >= self.config.max_consumers_per_ip {
+            Some(Refused::TooManyFromAddress { limit: self.config.max_consumers_per_ip })
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
+            self.metrics.consumers_refused.with_label_values(&[refused.limit_name()]).inc();
+            return Err(refused);
+        }
+        admitted.total += 1;
+        *admitted.per_ip.entry(ip).or_insert(0) += 1;
+        Ok(Admission { fanout: self.clone(), ip })
     }
 
     /// A snapshot of connected consumers (admin API).
@@ -275,13 +364,15 @@ fn info_frame(name: &str, message: &str) -> Vec<u8> {
     frame::encode(&frame::Event::Info(info)).expect("info frames always encode")
 }
 
-/// Runs one consumer connection to completion.
+/// Runs one consumer connection to completion. `_admission` holds its place under the
+/// consumer limits until the connection is gone.
 pub async fn serve_consumer(
     socket: WebSocket,
     cursor: Option<u64>,
     fanout: Arc<Fanout>,
     remote_addr: String,
     user_agent: String,
+    _admission: Admission,
 ) {
     fanout.metrics.consumers.inc();
     let id = fanout.next_id.fetch_add(1, Ordering::Relaxed);
@@ -304,7 +395,7 @@ pub async fn serve_consumer(
         Start::Future => {
             let frame = frame::error_frame("FutureCursor", Some("cursor is ahead of the relay's sequence"));
             let _ = tokio::time::timeout(timeout, sink.send(Message::Binary(frame.into()))).await;
-            let _ = sink.close().await;
+            let _ = tokio::time::timeout(fanout.config.close_timeout, sink.close()).await;
             return;
         }
         Start::After { seq, outdated } => {
@@ -375,7 +466,9 @@ pub async fn serve_consumer(
             }
         }
     }
-    let _ = sink.close().await;
+    // Bounded: a peer that stopped reading never completes the closing handshake; after the
+    // deadline the socket is dropped, which releases the task and its buffers.
+    let _ = tokio::time::timeout(fanout.config.close_timeout, sink.close()).await;
 }
 
 struct ConsumerGuard {
@@ -393,6 +486,34 @@ impl Drop for ConsumerGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn admission_counts_per_address_and_in_total_and_releases() {
+        let metrics = Metrics::new();
+        let dir = std::env::temp_dir().join(format!("relay-fanout-admit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let log = crate::sequence::log::EventLog::open(crate::sequence::log::LogConfig {
+            dir: dir.clone(),
+            segment_bytes: 1 << 20,
+            sync: false,
+            index_stride_bytes: 4096,
+        })
+        .expect("log");
+        let (state_tx, _state_rx) = tokio::sync::mpsc::channel(16);
+        let (sequencer, _thread) =
+            crate::sequence::start(log, Default::default(), 16, metrics.clone(), state_tx);
+        let config = FanoutConfig { max_consumers: 3, max_consumers_per_ip: 2, ..FanoutConfig::default() };
+        let fanout = Arc::new(Fanout::new(sequencer, config, metrics));
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().expect("ip"), "192.0.2.2".parse().expect("ip"));
+        let first = fanout.admit(a).expect("first");
+        let _second = fanout.admit(a).expect("second");
+        assert_eq!(fanout.admit(a).err(), Some(Refused::TooManyFromAddress { limit: 2 }));
+        let _third = fanout.admit(b).expect("another address");
+        assert_eq!(fanout.admit(b).err(), Some(Refused::TooManyConsumers { limit: 3 }));
+        drop(first);
+        assert!(fanout.admit(a).is_ok(), "a released place is free again");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn cursor_rules() {

@@ -59,6 +59,13 @@ pub struct Identity {
     pub pds_endpoint: Option<String>,
 }
 
+impl crate::cache::Weigh for Identity {
+    fn weigh(&self) -> usize {
+        // The key is a fixed-size parsed point; the strings are what varies.
+        std::mem::size_of::<Identity>() + self.did.len() + self.handle.weigh() + self.pds_endpoint.weigh()
+    }
+}
+
 impl Identity {
     /// The PDS hostname (with port when not default), as relays name hosts.
     pub fn pds_host(&self) -> Option<String> {

@@ -2,13 +2,15 @@
 //!
 //! `did:plc` goes to the configured PLC directory (trusted: it may be on loopback
 //! in tests); `did:web` goes to `https://<host>/.well-known/did.json` through the
-//! SSRF-guarded client. Failures are cached for a shorter time so a flood of
-//! events for a broken DID does not become a flood of lookups.
+//! SSRF-guarded client. Definite failures (not found, tombstoned, a broken document)
+//! are cached for a shorter time so a flood of events for a broken DID does not become a
+//! flood of lookups. Transient failures (timeouts, connection errors, 5xx, 429) are never
+//! cached: they say nothing about the DID, and the validation stage holds the account's
+//! events and asks again instead of dropping them. The cache is bounded by bytes.
 
 use super::doc::{parse_document, DocError, Identity};
 use super::ssrf::{guarded_client, SsrfPolicy};
 use crate::atproto::syntax;
-use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,8 +24,23 @@ pub enum ResolveError {
     NotFound,
     #[error("resolution failed: {0}")]
     Failed(String),
+    /// The directory or the did:web host could not answer now; the DID may be fine.
+    #[error("resolution unavailable: {0}")]
+    Transient(String),
     #[error(transparent)]
     Document(#[from] DocError),
+}
+
+impl ResolveError {
+    /// Whether asking again later may give a different answer.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ResolveError::Transient(_))
+    }
+}
+
+/// Whether an HTTP status from a directory means "try again later" rather than an answer.
+fn status_is_transient(code: u16) -> bool {
+    code == 408 || code == 425 || code == 429 || code >= 500
 }
 
 /// Limits and endpoints for resolution. Every field has a default used by `relay`.
@@ -32,6 +49,8 @@ pub struct IdentityConfig {
     pub plc_url: String,
     pub timeout: Duration,
     pub cache_entries: usize,
+    /// Memory bound of the cache (identities and negative answers together).
+    pub cache_bytes: usize,
     pub cache_ttl: Duration,
     pub negative_ttl: Duration,
     pub max_document_bytes: usize,
@@ -44,6 +63,7 @@ impl Default for IdentityConfig {
             plc_url: "https://plc.directory".to_string(),
             timeout: Duration::from_secs(10),
             cache_entries: 1_000_000,
+            cache_bytes: 192 << 20,
             cache_ttl: Duration::from_secs(24 * 3600),
             negative_ttl: Duration::from_secs(120),
             max_document_bytes: 64 * 1024,
@@ -52,13 +72,23 @@ impl Default for IdentityConfig {
     }
 }
 
-type CacheEntry = (Instant, Result<Arc<Identity>, ResolveError>);
+struct CacheEntry(Instant, Result<Arc<Identity>, ResolveError>);
+
+impl crate::cache::Weigh for CacheEntry {
+    fn weigh(&self) -> usize {
+        let inline = std::mem::size_of::<CacheEntry>();
+        match &self.1 {
+            Ok(identity) => inline + identity.weigh(),
+            Err(error) => inline + error.to_string().len(),
+        }
+    }
+}
 
 pub struct Resolver {
     config: IdentityConfig,
     plc_client: reqwest::Client,
     web_client: reqwest::Client,
-    cache: Mutex<lru::LruCache<String, CacheEntry>>,
+    cache: Mutex<crate::cache::ByteLru<CacheEntry>>,
 }
 
 impl Resolver {
@@ -69,13 +99,13 @@ impl Resolver {
             .build()
             .expect("static HTTP client configuration is valid");
         let web_client = guarded_client(config.ssrf, config.timeout);
-        let capacity = NonZeroUsize::new(config.cache_entries.max(1)).expect("max(1) is non-zero");
-        Resolver { config, plc_client, web_client, cache: Mutex::new(lru::LruCache::new(capacity)) }
+        let cache = crate::cache::ByteLru::new(config.cache_bytes, config.cache_entries);
+        Resolver { config, plc_client, web_client, cache: Mutex::new(cache) }
     }
 
     fn cached(&self, did: &str) -> Option<Result<Arc<Identity>, ResolveError>> {
         let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (stored, result) = cache.get(did)?;
+        let CacheEntry(stored, result) = cache.get(did)?;
         let ttl = if result.is_ok() { self.config.cache_ttl } else { self.config.negative_ttl };
         if stored.elapsed() < ttl {
             Some(result.clone())
@@ -87,7 +117,12 @@ impl Resolver {
 
     fn store(&self, did: &str, result: Result<Arc<Identity>, ResolveError>) {
         let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        cache.put(did.to_string(), (Instant::now(), result));
+        cache.put(did.to_string(), CacheEntry(Instant::now(), result));
+    }
+
+    /// Whether a lookup of `did` would be answered from the cache (no network).
+    pub fn is_cached(&self, did: &str) -> bool {
+        self.cache.lock().map(|cache| cache.contains(did)).unwrap_or(false)
     }
 
     /// Resolves through the cache.
@@ -101,14 +136,23 @@ impl Resolver {
     /// Resolves from the network, replacing any cached entry.
     pub async fn refresh(&self, did: &str) -> Result<Arc<Identity>, ResolveError> {
         let result = self.fetch(did).await.map(Arc::new);
-        // Transport failures are not remembered as long as definite answers.
-        self.store(did, result.clone());
+        match &result {
+            // Not remembered at all: the next event of this DID asks again (after the
+            // validation stage's backoff), and a cached answer stays until replaced.
+            Err(error) if error.is_transient() => {}
+            _ => self.store(did, result.clone()),
+        }
         result
     }
 
     /// Number of cached entries (for metrics).
     pub fn cache_len(&self) -> usize {
         self.cache.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// Bytes held by the cache (for metrics).
+    pub fn cache_bytes(&self) -> usize {
+        self.cache.lock().map(|c| c.bytes()).unwrap_or(0)
     }
 
     async fn fetch(&self, did: &str) -> Result<Identity, ResolveError> {
@@ -120,10 +164,13 @@ impl Resolver {
         } else {
             return Err(ResolveError::UnsupportedMethod);
         };
-        let response = client.get(&url).send().await.map_err(|e| ResolveError::Failed(e.to_string()))?;
+        let response = client.get(&url).send().await.map_err(|e| ResolveError::Transient(e.to_string()))?;
         match response.status().as_u16() {
             200 => {}
             404 | 410 => return Err(ResolveError::NotFound),
+            code if status_is_transient(code) => {
+                return Err(ResolveError::Transient(format!("HTTP {code} from {url}")))
+            }
             code => return Err(ResolveError::Failed(format!("HTTP {code} from {url}"))),
         }
         let body = read_limited(response, self.config.max_document_bytes).await?;
@@ -147,7 +194,7 @@ fn did_web_url(host: &str) -> Result<String, ResolveError> {
 
 async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, ResolveError> {
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| ResolveError::Failed(e.to_string()))? {
+    while let Some(chunk) = response.chunk().await.map_err(|e| ResolveError::Transient(e.to_string()))? {
         if body.len() + chunk.len() > limit {
             return Err(ResolveError::Failed(format!("DID document larger than {limit} bytes")));
         }
@@ -159,6 +206,54 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_directory_trouble_is_transient() {
+        for code in [408, 429, 500, 502, 503, 504] {
+            assert!(status_is_transient(code), "{code}");
+        }
+        for code in [400, 401, 403, 404, 410, 451] {
+            assert!(!status_is_transient(code), "{code}");
+        }
+        assert!(ResolveError::Transient("timeout".into()).is_transient());
+        assert!(!ResolveError::NotFound.is_transient());
+        assert!(!ResolveError::Failed("HTTP 400".into()).is_transient());
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_not_cached_but_answers_are() {
+        use axum::routing::get;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // A directory that answers 503 twice, then 404.
+        let calls = Arc::new(AtomicUsize::new(0));
+        let served = calls.clone();
+        let app = axum::Router::new().route(
+            "/{did}",
+            get(move || {
+                let n = served.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n < 2 {
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        axum::http::StatusCode::NOT_FOUND
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let resolver =
+            Resolver::new(IdentityConfig { plc_url: format!("http://{addr}"), ..IdentityConfig::default() });
+        let did = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa";
+        assert!(resolver.resolve(did).await.expect_err("503").is_transient());
+        assert!(!resolver.is_cached(did), "a 503 is not remembered");
+        assert!(resolver.resolve(did).await.expect_err("503").is_transient());
+        assert_eq!(resolver.resolve(did).await, Err(ResolveError::NotFound));
+        assert!(resolver.is_cached(did));
+        assert_eq!(resolver.resolve(did).await, Err(ResolveError::NotFound), "answered from the cache");
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
 
     #[test]
     fn did_web_urls() {

@@ -10,6 +10,7 @@ pub mod crawl;
 
 use crate::app::Relay;
 use crate::atproto::frame::{self, Event, MAX_FRAME_BYTES};
+use crate::identity::ssrf::SsrfPolicy;
 use crate::storage::Host;
 use futures_util::StreamExt;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -26,6 +27,15 @@ pub(crate) fn unix_now() -> u64 {
 
 /// Read buffer per upstream socket.
 const UPSTREAM_READ_BUFFER: usize = 16 * 1024;
+
+/// Longest wait for one upstream connection (DNS, TCP, TLS and the WebSocket upgrade).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest piece of upstream text (an `#info` message, an `#error` name) put in a log line.
+const MAX_LOGGED_UPSTREAM_CHARS: usize = 256;
+
+/// Log lines about one host's frames per minute; the rest are counted, not written.
+const UPSTREAM_LOG_LINES_PER_MINUTE: f64 = 10.0;
 
 /// Failures in a row before a host is marked offline.
 const OFFLINE_AFTER_FAILURES: u32 = 8;
@@ -285,8 +295,19 @@ async fn subscribe_once(
     // both CPU and, times thousands of hosts, hundreds of MiB.
     ws_config.read_buffer_size = UPSTREAM_READ_BUFFER;
     ws_config.write_buffer_size = 0;
-    let connect = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), false);
-    let (mut socket, _) = match tokio::time::timeout(Duration::from_secs(30), connect).await {
+    let connect = async {
+        // Through the SSRF guard: the address checked is the address dialled, whatever DNS
+        // says by now (a name probed earlier may have been re-pointed at an internal one).
+        let (name, port) = split_host_port(&host.hostname, host.ssl);
+        let policy = SsrfPolicy { allow_loopback: relay.config.allow_insecure_hosts };
+        let stream = crate::identity::ssrf::connect_guarded(policy, name, port, CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio_tungstenite::client_async_tls_with_config(url.as_str(), stream, Some(ws_config), None)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let (mut socket, _) = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok(pair)) => pair,
         Ok(Err(error)) => return Ended::Failed(format!("connect: {error}")),
         Err(_) => return Ended::Failed("connect timed out".into()),
@@ -306,6 +327,13 @@ async fn subscribe_once(
         relay.config.host_events_per_second
     };
     let mut limiter = RateLimiter::new(rate);
+    let lookup_rate = if host.trusted {
+        relay.config.trusted_host_identity_lookups_per_second
+    } else {
+        relay.config.host_identity_lookups_per_second
+    };
+    let mut lookups = RateLimiter::new(lookup_rate);
+    let mut log_lines = LogLines::new();
     // An idle upstream is normal; a dead TCP connection is caught by this read timeout.
     let idle_timeout = Duration::from_secs(600);
     let mut last_read = tokio::time::Instant::now();
@@ -328,6 +356,10 @@ async fn subscribe_once(
         last_read = tokio::time::Instant::now();
         let message = match next {
             Some(Ok(message)) => message,
+            Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(error))) => {
+                relay.metrics.rejections.with_label_values(&["oversize_frame"]).inc();
+                return Ended::Failed(format!("oversize frame: {error}"));
+            }
             Some(Err(error)) => return Ended::Failed(format!("read: {error}")),
             None => return Ended::Clean,
         };
@@ -344,14 +376,29 @@ async fn subscribe_once(
                 return Ended::Failed(format!("undecodable frame: {error}"));
             }
         };
+        // Every frame, relayed or not, goes through the host's event rate: a flood of
+        // `#info` or unknown frames slows the host down like any other.
+        if limiter.take().await {
+            relay.metrics.host_throttled.inc();
+        }
         let seq = match &event {
             Event::Error(body) if body.error == "FutureCursor" => return Ended::FutureCursor,
-            Event::Error(body) => return Ended::Failed(format!("upstream error {}", body.error)),
+            Event::Error(body) => {
+                relay.metrics.rejections.with_label_values(&["upstream_error"]).inc();
+                return Ended::Failed(format!("upstream error {}", clip(&body.error)));
+            }
             Event::Info(info) => {
-                tracing::info!(host = %host.hostname, name = %info.name, "upstream #info");
+                relay.metrics.rejections.with_label_values(&["upstream_info"]).inc();
+                if log_lines.allow(relay) {
+                    let message = info.message.as_deref().map(clip).unwrap_or_default();
+                    tracing::info!(host = %host.hostname, name = %clip(&info.name), %message, "upstream #info");
+                }
                 continue;
             }
-            Event::Unknown { .. } => continue,
+            Event::Unknown { .. } => {
+                relay.metrics.rejections.with_label_values(&["unknown_type"]).inc();
+                continue;
+            }
             other => other.seq().unwrap_or(0),
         };
         relay.metrics.events_in.with_label_values(&[event.type_name()]).inc();
@@ -359,8 +406,8 @@ async fn subscribe_once(
             relay.metrics.rejections.with_label_values(&["seq_not_increasing"]).inc();
             continue;
         }
-        if limiter.take().await {
-            relay.metrics.host_throttled.inc();
+        if needs_identity_lookup(relay, &event) && lookups.take().await {
+            relay.metrics.host_identity_throttled.inc();
         }
         let in_flight = progress.start(seq);
         if progress.idle.swap(false, Ordering::Relaxed) {
@@ -368,6 +415,59 @@ async fn subscribe_once(
             relay.refresh_host_metrics().await;
         }
         relay.validation.submit(host.id, hostname.clone(), event, bytes.len(), in_flight).await;
+    }
+}
+
+/// Host name and port of a stored hostname (`name`, `name:port`), with the scheme's default.
+fn split_host_port(hostname: &str, ssl: bool) -> (&str, u16) {
+    let default = if ssl { 443 } else { 80 };
+    match hostname.rsplit_once(':') {
+        Some((name, port)) if !name.ends_with(':') => (name, port.parse().unwrap_or(default)),
+        _ => (hostname, default),
+    }
+}
+
+/// Whether validating this event will make the relay ask the directory: a DID it has no
+/// answer for, or an `#identity` (judged on a fresh document).
+fn needs_identity_lookup(relay: &Relay, event: &Event) -> bool {
+    match event {
+        Event::Identity(_) => true,
+        other => other.did().is_some_and(|did| !relay.resolver.is_cached(did)),
+    }
+}
+
+/// Upstream text cut to a length fit for one log line.
+fn clip(text: &str) -> String {
+    if text.len() <= MAX_LOGGED_UPSTREAM_CHARS {
+        return text.to_string();
+    }
+    let cut: String = text.chars().take(MAX_LOGGED_UPSTREAM_CHARS).collect();
+    format!("{cut}… ({} bytes)", text.len())
+}
+
+/// A per-host budget of log lines: what a host sends must not decide how much the relay logs.
+struct LogLines {
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl LogLines {
+    fn new() -> LogLines {
+        LogLines { tokens: UPSTREAM_LOG_LINES_PER_MINUTE, last: tokio::time::Instant::now() }
+    }
+
+    fn allow(&mut self, relay: &Relay) -> bool {
+        let now = tokio::time::Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * UPSTREAM_LOG_LINES_PER_MINUTE / 60.0;
+        self.tokens = (self.tokens + refill).min(UPSTREAM_LOG_LINES_PER_MINUTE);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            relay.metrics.upstream_log_lines_suppressed.inc();
+            false
+        }
     }
 }
 
@@ -421,6 +521,25 @@ mod tests {
             "{elapsed:?}"
         );
         assert_eq!(waited, 20);
+    }
+
+    #[test]
+    fn upstream_text_is_clipped_for_logs() {
+        assert_eq!(clip("FutureCursor"), "FutureCursor");
+        let huge = "x".repeat(4_000_000);
+        let clipped = clip(&huge);
+        assert!(clipped.len() < 400, "{} bytes", clipped.len());
+        assert!(clipped.ends_with("(4000000 bytes)"));
+        // Multi-byte text is cut on a character boundary.
+        assert!(clip(&"é".repeat(1000)).starts_with('é'));
+    }
+
+    #[test]
+    fn host_ports() {
+        assert_eq!(split_host_port("pds.example.com", true), ("pds.example.com", 443));
+        assert_eq!(split_host_port("pds.example.com:8443", true), ("pds.example.com", 8443));
+        assert_eq!(split_host_port("localhost:2583", false), ("localhost", 2583));
+        assert_eq!(split_host_port("localhost", false), ("localhost", 80));
     }
 
     #[test]

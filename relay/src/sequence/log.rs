@@ -268,7 +268,51 @@ impl EventLog {
     }
 
     /// Appends events (seq strictly increasing) and makes them durable before returning.
+    /// All or nothing: when a write fails (a full disk, an I/O error), whatever part of the
+    /// batch reached the files is cut off again, so the same batch can be retried later and
+    /// the log never holds a torn record or a seq gap.
     pub fn append_batch(&mut self, records: &[(u64, u64, &str, &[u8])]) -> Result<(), LogError> {
+        let mark = (self.segments.len(), self.active_len);
+        let result = self.append_batch_unguarded(records);
+        if result.is_err() {
+            if let Err(error) = self.roll_back(mark) {
+                tracing::error!(%error, "could not cut a failed batch off the event log; it is cut on the next start");
+            }
+        }
+        result
+    }
+
+    /// Returns the files to the state before a failed append: segments started by it are
+    /// removed, and the segment that was active is truncated to its old length.
+    fn roll_back(&mut self, (segments, active_len): (usize, u64)) -> Result<(), LogError> {
+        let mut reopened = false;
+        while self.segments.len() > segments {
+            if let Some(segment) = self.segments.pop() {
+                self.active = None;
+                reopened = true;
+                if let Err(error) = fs::remove_file(&segment.path) {
+                    if error.kind() != io::ErrorKind::NotFound {
+                        return Err(error.into());
+                    }
+                }
+            }
+        }
+        let Some(last) = self.segments.last() else {
+            self.active = None;
+            self.active_len = 0;
+            return Ok(());
+        };
+        if reopened {
+            self.active = Some(OpenOptions::new().append(true).open(&last.path)?);
+        }
+        if let Some(file) = &self.active {
+            file.set_len(active_len)?;
+        }
+        self.active_len = active_len;
+        Ok(())
+    }
+
+    fn append_batch_unguarded(&mut self, records: &[(u64, u64, &str, &[u8])]) -> Result<(), LogError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -595,6 +639,32 @@ mod tests {
         let seqs: Vec<u64> = log.read_after(0, 10, usize::MAX).expect("read").iter().map(|r| r.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3]);
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failed_batch_leaves_nothing_behind_and_can_be_retried() {
+        let dir = temp_dir("rollback");
+        let mut log = EventLog::open(config(&dir, 200)).expect("open");
+        for seq in 1..=5u64 {
+            log.append_batch(&[(seq, seq, "did:plc:a", &[seq as u8; 30])]).expect("append");
+        }
+        let files_before = fs::read_dir(&dir).expect("dir").count();
+        // A batch that writes records across a segment boundary, then fails on its last one.
+        let frames: Vec<Vec<u8>> = (6..=20u64).map(|seq| vec![seq as u8; 30]).collect();
+        let mut batch: Vec<(u64, u64, &str, &[u8])> =
+            (6..=20u64).zip(&frames).map(|(seq, f)| (seq, seq, "did:plc:a", f.as_slice())).collect();
+        batch.push((3, 3, "did:plc:a", b"stale"));
+        assert!(log.append_batch(&batch).is_err());
+        assert_eq!(log.head(), 5);
+        assert_eq!(fs::read_dir(&dir).expect("dir").count(), files_before, "segments it started are gone");
+        assert_eq!(log.read_after(0, 100, 1 << 20).expect("read").len(), 5);
+        // The same events (without the bad one) go in afterwards, and a reopen sees no tear.
+        batch.pop();
+        log.append_batch(&batch).expect("retry");
+        drop(log);
+        let log = EventLog::open(config(&dir, 200)).expect("reopen");
+        let seqs: Vec<u64> = log.read_after(0, 100, 1 << 20).expect("read").iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
     }
 
     #[test]

@@ -85,6 +85,15 @@ impl Default for SequencerConfig {
     }
 }
 
+/// Why the log cannot be written right now (`None` while it can). While set, the
+/// sequencer retries its batch and takes nothing new: the queues in front of it fill and
+/// intake stops, so no upstream cursor moves past an event that is not on disk.
+pub type WriteFailure = Arc<RwLock<Option<String>>>;
+
+/// First wait before writing a failed batch again; doubled per failure up to the cap.
+const WRITE_RETRY_FIRST: Duration = Duration::from_millis(100);
+const WRITE_RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// Events of a DID with seq below the mark are not replayed (takedown purge).
 pub type PurgeMarks = Arc<RwLock<HashMap<String, u64>>>;
 
@@ -96,6 +105,7 @@ pub struct SequencerHandle {
     pub head: watch::Receiver<u64>,
     log: Arc<Mutex<EventLog>>,
     pub purges: PurgeMarks,
+    write_failure: WriteFailure,
 }
 
 impl SequencerHandle {
@@ -106,6 +116,11 @@ impl SequencerHandle {
 
     pub fn current_head(&self) -> u64 {
         *self.head.borrow()
+    }
+
+    /// Why events cannot be written now, if they cannot (health reports it).
+    pub fn write_failure(&self) -> Option<String> {
+        self.write_failure.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -127,24 +142,39 @@ pub fn start(
     let (head_tx, head) = watch::channel(log.head());
     metrics.seq_head.set(log.head() as i64);
     let log = Arc::new(Mutex::new(log));
-    let handle =
-        SequencerHandle { input, live: live.clone(), head, log: log.clone(), purges: PurgeMarks::default() };
+    let write_failure = WriteFailure::default();
+    let handle = SequencerHandle {
+        input,
+        live: live.clone(),
+        head,
+        log: log.clone(),
+        purges: PurgeMarks::default(),
+        write_failure: write_failure.clone(),
+    };
+    let outputs = Outputs { live, head_tx, state_tx, write_failure };
     let thread = std::thread::Builder::new()
         .name("sequencer".into())
-        .spawn(move || run(log, rx, live, head_tx, config, metrics, state_tx))
+        .spawn(move || run(log, rx, outputs, config, metrics))
         .expect("spawning the sequencer thread");
     (handle, thread)
+}
+
+/// Where the sequencer thread sends what it wrote.
+struct Outputs {
+    live: broadcast::Sender<Arc<Sequenced>>,
+    head_tx: watch::Sender<u64>,
+    state_tx: StateSender,
+    write_failure: WriteFailure,
 }
 
 fn run(
     log: Arc<Mutex<EventLog>>,
     mut rx: mpsc::Receiver<Outgoing>,
-    live: broadcast::Sender<Arc<Sequenced>>,
-    head_tx: watch::Sender<u64>,
+    outputs: Outputs,
     config: SequencerConfig,
     metrics: crate::metrics::Metrics,
-    state_tx: StateSender,
 ) -> Result<(), LogError> {
+    let Outputs { live, head_tx, state_tx, write_failure } = outputs;
     let mut next_seq = {
         let log = log.lock().unwrap_or_else(|p| p.into_inner());
         (log.head() + 1).max(config.initial_seq)
@@ -194,7 +224,7 @@ fn run(
         let records: Vec<(u64, u64, &str, &[u8])> =
             sequenced.iter().map(|s| (s.seq, s.time_micros, s.did.as_str(), &s.frame[..])).collect();
         let write_started = std::time::Instant::now();
-        log.lock().unwrap_or_else(|p| p.into_inner()).append_batch(&records)?;
+        write_until_done(&log, &records, &write_failure, &metrics);
         metrics.log_write_seconds.observe(write_started.elapsed().as_secs_f64());
         // Durable now: the upstream cursors may move past these events, and the repo
         // state they set may be stored.
@@ -217,13 +247,52 @@ fn run(
         if last_gc.elapsed() >= config.gc_interval {
             last_gc = std::time::Instant::now();
             let cutoff = now.saturating_sub(config.replay_window.as_micros() as u64);
-            let removed = log.lock().unwrap_or_else(|p| p.into_inner()).collect_garbage(cutoff)?;
-            if removed > 0 {
-                tracing::info!(removed, "collected event log segments older than the replay window");
+            match log.lock().unwrap_or_else(|p| p.into_inner()).collect_garbage(cutoff) {
+                Ok(0) => {}
+                Ok(removed) => {
+                    tracing::info!(removed, "collected event log segments older than the replay window")
+                }
+                Err(error) => tracing::warn!(%error, "collecting old event log segments; retried next round"),
             }
         }
     }
     Ok(())
+}
+
+/// Writes the batch, retrying for as long as the log refuses it (a full disk, an I/O error).
+/// The batch's upstream events stay in flight meanwhile, so no host cursor moves past them;
+/// the sequencer takes nothing new, so the queues fill and intake stops. When the write
+/// goes through (space was freed), intake resumes by itself.
+fn write_until_done(
+    log: &Mutex<EventLog>,
+    records: &[(u64, u64, &str, &[u8])],
+    write_failure: &WriteFailure,
+    metrics: &crate::metrics::Metrics,
+) {
+    let mut delay = WRITE_RETRY_FIRST;
+    let mut failures = 0u32;
+    loop {
+        let result = log.lock().unwrap_or_else(|p| p.into_inner()).append_batch(records);
+        let error = match result {
+            Ok(()) => break,
+            Err(error) => error,
+        };
+        failures += 1;
+        metrics.log_write_failures.inc();
+        metrics.intake_stopped.set(1);
+        let reason = format!("event log write failed: {error}");
+        if failures == 1 || failures % 20 == 0 {
+            tracing::error!(%error, failures, events = records.len(), "cannot write the event log: intake stopped, retrying the batch (no upstream cursor moves meanwhile)");
+        }
+        *write_failure.write().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(WRITE_RETRY_MAX);
+    }
+    if failures > 0 {
+        *write_failure.write().unwrap_or_else(|p| p.into_inner()) = None;
+        metrics.intake_stopped.set(0);
+        tracing::warn!(failures, "event log is writable again: intake resumed");
+    }
 }
 
 fn approx_size(event: &Event) -> usize {

@@ -138,7 +138,7 @@ impl SimHost {
     }
 
     /// Sequences a frame on this host and sends it to subscribers.
-    fn emit(&self, mut event: Event) {
+    pub fn emit(&self, mut event: Event) {
         let mut next = self.next_seq.lock().unwrap_or_else(|p| p.into_inner());
         let seq = *next;
         *next += 1;
@@ -176,6 +176,10 @@ pub struct SimPlc {
     docs: Mutex<HashMap<String, serde_json::Value>>,
     /// Synthetic DIDs (see [`upstream`]) resolve to this PDS endpoint; ghosts do not resolve.
     synthetic_pds: Mutex<Option<String>>,
+    /// While set and in the future, every lookup answers 503: a directory having an outage.
+    unavailable_until: Mutex<Option<std::time::Instant>>,
+    /// Lookups answered 503 because of `unavailable_for`.
+    pub refused: std::sync::atomic::AtomicU64,
 }
 
 impl SimPlc {
@@ -192,6 +196,17 @@ impl SimPlc {
         }
         let key = SigningKey::from_seed(Curve::K256, b"synthetic");
         Some(crate::identity::doc::build_document(did, &format!("syn{index}.test"), &key.public_key(), &pds))
+    }
+
+    /// Answers every lookup with 503 for `duration` (tests of transient directory failures).
+    pub fn unavailable_for(&self, duration: Duration) {
+        *self.unavailable_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::Instant::now() + duration);
+    }
+
+    fn unavailable(&self) -> bool {
+        let until = *self.unavailable_until.lock().unwrap_or_else(|p| p.into_inner());
+        until.is_some_and(|until| until > std::time::Instant::now())
     }
 
     /// Serves `doc` for `did` (scripted scenarios bring their own identities).
@@ -459,6 +474,14 @@ impl Simulation {
 }
 
 async fn plc_doc(State(plc): State<Arc<SimPlc>>, Path(did): Path<String>) -> Response {
+    if plc.unavailable() {
+        plc.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"message": "directory unavailable"})),
+        )
+            .into_response();
+    }
     let stored = plc.docs.lock().unwrap_or_else(|p| p.into_inner()).get(&did).cloned();
     match stored.or_else(|| plc.synthetic_document(&did)) {
         Some(doc) => Json(doc).into_response(),

@@ -46,6 +46,19 @@ pub struct Account {
     pub commit_cid: Option<String>,
 }
 
+impl crate::cache::Weigh for Account {
+    fn weigh(&self) -> usize {
+        std::mem::size_of::<Account>()
+            + self.did.len()
+            + self.local_status.len()
+            + self.upstream_status.len()
+            + [&self.rev, &self.data_cid, &self.commit_cid]
+                .iter()
+                .map(|s| s.as_ref().map_or(0, String::len))
+                .sum::<usize>()
+    }
+}
+
 impl Account {
     /// Active when neither the relay nor the upstream says otherwise.
     pub fn is_active(&self) -> bool {

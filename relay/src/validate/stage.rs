@@ -91,44 +91,69 @@ fn reject(relay: &Relay, reason: &str) {
 
 async fn process(relay: &Arc<Relay>, incoming: Incoming) {
     let Incoming { host_id, hostname, mut event, in_flight, .. } = incoming;
+    // Shape first: nothing is looked up or stored for a malformed event.
+    if let Err(rejection) = super::verdict::check_fields(&event) {
+        tracing::debug!(host = %hostname, %rejection, "dropped malformed event");
+        return reject(relay, rejection.reason());
+    }
     let Some(did) = event.did().map(str::to_string) else {
         return;
     };
     let mut step = StepTimer::new(relay);
-    let account = match relay.account(&did, Some(host_id)).await {
-        Ok(account) => account,
-        Err(error) => {
-            tracing::error!(%error, %did, "loading account state");
-            return reject(relay, "store_error");
+    // Database trouble holds the event (and slows intake), it never drops it.
+    let mut store_retry = StoreRetry::new(&did);
+    let known = loop {
+        match relay.known_account(&did).await {
+            Ok(known) => break known,
+            Err(error) => store_retry.wait(relay, "loading account state", error).await,
         }
     };
-    if !account_within_host_limit(relay, &account, host_id).await {
-        return reject(relay, "host_account_limit");
+    // A new account costs a row: refuse it here when its host is full, before any lookup.
+    if known.is_none() {
+        let room = loop {
+            match relay.host_has_room(host_id).await {
+                Ok(room) => break room,
+                Err(error) => store_retry.wait(relay, "counting the host's accounts", error).await,
+            }
+        };
+        if !room {
+            return reject(relay, "host_account_limit");
+        }
     }
     step.done("account");
-    let mut identity = relay.resolver.resolve(&did).await.ok();
+    // `#identity` announces a change: judge it on a fresh document.
+    let fresh = matches!(event, Event::Identity(_));
+    let mut identity = match resolve_holding(relay, &did, fresh).await {
+        Ok(identity) => identity,
+        Err(rejection) => return reject(relay, rejection.reason()),
+    };
     step.done("identity");
-    let last = match (&account.rev, &account.data_cid) {
+    let last = known.as_ref().and_then(|account| match (&account.rev, &account.data_cid) {
         (Some(rev), Some(data)) => {
             cid::Cid::try_from(data.as_str()).ok().map(|data| RepoState { rev: rev.clone(), data })
         }
         _ => None,
-    };
+    });
     // #account carries the upstream's status; judge the event itself as active.
-    let active = matches!(event, Event::Account(_)) || account.is_active();
+    let active = matches!(event, Event::Account(_)) || known.as_ref().is_none_or(|a| a.is_active());
+    let known_on_source = known.as_ref().is_some_and(|a| a.host_id == Some(host_id));
     let now = super::verdict::now_micros();
     let judge = |identity: Option<&crate::identity::Identity>| {
-        let view = AccountView { identity, active, source_host: Some(&hostname) };
+        let view = AccountView { identity, active, source_host: Some(&hostname), known_on_source };
         verify_event(&event, &view, last.as_ref(), &relay.policy, now)
     };
     let mut verdict = judge(identity.as_deref());
     step.done("verify");
-    if verdict.as_ref().err().is_some_and(Rejection::identity_may_be_stale) {
+    if !fresh && verdict.as_ref().err().is_some_and(Rejection::identity_may_be_stale) {
         // Key rotation or migration: look the identity up again once before dropping.
-        identity = relay.resolver.refresh(&did).await.ok();
+        identity = match resolve_holding(relay, &did, true).await {
+            Ok(identity) => identity,
+            Err(rejection) => return reject(relay, rejection.reason()),
+        };
         verdict = judge(identity.as_deref());
     }
     relay.metrics.identity_cache_entries.set(relay.resolver.cache_len() as i64);
+    relay.metrics.identity_cache_bytes.set(relay.resolver.cache_bytes() as i64);
     let accepted = match verdict {
         Ok(accepted) => accepted,
         Err(rejection) => {
@@ -139,11 +164,21 @@ async fn process(relay: &Arc<Relay>, incoming: Incoming) {
     if accepted.chain_break.is_some() {
         relay.metrics.chain_breaks.inc();
     }
-    let state = match apply(relay, &account, host_id, &mut event, &accepted).await {
-        Ok(state) => state,
-        Err(error) => {
-            tracing::error!(%error, %did, "storing account state");
-            return reject(relay, "store_error");
+    // Only now, for an event that passed, does the relay keep anything about the account.
+    let account = match known {
+        Some(account) => account,
+        None => loop {
+            match relay.create_account(&did, host_id).await {
+                Ok(Some(account)) => break account,
+                Ok(None) => return reject(relay, "host_account_limit"),
+                Err(error) => store_retry.wait(relay, "storing a new account", error).await,
+            }
+        },
+    };
+    let state = loop {
+        match apply(relay, &account, host_id, &mut event, &accepted).await {
+            Ok(state) => break state,
+            Err(error) => store_retry.wait(relay, "storing account state", error).await,
         }
     };
     step.done("apply");
@@ -152,6 +187,104 @@ async fn process(relay: &Arc<Relay>, incoming: Incoming) {
     let outgoing = Outgoing { did, event, in_flight: Some(in_flight), state };
     let _ = relay.sequencer.input.send(outgoing).await;
     step.done("sequencer_queue");
+}
+
+/// First wait after a transient lookup failure; doubled per attempt up to the cap.
+const HOLD_FIRST_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+const HOLD_MAX_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The account's identity: `Ok(Some)` resolved, `Ok(None)` a definite "no identity" (not
+/// found, tombstoned, unusable document). A transient failure (timeout, 5xx, 429, connection
+/// error) never becomes a drop: this worker holds the event, which keeps the account's later
+/// events behind it in order and, once the byte budget is spent, slows the hosts down, and
+/// asks again with backoff. A did:web host that stays unreachable for `did_web_hold` is
+/// treated as having no working identity (`identity_unavailable`); the PLC directory is
+/// waited for as long as it takes.
+async fn resolve_holding(
+    relay: &Relay,
+    did: &str,
+    fresh: bool,
+) -> Result<Option<Arc<crate::identity::Identity>>, Rejection> {
+    let error = match lookup(relay, did, fresh).await {
+        Ok(identity) => return Ok(identity),
+        Err(error) => error,
+    };
+    let _held = HeldAccount::new(relay);
+    let started = std::time::Instant::now();
+    let mut delay = HOLD_FIRST_RETRY;
+    let mut attempts = 1u32;
+    let mut last_error = error;
+    loop {
+        if did.starts_with("did:web:") && started.elapsed() >= relay.config.did_web_hold {
+            tracing::warn!(%did, attempts, error = %last_error, "did:web identity unavailable; dropping its event");
+            return Err(Rejection::IdentityUnavailable);
+        }
+        if attempts == 1 || attempts % 10 == 0 {
+            tracing::warn!(%did, attempts, error = %last_error, "identity lookup failed transiently; holding the account's events");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(HOLD_MAX_RETRY);
+        relay.metrics.identity_lookup_retries.inc();
+        attempts += 1;
+        match lookup(relay, did, true).await {
+            Err(error) => last_error = error,
+            Ok(identity) => return Ok(identity),
+        }
+    }
+}
+
+/// One lookup: `Err` only for a transient failure.
+async fn lookup(
+    relay: &Relay,
+    did: &str,
+    fresh: bool,
+) -> Result<Option<Arc<crate::identity::Identity>>, crate::identity::ResolveError> {
+    let result = if fresh { relay.resolver.refresh(did).await } else { relay.resolver.resolve(did).await };
+    match result {
+        Ok(identity) => Ok(Some(identity)),
+        Err(error) if error.is_transient() => Err(error),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Backoff for database calls of one event: each failure is logged (the first, then every
+/// tenth) and waited out; the event is then tried again, never dropped.
+struct StoreRetry<'d> {
+    did: &'d str,
+    failures: u32,
+    delay: std::time::Duration,
+}
+
+impl<'d> StoreRetry<'d> {
+    fn new(did: &'d str) -> Self {
+        StoreRetry { did, failures: 0, delay: HOLD_FIRST_RETRY }
+    }
+
+    async fn wait(&mut self, relay: &Relay, what: &str, error: crate::storage::StoreError) {
+        self.failures += 1;
+        if self.failures == 1 || self.failures % 10 == 0 {
+            tracing::error!(%error, did = %self.did, failures = self.failures, "{what} failed; holding the event and retrying");
+        }
+        relay.metrics.store_retries.inc();
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(HOLD_MAX_RETRY);
+    }
+}
+
+/// Counts an account in `relay_identity_held_accounts` while it waits.
+struct HeldAccount<'r>(&'r Relay);
+
+impl<'r> HeldAccount<'r> {
+    fn new(relay: &'r Relay) -> Self {
+        relay.metrics.identity_held_accounts.inc();
+        HeldAccount(relay)
+    }
+}
+
+impl Drop for HeldAccount<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.identity_held_accounts.dec();
+    }
 }
 
 /// Observes the time since the previous step into `relay_validation_step_seconds`.
@@ -170,20 +303,6 @@ impl<'r> StepTimer<'r> {
         let seconds = now.duration_since(self.last).as_secs_f64();
         self.relay.metrics.validation_step_seconds.with_label_values(&[step]).observe(seconds);
         self.last = now;
-    }
-}
-
-/// Refuses events for accounts beyond a host's account limit (new accounts only).
-async fn account_within_host_limit(relay: &Relay, account: &crate::storage::Account, host_id: i64) -> bool {
-    if account.rev.is_some() || account.host_id != Some(host_id) {
-        return true;
-    }
-    let Ok(Some(host)) = relay.store.host_by_id(host_id).await else {
-        return true;
-    };
-    match relay.store.count_host_accounts(host_id).await {
-        Ok(count) => count <= host.account_limit,
-        Err(_) => true,
     }
 }
 
@@ -213,9 +332,7 @@ async fn apply(
             upstream.active = updated.is_active();
             upstream.status = (!updated.is_active()).then(|| updated.effective_status().to_string());
         }
-        Event::Identity(_) => {
-            let _ = relay.resolver.refresh(&account.did).await;
-        }
+        // `#identity` was judged on a freshly fetched document, which is now cached.
         _ => {}
     }
     // The new repo state is cached now (the next event of this DID needs it) and stored in

@@ -63,6 +63,7 @@ impl Tracker {
             identity: self.identities.get(&did),
             active,
             source_host: self.check_host_authority.then_some(host),
+            known_on_source: false,
         };
         let accepted = verify_event(event, &view, self.repos.get(&did), &self.policy, now_micros)?;
         if let Event::Account(account) = event {

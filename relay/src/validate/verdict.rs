@@ -36,6 +36,10 @@ pub struct AccountView<'a> {
     pub active: bool,
     /// The host whose connection delivered the event; `None` skips the authority check.
     pub source_host: Option<&'a str>,
+    /// The relay already serves this account from `source_host` (its stored host). It lets
+    /// `#account`/`#identity` through when the DID no longer resolves: a deleted account's
+    /// DID is often tombstoned before its last `#account` arrives.
+    pub known_on_source: bool,
 }
 
 /// Validation settings.
@@ -96,6 +100,12 @@ pub enum Rejection {
     InversionMismatch { expected: String, computed: String },
     #[error("{0} events are not relayed")]
     NotRelayable(String),
+    #[error("DID {0:?} is not valid DID syntax")]
+    BadDid(String),
+    #[error("field {field}: {problem}")]
+    BadField { field: &'static str, problem: &'static str },
+    #[error("the DID's identity could not be resolved for a long time")]
+    IdentityUnavailable,
 }
 
 impl Rejection {
@@ -122,6 +132,9 @@ impl Rejection {
             Rejection::Mst(_) => "bad_mst",
             Rejection::InversionMismatch { .. } => "inversion_mismatch",
             Rejection::NotRelayable(_) => "not_relayable",
+            Rejection::BadDid(_) => "bad_did",
+            Rejection::BadField { .. } => "bad_field",
+            Rejection::IdentityUnavailable => "identity_unavailable",
         }
     }
 
@@ -154,15 +167,72 @@ pub fn verify_event(
     policy: &Policy,
     now_micros: u64,
 ) -> Result<Accepted, Rejection> {
+    check_fields(event)?;
     match event {
         Event::Commit(commit) => verify_commit(commit, account, last, policy, now_micros),
         Event::Sync(sync) => verify_sync(sync, account, last, policy, now_micros),
-        Event::Account(_) => {
-            check_host(account)?;
+        Event::Account(_) | Event::Identity(_) => {
+            check_authority(account)?;
             Ok(Accepted::default())
         }
-        Event::Identity(_) => Ok(Accepted::default()),
         other => Err(Rejection::NotRelayable(other.type_name().to_string())),
+    }
+}
+
+/// Longest `#account.status` relayed: the known values are short words; anything longer
+/// is junk that would otherwise be stored and re-broadcast.
+pub const MAX_STATUS_LEN: usize = 64;
+
+/// Shape checks that need no state: every string an event carries is bounded and of its
+/// lexicon's syntax before the relay looks anything up or stores anything for it.
+pub fn check_fields(event: &Event) -> Result<(), Rejection> {
+    let Some(did) = event.did() else {
+        return Err(Rejection::NotRelayable(event.type_name().to_string()));
+    };
+    if syntax::validate_did(did).is_err() {
+        return Err(Rejection::BadDid(did.chars().take(64).collect()));
+    }
+    let time = match event {
+        Event::Commit(commit) => {
+            if commit.since.as_deref().is_some_and(|since| syntax::validate_tid(since).is_err()) {
+                return Err(Rejection::BadField { field: "since", problem: "not a TID" });
+            }
+            &commit.time
+        }
+        Event::Sync(sync) => &sync.time,
+        Event::Identity(identity) => {
+            if identity.handle.as_deref().is_some_and(|handle| syntax::validate_handle(handle).is_err()) {
+                return Err(Rejection::BadField { field: "handle", problem: "not a valid handle" });
+            }
+            &identity.time
+        }
+        Event::Account(account) => {
+            if account.status.as_deref().is_some_and(|status| !is_status_token(status)) {
+                return Err(Rejection::BadField { field: "status", problem: "not a short status token" });
+            }
+            &account.time
+        }
+        _ => return Ok(()),
+    };
+    if time.len() > syntax::MAX_DATETIME_LEN {
+        return Err(Rejection::BadField { field: "time", problem: "longer than a datetime" });
+    }
+    Ok(())
+}
+
+fn is_status_token(status: &str) -> bool {
+    !status.is_empty()
+        && status.len() <= MAX_STATUS_LEN
+        && status.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `#identity` and `#account` speak for an account: only its own PDS may send them. When
+/// the DID no longer resolves, only the host the relay already serves it from may.
+fn check_authority(account: &AccountView) -> Result<(), Rejection> {
+    match account.identity {
+        Some(_) => check_host(account),
+        None if account.known_on_source || account.source_host.is_none() => Ok(()),
+        None => Err(Rejection::NoIdentity),
     }
 }
 

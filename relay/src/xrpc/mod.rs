@@ -69,7 +69,61 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .route("/xrpc/com.atproto.sync.getLatestCommit", get(get_latest_commit))
         .route("/xrpc/com.atproto.sync.getRepo", get(get_repo))
         .layer(axum::middleware::from_fn_with_state(relay.clone(), crate::admin::siblings::forward))
+        .layer(axum::middleware::from_fn(lexicon_errors))
         .with_state(relay)
+}
+
+/// Longest request target accepted (longer gets 414 in the lexicon's error shape).
+const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most header bytes accepted (more gets 431 in the lexicon's error shape).
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Most bytes of a framework error's text body carried over into the JSON message.
+const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
+
+/// Every error answer in the XRPC shape `{error, message}` with a JSON content type, also
+/// those the framework writes itself (405, a duplicate or malformed query parameter, a
+/// missing WebSocket upgrade, an unknown path) and the size limits checked here.
+pub async fn lexicon_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let uri_bytes = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if uri_bytes > MAX_URI_BYTES {
+        let message = format!("request target is {uri_bytes} bytes, over the {MAX_URI_BYTES}-byte limit");
+        return XrpcError::new(StatusCode::URI_TOO_LONG, "InvalidRequest", message).into_response();
+    }
+    let header_bytes: usize =
+        request.headers().iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        let message = format!("headers are {header_bytes} bytes, over the {MAX_HEADER_BYTES}-byte limit");
+        return XrpcError::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "InvalidRequest", message)
+            .into_response();
+    }
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_ERROR_MESSAGE_BYTES * 4).await.unwrap_or_default();
+    let mut message: String =
+        String::from_utf8_lossy(&text).trim().chars().take(MAX_ERROR_MESSAGE_BYTES).collect();
+    if message.is_empty() {
+        message = status.canonical_reason().unwrap_or("error").to_string();
+    }
+    let error = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowed",
+        StatusCode::NOT_FOUND => "MethodNotImplemented",
+        StatusCode::TOO_MANY_REQUESTS => "RateLimitExceeded",
+        StatusCode::UNAUTHORIZED => "AuthenticationRequired",
+        status if status.is_server_error() => "InternalServerError",
+        _ => "InvalidRequest",
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    let body = json!({ "error": error, "message": message }).to_string();
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 async fn banner() -> &'static str {
@@ -77,6 +131,11 @@ async fn banner() -> &'static str {
 }
 
 pub async fn health(State(relay): State<Arc<Relay>>) -> Response {
+    // A relay that cannot write its log accepts nothing: not healthy, and the body says why.
+    if let Some(reason) = relay.sequencer.write_failure() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "error", "msg": reason })))
+            .into_response();
+    }
     match relay.store.ping().await {
         Ok(()) => Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") })).into_response(),
         Err(_) => (
@@ -107,12 +166,25 @@ async fn subscribe_repos(
             _ => return Err(XrpcError::bad_request("cursor must be a non-negative integer")),
         },
     };
-    let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let user_agent: String = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .take(256)
+        .collect();
     let fanout = relay.fanout.clone();
+    let admission = fanout.admit(remote.ip()).map_err(|refused| {
+        let status = match refused {
+            crate::fanout::Refused::TooManyFromAddress { .. } => StatusCode::TOO_MANY_REQUESTS,
+            crate::fanout::Refused::TooManyConsumers { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        XrpcError::new(status, "TooManyConsumers", refused.to_string())
+    })?;
     // Consumers send nothing worth buffering; writes are flushed per burst.
     let upgrade = upgrade.read_buffer_size(4 * 1024).write_buffer_size(64 * 1024);
     Ok(upgrade.max_message_size(64 * 1024).on_upgrade(move |socket| {
-        crate::fanout::serve_consumer(socket, cursor, fanout, remote.to_string(), user_agent)
+        crate::fanout::serve_consumer(socket, cursor, fanout, remote.to_string(), user_agent, admission)
     }))
 }
 

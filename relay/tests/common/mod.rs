@@ -60,6 +60,7 @@ pub fn relay_config(dir: &std::path::Path, plc: String) -> relay::config::ServeC
     config.connect_stagger = std::time::Duration::from_millis(1);
     config.max_backoff = std::time::Duration::from_secs(1);
     config.host_events_per_second = 100_000.0;
+    config.host_identity_lookups_per_second = 100_000.0;
     config
 }
 

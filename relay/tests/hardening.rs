@@ -1,0 +1,414 @@
+//! The relay against a hostile host, a failing directory and misbehaving consumers: each
+//! test here is one of the weaknesses found by trying the relay as an attacker would
+//! (issue "Relay hardening first"), and fails without its fix.
+
+mod common;
+
+use common::{start_relay, stop_relay};
+use futures_util::StreamExt;
+use relay::app::Relay;
+use relay::atproto::frame::{self, Account, Event, IdentityEvent, Info};
+use relay::config::ServeConfig;
+use relay::simulate::{SimulateConfig, Simulation};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+fn config(dir: &std::path::Path, plc: String) -> ServeConfig {
+    let mut config = common::relay_config(dir, plc);
+    config.admin_tokens = vec!["test-token".into()];
+    config
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("relay-hardening-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn sim_config(hosts: usize, accounts: usize) -> SimulateConfig {
+    SimulateConfig {
+        hosts,
+        accounts_per_host: accounts,
+        rate: 200.0,
+        max_commits: 0,
+        bind: "127.0.0.1".into(),
+        relay_admin_url: None,
+        relay_admin_token: None,
+        hostile: vec![],
+        seed: 11,
+        backlog_on_connect: false,
+        history_events: 0,
+        advertise_name: None,
+    }
+}
+
+fn rejected(relay: &Relay, reason: &str) -> u64 {
+    relay.metrics.rejections.with_label_values(&[reason]).get()
+}
+
+fn timestamp() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+async fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + deadline;
+    while Instant::now() < until {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn wait_connected(relay: &Relay, hosts: usize) {
+    wait_for("hosts to connect", Duration::from_secs(20), || {
+        relay.hosts.lock().map(|h| h.values().filter(|x| x.is_connected()).count()).unwrap_or(0) >= hosts
+    })
+    .await;
+}
+
+/// A live consumer that collects every event into a shared list.
+struct Consumer {
+    events: std::sync::Arc<std::sync::Mutex<Vec<Event>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Consumer {
+    async fn connect(url: &str) -> Consumer {
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("consumer connects");
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(message)) = socket.next().await {
+                if let Message::Binary(bytes) = message {
+                    let event = frame::decode(&bytes).expect("relay frames decode");
+                    sink.lock().expect("lock").push(event);
+                }
+            }
+        });
+        Consumer { events, task }
+    }
+
+    fn count(&self) -> usize {
+        self.events.lock().expect("lock").len()
+    }
+
+    fn events(&self) -> Vec<Event> {
+        self.events.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `#identity` and `#account` are judged like commits: only the account's own PDS may send
+/// them, their DID must be valid and resolve, every string is bounded, and nothing is stored
+/// for an event that fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_and_account_events_need_authority_and_bounded_fields() {
+    let dir = temp_dir("authority");
+    let sim = Simulation::start(sim_config(2, 2)).await.expect("simulator");
+    let running = start_relay(config(&dir, sim.plc_url())).await;
+    let relay = running.relay.clone();
+    sim.register_with_relay(&format!("http://{}", running.internal), "test-token").await.expect("crawl");
+    wait_connected(&relay, 2).await;
+    let firehose = format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos", running.public);
+    let consumer = Consumer::connect(&firehose).await;
+    sim.create_accounts();
+    wait_for("account creation events", Duration::from_secs(20), || consumer.count() >= 2 * 2 * 3).await;
+
+    let home_did = sim.hosts[0].dids()[0].clone();
+    let stranger = "did:plc:zzzzzzzzzzzzzzzzzzzzzzzz".to_string();
+    let identity = |did: &str, handle: Option<&str>| {
+        Event::Identity(IdentityEvent {
+            seq: 0,
+            did: did.into(),
+            time: timestamp(),
+            handle: handle.map(Into::into),
+        })
+    };
+    let account = |did: &str, status: &str| {
+        Event::Account(Account {
+            seq: 0,
+            did: did.into(),
+            time: timestamp(),
+            active: false,
+            status: Some(status.into()),
+        })
+    };
+    // Host 1 speaks for an account of host 0, for a DID that does not resolve, and with a
+    // 1 MB "DID"; host 0 sends an oversized status and a malformed handle for its own account.
+    sim.hosts[1].emit(identity(&home_did, Some("hijacked.example.com")));
+    sim.hosts[1].emit(account(&home_did, "takendown"));
+    sim.hosts[1].emit(identity(&stranger, None));
+    sim.hosts[1].emit(account(&stranger, "deleted"));
+    sim.hosts[1].emit(identity(&format!("did:plc:{}", "a".repeat(1_000_000)), None));
+    sim.hosts[0].emit(account(&home_did, &"x".repeat(1_000)));
+    sim.hosts[0].emit(identity(&home_did, Some("not a handle!")));
+    wait_for("the hostile events to be judged", Duration::from_secs(20), || {
+        rejected(&relay, "wrong_host") >= 2
+            && rejected(&relay, "no_identity") >= 2
+            && rejected(&relay, "bad_did") >= 1
+            && rejected(&relay, "bad_field") >= 2
+    })
+    .await;
+    // Then one valid #identity from the account's own host goes through.
+    sim.hosts[0].emit(identity(&home_did, Some("user0.host0.test")));
+    wait_for("the valid #identity", Duration::from_secs(20), || consumer.count() > 12).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = consumer.events();
+    assert_eq!(events.len(), 13, "only the valid #identity was relayed after account creation");
+    match &events[12] {
+        Event::Identity(relayed) => assert_eq!(relayed.did, home_did),
+        other => panic!("expected the valid #identity, got {other:?}"),
+    }
+    assert!(relay.store.account(&stranger).await.expect("store").is_none(), "no row for a refused DID");
+    let home = relay.store.account(&home_did).await.expect("store").expect("home account");
+    assert_eq!(home.upstream_status, "active", "the foreign #account changed nothing");
+    drop(consumer);
+    stop_relay(running).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Events for DIDs that do not resolve leave no trace: no account rows, no cache growth
+/// beyond the negative answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_dids_create_no_account_state() {
+    let dir = temp_dir("nostate");
+    let sim = Simulation::start(sim_config(1, 1)).await.expect("simulator");
+    let running = start_relay(config(&dir, sim.plc_url())).await;
+    let relay = running.relay.clone();
+    sim.register_with_relay(&format!("http://{}", running.internal), "test-token").await.expect("crawl");
+    wait_connected(&relay, 1).await;
+    for i in 0..200 {
+        let did = format!("did:plc:{:0>24}", format!("ghost{i}"));
+        sim.hosts[0].emit(Event::Identity(IdentityEvent { seq: 0, did, time: timestamp(), handle: None }));
+    }
+    wait_for("200 refusals", Duration::from_secs(30), || rejected(&relay, "no_identity") >= 200).await;
+    let rows = relay.store.list_repos("", 1000).await.expect("list");
+    assert!(rows.is_empty(), "no account rows for refused events: {rows:?}");
+    stop_relay(running).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A directory outage during a burst (every host delivering its backlog at once) holds the
+/// new accounts' events and retries; not one valid commit is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_outage_under_a_burst_loses_no_valid_commit() {
+    let dir = temp_dir("plc-outage");
+    let (hosts, accounts, commits) = (10, 5, 200);
+    let sim = Simulation::start(sim_config(hosts, accounts)).await.expect("simulator");
+    let running = start_relay(config(&dir, sim.plc_url())).await;
+    let relay = running.relay.clone();
+    sim.register_with_relay(&format!("http://{}", running.internal), "test-token").await.expect("crawl");
+    wait_connected(&relay, hosts).await;
+    let firehose = format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos", running.public);
+    let consumer = Consumer::connect(&firehose).await;
+    sim.plc.unavailable_for(Duration::from_secs(3));
+    sim.create_accounts();
+    let mut rng = fastrand::Rng::with_seed(5);
+    for _ in 0..commits {
+        sim.step(&mut rng);
+    }
+    let expected = hosts * accounts * 3 + commits;
+    wait_for("every valid event", Duration::from_secs(60), || consumer.count() >= expected).await;
+    assert!(sim.plc.refused.load(std::sync::atomic::Ordering::Relaxed) > 0, "the outage happened");
+    assert!(relay.metrics.identity_lookup_retries.get() > 0, "lookups were retried");
+    assert_eq!(rejected(&relay, "no_identity"), 0, "a transient failure never became a drop");
+    let relayed_commits = consumer.events().iter().filter(|e| matches!(e, Event::Commit(_))).count();
+    assert_eq!(relayed_commits, commits);
+    drop(consumer);
+    stop_relay(running).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `#info` floods pass through the host's rate limit and are counted; what is logged of
+/// them is rate-limited (and clipped), so a host cannot decide how much the relay logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_floods_are_counted_and_their_logging_is_bounded() {
+    let dir = temp_dir("info");
+    let sim = Simulation::start(sim_config(1, 1)).await.expect("simulator");
+    let running = start_relay(config(&dir, sim.plc_url())).await;
+    let relay = running.relay.clone();
+    sim.register_with_relay(&format!("http://{}", running.internal), "test-token").await.expect("crawl");
+    wait_connected(&relay, 1).await;
+    let big = "i".repeat(100_000);
+    for _ in 0..300 {
+        let info = Info { name: "Flood".into(), message: Some(big.clone()) };
+        sim.hosts[0].emit_raw(0, frame::encode(&Event::Info(info)).expect("encode"));
+    }
+    wait_for("300 #info frames", Duration::from_secs(20), || rejected(&relay, "upstream_info") >= 300).await;
+    let suppressed = relay.metrics.upstream_log_lines_suppressed.get();
+    assert!(suppressed >= 280, "at most a handful of log lines per minute per host, {suppressed} suppressed");
+    stop_relay(running).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Opens a firehose connection from `source` and completes the upgrade by hand, with a
+/// small receive buffer, then never reads again: a consumer whose peer went away.
+async fn stuck_consumer(relay: std::net::SocketAddr, source: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    socket.bind(format!("{source}:0").parse().expect("addr")).expect("bind");
+    let mut stream = socket.connect(relay).await.expect("connect");
+    let request = format!(
+        "GET /xrpc/com.atproto.sync.subscribeRepos HTTP/1.1\r\nHost: {relay}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.expect("response");
+    assert_eq!(&head[9..12], b"101", "upgrade accepted");
+    stream
+}
+
+/// Status code and JSON body of an upgrade attempt from `source`.
+async fn upgrade_status(relay: std::net::SocketAddr, source: &str) -> (u16, String) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(format!("{source}:0").parse().expect("addr")).expect("bind");
+    let stream = socket.connect(relay).await.expect("connect");
+    let url = format!("ws://{relay}/xrpc/com.atproto.sync.subscribeRepos");
+    match tokio_tungstenite::client_async(url, stream).await {
+        Ok(_) => (101, String::new()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body =
+                response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default().to_string();
+            (response.status().as_u16(), body)
+        }
+        Err(error) => panic!("unexpected upgrade error {error}"),
+    }
+}
+
+/// Consumers are capped per address and in total with a clear refusal, and one that stops
+/// reading is released within the write and close deadlines instead of holding its task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_are_capped_and_stuck_ones_are_released() {
+    let dir = temp_dir("consumers");
+    let mut config = config(&dir, "http://127.0.0.1:9".into());
+    config.max_consumers = 4;
+    config.max_consumers_per_ip = 3;
+    config.consumer_write_timeout = Duration::from_secs(1);
+    config.consumer_close_timeout = Duration::from_secs(1);
+    let running = start_relay(config).await;
+    let relay = running.relay.clone();
+    let open = || relay.fanout.consumers.lock().map(|c| c.len()).unwrap_or(usize::MAX);
+
+    let stuck = stuck_consumer(running.public, "127.0.0.1").await;
+    wait_for("the stuck consumer to register", Duration::from_secs(5), || open() == 1).await;
+    // Megabytes of events straight into the sequencer: more than any socket buffer holds.
+    let blocks = vec![0u8; 1 << 20];
+    for i in 0..40 {
+        let did = format!("did:plc:{:0>24}", i);
+        let event = Event::Sync(frame::Sync {
+            seq: 0,
+            did: did.clone(),
+            blocks: blocks.clone(),
+            rev: "3l3qo2vutsw2b".into(),
+            time: timestamp(),
+        });
+        let outgoing = relay::sequence::Outgoing { did, event, in_flight: None, state: None };
+        relay.sequencer.input.send(outgoing).await.expect("sequencer");
+    }
+    wait_for("the stuck consumer to be released", Duration::from_secs(15), || open() == 0).await;
+    drop(stuck);
+
+    let (a, b) = ("127.0.0.1", "127.0.0.2");
+    let mut kept = Vec::new();
+    for _ in 0..3 {
+        kept.push(stuck_consumer(running.public, a).await);
+    }
+    let (status, body) = upgrade_status(running.public, a).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("TooManyConsumers") && body.contains("one address"), "{body}");
+    kept.push(stuck_consumer(running.public, b).await);
+    let (status, body) = upgrade_status(running.public, b).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("TooManyConsumers") && body.contains("maximum of 4"), "{body}");
+    assert_eq!(relay.metrics.consumers_refused.with_label_values(&["per_ip"]).get(), 1);
+    assert_eq!(relay.metrics.consumers_refused.with_label_values(&["total"]).get(), 1);
+    drop(kept.pop());
+    wait_for("a place to free up", Duration::from_secs(5), || open() <= 3).await;
+    let _ = upgrade_status(running.public, b).await;
+    assert_eq!(relay.metrics.consumers_refused.with_label_values(&["total"]).get(), 1, "admitted again");
+    drop(kept);
+    stop_relay(running).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Error answers the framework writes itself come in the lexicon's `{error, message}` shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_answer_has_the_lexicon_shape() {
+    let dir = temp_dir("errors");
+    let running = start_relay(config(&dir, "http://127.0.0.1:9".into())).await;
+    let client = reqwest::Client::new();
+    let base = format!("http://{}", running.public);
+    let long = "a".repeat(9_000);
+    let cases: Vec<(reqwest::RequestBuilder, u16)> = vec![
+        (client.get(format!("{base}/xrpc/com.atproto.sync.listRepos?limit=1&limit=2")), 400),
+        (client.post(format!("{base}/xrpc/com.atproto.sync.listRepos")), 405),
+        (client.get(format!("{base}/xrpc/com.atproto.sync.subscribeRepos")), 400),
+        (client.get(format!("{base}/xrpc/com.atproto.sync.listRepos?cursor={long}")), 414),
+        (
+            client
+                .get(format!("{base}/xrpc/com.atproto.sync.listRepos"))
+                .header("x-filler", "b".repeat(20_000)),
+            431,
+        ),
+        (client.get(format!("{base}/xrpc/com.example.nothing")), 404),
+    ];
+    for (request, want) in cases {
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        let content_type =
+            response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let body: serde_json::Value =
+            response.json().await.unwrap_or_else(|e| panic!("{want}: not JSON: {e}"));
+        assert!(status == want || (want == 400 && status == 426), "got {status}, want {want}: {body}");
+        assert!(content_type.starts_with("application/json"), "{want}: {content_type}");
+        assert!(body["error"].is_string() && body["message"].is_string(), "{want}: {body}");
+    }
+    stop_relay(running).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The new-hosts-per-day limit refuses before the relay makes any outbound request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_host_limit_is_checked_before_probing() {
+    let dir = temp_dir("daily");
+    let mut config = config(&dir, "http://127.0.0.1:9".into());
+    config.new_hosts_per_day = 0;
+    let running = start_relay(config).await;
+    // A "PDS" that accepts connections and counts them.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                drop(socket);
+            });
+        }
+    });
+    let started = Instant::now();
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/xrpc/com.atproto.sync.requestCrawl", running.public))
+        .json(&serde_json::json!({ "hostname": format!("http://localhost:{port}") }))
+        .send()
+        .await
+        .expect("requestCrawl");
+    assert_eq!(response.status().as_u16(), 429);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["error"], "RateLimitExceeded");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered without waiting on a probe");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0, "no outbound connection");
+    stop_relay(running).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
