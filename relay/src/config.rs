@@ -91,9 +91,14 @@ pub struct ServeConfig {
     #[arg(long, env = "RELAY_ALLOW_INSECURE_HOSTS")]
     pub allow_insecure_hosts: bool,
 
-    /// Accept pre-Sync-1.1 upstreams (no prevData / op prev).
+    /// Accept pre-Sync-1.1 upstreams (no prevData / op prev) from every host.
     #[arg(long, env = "RELAY_LENIENT_SYNC_VALIDATION")]
     pub lenient_sync_validation: bool,
+
+    /// Hosts whose events are validated leniently (pre-Sync-1.1: no prevData / op prev),
+    /// the others staying strict; exact names or "*.suffix", comma-separated. Empty: none.
+    #[arg(long, env = "RELAY_LENIENT_HOSTS", value_delimiter = ',')]
+    pub lenient_hosts: Vec<String>,
 
     /// Lowest seq the relay emits.
     #[arg(long, env = "RELAY_INITIAL_SEQ_NUMBER", default_value_t = 1)]
@@ -302,17 +307,39 @@ impl ServeConfig {
 
     /// Whether a hostname matches a trusted pattern.
     pub fn is_trusted(&self, hostname: &str) -> bool {
-        let host = hostname.split(':').next().unwrap_or(hostname);
-        self.trusted_domains.iter().any(|pattern| match pattern.strip_prefix('*') {
-            Some(suffix) => host.ends_with(suffix),
-            None => host == pattern,
-        })
+        matches_host_pattern(&self.trusted_domains, hostname)
     }
+
+    /// Whether a host's events are validated leniently (`RELAY_LENIENT_HOSTS`).
+    pub fn is_lenient_host(&self, hostname: &str) -> bool {
+        matches_host_pattern(&self.lenient_hosts, hostname)
+    }
+}
+
+/// Whether `hostname` matches one of `patterns`: exact (with or without the port), or
+/// "*.suffix".
+fn matches_host_pattern(patterns: &[String], hostname: &str) -> bool {
+    let host = hostname.split(':').next().unwrap_or(hostname);
+    patterns.iter().filter(|p| !p.is_empty()).any(|pattern| match pattern.strip_prefix('*') {
+        Some(suffix) => host.ends_with(suffix),
+        None => host == pattern || hostname == pattern,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_patterns() {
+        let patterns = vec!["*.host.bsky.network".to_string(), "old.pds.example".to_string(), String::new()];
+        assert!(matches_host_pattern(&patterns, "morel.us-east.host.bsky.network"));
+        assert!(matches_host_pattern(&patterns, "old.pds.example:443"));
+        assert!(matches_host_pattern(&["localhost:2583".to_string()], "localhost:2583"));
+        assert!(!matches_host_pattern(&["localhost:2583".to_string()], "localhost:2584"));
+        assert!(!matches_host_pattern(&patterns, "new.pds.example"));
+        assert!(!matches_host_pattern(&patterns, ""), "an empty pattern matches nothing");
+    }
 
     #[test]
     fn durations() {

@@ -28,7 +28,10 @@ pub fn free_bytes(path: &Path) -> Result<u64, DiskError> {
     }
     // SAFETY: statvfs returned 0, so the struct is initialised.
     let stat = unsafe { stat.assume_init() };
-    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+    // The field types differ between platforms (u64 here, u32 on some 32-bit targets).
+    #[allow(clippy::unnecessary_cast)]
+    let (blocks, block_size) = (stat.f_bavail as u64, stat.f_frsize as u64);
+    Ok(blocks.saturating_mul(block_size))
 }
 
 /// Creates `dir` if needed and checks that it has at least `needed` bytes free.

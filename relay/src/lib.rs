@@ -8,6 +8,7 @@
 //! blocks; `app` ties the stages together.
 
 pub mod admin;
+pub mod admin_cli;
 pub mod app;
 pub mod atproto;
 pub mod cache;

@@ -41,6 +41,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Call the admin API of a running relay (hosts, takedowns, domains, backfill, ...).
+    Admin(relay::admin_cli::AdminArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +51,8 @@ fn main() -> ExitCode {
         Command::Verify { files, lenient, json } => verify(&files, lenient, json),
         Command::Serve(config) => run_async(serve(*config)),
         Command::Simulate(config) => run_async(simulate(config)),
+        // Not run_async: its JSON tracing would mix with the tables printed to the operator.
+        Command::Admin(args) => relay::admin_cli::run_blocking(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -412,3 +412,52 @@ async fn the_daily_host_limit_is_checked_before_probing() {
     stop_relay(running).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An event over a lexicon limit (here 201 ops) is dropped on its own: the connection stays
+/// up and the host's next events come through. Dropping the connection instead would resume
+/// before the bad event, and the host would send it again forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_a_field_limit_does_not_stall_its_host() {
+    let dir = temp_dir("field-limit");
+    let sim = Simulation::start(sim_config(1, 1)).await.expect("simulator");
+    let running = start_relay(config(&dir, sim.plc_url())).await;
+    let relay = running.relay.clone();
+    sim.register_with_relay(&format!("http://{}", running.internal), "test-token").await.expect("crawl");
+    wait_connected(&relay, 1).await;
+    let firehose = format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos", running.public);
+    let consumer = Consumer::connect(&firehose).await;
+    sim.create_accounts();
+    wait_for("account creation", Duration::from_secs(20), || consumer.count() >= 3).await;
+    let did = sim.hosts[0].dids()[0].clone();
+    let op = frame::RepoOp {
+        action: "delete".into(),
+        path: "app.bsky.feed.post/3l3qo2vutsw2b".into(),
+        cid: None,
+        prev: None,
+    };
+    let oversized = Event::Commit(frame::Commit {
+        seq: 0,
+        rebase: false,
+        too_big: false,
+        repo: did.clone(),
+        // A well-formed (dag-cbor, sha-256) CID: the frame must be valid apart from its ops.
+        commit: cid::Cid::try_from("bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm")
+            .expect("cid"),
+        rev: "3l3qo2vutsw2b".into(),
+        since: None,
+        blocks: Vec::new(),
+        ops: vec![op; 201],
+        blobs: Vec::new(),
+        prev_data: None,
+        time: timestamp(),
+    });
+    sim.hosts[0].emit(oversized);
+    let mut rng = fastrand::Rng::with_seed(1);
+    sim.step(&mut rng);
+    wait_for("the commit after the oversized event", Duration::from_secs(20), || consumer.count() >= 4).await;
+    assert_eq!(rejected(&relay, "oversize"), 1);
+    assert!(matches!(consumer.events()[3], Event::Commit(_)));
+    drop(consumer);
+    stop_relay(running).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -69,7 +69,11 @@ async fn run(name: &str) {
     let _ = std::fs::remove_dir_all(&dir);
     let mut config: ServeConfig = common::relay_config(&dir, sim.plc_url());
     config.admin_tokens = vec!["t".into()];
-    config.lenient_sync_validation = scenario.lenient;
+    // Lenient scenarios make the scripted host lenient (RELAY_LENIENT_HOSTS); the rest of
+    // the relay stays strict.
+    if scenario.lenient {
+        config.lenient_hosts = vec![host.hostname()];
+    }
     let running = common::start_relay(config).await;
     let (relay, public_addr, internal_addr) = (running.relay.clone(), running.public, running.internal);
     sim.register_with_relay(&format!("http://{internal_addr}"), "t").await.expect("crawl");

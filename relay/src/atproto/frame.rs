@@ -29,8 +29,10 @@ pub enum FrameError {
     MissingType,
     #[error("unknown op {0}")]
     UnknownOp(i64),
+    /// A well-framed event with a field over its lexicon limit; `seq` lets a reader skip
+    /// just this event instead of treating the stream as broken.
     #[error("{field} is {size}, over the limit of {limit}")]
-    FieldLimit { field: &'static str, size: usize, limit: usize },
+    FieldLimit { field: &'static str, size: usize, limit: usize, seq: Option<i64> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,7 +217,7 @@ pub fn decode(frame: &[u8]) -> Result<Event, FrameError> {
 fn check_field_limits(event: &Event) -> Result<(), FrameError> {
     let limit = |field, size, limit| {
         if size > limit {
-            Err(FrameError::FieldLimit { field, size, limit })
+            Err(FrameError::FieldLimit { field, size, limit, seq: event.seq() })
         } else {
             Ok(())
         }

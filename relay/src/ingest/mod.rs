@@ -370,6 +370,22 @@ async fn subscribe_once(
         };
         let event = match frame::decode(&bytes) {
             Ok(event) => event,
+            Err(frame::FrameError::FieldLimit { seq: Some(seq), field, .. }) => {
+                // Well framed, but one field over its lexicon limit: drop this event and
+                // move past it. Dropping the connection would resume before it, and the
+                // host would send the same event again forever.
+                relay.metrics.rejections.with_label_values(&["oversize"]).inc();
+                if seq > progress.received() {
+                    drop(progress.start(seq));
+                }
+                tracing::debug!(host = %host.hostname, seq, field, "dropped an event over a field limit");
+                continue;
+            }
+            Err(frame::FrameError::UnknownOp(_)) => {
+                // A frame kind this relay does not know: ignored like an unknown type.
+                relay.metrics.rejections.with_label_values(&["unknown_type"]).inc();
+                continue;
+            }
             Err(error) => {
                 relay.metrics.rejections.with_label_values(&["bad_frame"]).inc();
                 // Invalid framing is a protocol error: drop the connection (event-stream spec).

@@ -138,9 +138,14 @@ async fn process(relay: &Arc<Relay>, incoming: Incoming) {
     let active = matches!(event, Event::Account(_)) || known.as_ref().is_none_or(|a| a.is_active());
     let known_on_source = known.as_ref().is_some_and(|a| a.host_id == Some(host_id));
     let now = super::verdict::now_micros();
+    // Lenient validation per host (RELAY_LENIENT_HOSTS) for upstreams not yet on Sync 1.1.
+    let policy = match relay.config.is_lenient_host(&hostname) {
+        true => super::verdict::Policy { lenient: true, ..relay.policy },
+        false => relay.policy,
+    };
     let judge = |identity: Option<&crate::identity::Identity>| {
         let view = AccountView { identity, active, source_host: Some(&hostname), known_on_source };
-        verify_event(&event, &view, last.as_ref(), &relay.policy, now)
+        verify_event(&event, &view, last.as_ref(), &policy, now)
     };
     let mut verdict = judge(identity.as_deref());
     step.done("verify");
@@ -319,21 +324,19 @@ async fn apply(
         relay.store.set_account_host(&account.did, account.host_id, host_id).await?;
         updated.host_id = Some(host_id);
     }
-    match event {
-        Event::Account(upstream) => {
-            let status = if upstream.active {
-                "active".to_string()
-            } else {
-                upstream.status.clone().unwrap_or_else(|| "deactivated".into())
-            };
-            relay.store.set_upstream_status(&account.did, &status).await?;
-            updated.upstream_status = status;
-            // Hop by hop: consumers see the status at this relay (a local takedown wins).
-            upstream.active = updated.is_active();
-            upstream.status = (!updated.is_active()).then(|| updated.effective_status().to_string());
-        }
-        // `#identity` was judged on a freshly fetched document, which is now cached.
-        _ => {}
+    // (`#identity` needs nothing here: it was judged on a freshly fetched document, which
+    // is now cached.)
+    if let Event::Account(upstream) = event {
+        let status = if upstream.active {
+            "active".to_string()
+        } else {
+            upstream.status.clone().unwrap_or_else(|| "deactivated".into())
+        };
+        relay.store.set_upstream_status(&account.did, &status).await?;
+        updated.upstream_status = status;
+        // Hop by hop: consumers see the status at this relay (a local takedown wins).
+        upstream.active = updated.is_active();
+        upstream.status = (!updated.is_active()).then(|| updated.effective_status().to_string());
     }
     // The new repo state is cached now (the next event of this DID needs it) and stored in
     // SQL by the sequencer's state writer once the event is durable in the log.

@@ -481,3 +481,101 @@ pub fn now_micros() -> u64 {
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::atproto::frame::{Account, IdentityEvent};
+
+    fn identity(did: &str, handle: Option<&str>, time: &str) -> Event {
+        Event::Identity(IdentityEvent {
+            seq: 1,
+            did: did.into(),
+            time: time.into(),
+            handle: handle.map(Into::into),
+        })
+    }
+
+    fn account(status: Option<&str>) -> Event {
+        let time = "2024-01-01T00:00:00.000Z".to_string();
+        Event::Account(Account {
+            seq: 1,
+            did: DID.into(),
+            time,
+            active: false,
+            status: status.map(Into::into),
+        })
+    }
+
+    const DID: &str = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa";
+    const TIME: &str = "2024-01-01T00:00:00.000Z";
+
+    #[test]
+    fn fields_are_checked_before_anything_else() {
+        assert!(check_fields(&identity(DID, Some("alice.example.com"), TIME)).is_ok());
+        assert!(check_fields(&identity(DID, Some("handle.invalid"), TIME)).is_ok());
+        let huge_did = format!("did:plc:{}", "a".repeat(1_000_000));
+        assert_eq!(check_fields(&identity(&huge_did, None, TIME)).map_err(|r| r.reason()), Err("bad_did"));
+        assert_eq!(check_fields(&identity("not-a-did", None, TIME)).map_err(|r| r.reason()), Err("bad_did"));
+        let bad_handle = check_fields(&identity(DID, Some("not a handle"), TIME));
+        assert_eq!(bad_handle, Err(Rejection::BadField { field: "handle", problem: "not a valid handle" }));
+        let long_time = "2".repeat(1_000);
+        assert_eq!(check_fields(&identity(DID, None, &long_time)).map_err(|r| r.reason()), Err("bad_field"));
+        assert!(check_fields(&account(Some("takendown"))).is_ok());
+        assert!(check_fields(&account(None)).is_ok());
+        assert!(check_fields(&account(Some(&"x".repeat(65)))).is_err());
+        assert!(check_fields(&account(Some("deleted; DROP TABLE"))).is_err());
+        assert!(check_fields(&account(Some(""))).is_err());
+    }
+
+    #[test]
+    fn account_and_identity_events_need_the_accounts_own_host() {
+        use crate::atproto::crypto::{Curve, SigningKey};
+        let key = SigningKey::from_seed(Curve::K256, b"verdict test").public_key();
+        let doc = Identity {
+            did: DID.into(),
+            handle: None,
+            signing_key: Some(key),
+            pds_endpoint: Some("https://pds.example.com".into()),
+        };
+        let policy = Policy::default();
+        let view = |identity, source, known_on_source| AccountView {
+            identity,
+            active: true,
+            source_host: Some(source),
+            known_on_source,
+        };
+        for event in [identity(DID, None, TIME), account(Some("deactivated"))] {
+            assert!(
+                verify_event(&event, &view(Some(&doc), "pds.example.com", false), None, &policy, 0).is_ok()
+            );
+            let foreign =
+                verify_event(&event, &view(Some(&doc), "evil.example.com", false), None, &policy, 0);
+            assert_eq!(foreign.map_err(|r| r.reason()), Err("wrong_host"));
+            let unresolved = verify_event(&event, &view(None, "evil.example.com", false), None, &policy, 0);
+            assert_eq!(unresolved.map_err(|r| r.reason()), Err("no_identity"));
+            // A tombstoned DID's last events still come through from the host that served it.
+            assert!(verify_event(&event, &view(None, "pds.example.com", true), None, &policy, 0).is_ok());
+        }
+    }
+
+    #[test]
+    fn since_must_be_a_tid() {
+        let commit = Commit {
+            seq: 1,
+            rebase: false,
+            too_big: false,
+            repo: DID.into(),
+            commit: Cid::default(),
+            rev: "3l3qo2vutsw2b".into(),
+            since: Some("yesterday".into()),
+            blocks: Vec::new(),
+            ops: Vec::new(),
+            blobs: Vec::new(),
+            prev_data: None,
+            time: TIME.into(),
+        };
+        let checked = check_fields(&Event::Commit(commit));
+        assert_eq!(checked, Err(Rejection::BadField { field: "since", problem: "not a TID" }));
+    }
+}
