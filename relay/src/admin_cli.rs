@@ -104,6 +104,13 @@ pub enum RepoCommand {
         /// The account's DID.
         did: String,
     },
+    /// Re-sync accounts from their PDSes: the relay fetches each one's newest commit and
+    /// relays it as a `#sync` (when it is newer than what the relay has).
+    Resync {
+        /// The accounts' DIDs (at most 100).
+        #[arg(required = true)]
+        dids: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -297,6 +304,9 @@ fn request_for(command: &AdminCommand) -> Request {
         AdminCommand::Repo(RepoCommand::Reverse { did }) => {
             Request::post("/admin/repo/reverseTakedown").body(json!({ "did": did }))
         }
+        AdminCommand::Repo(RepoCommand::Resync { dids }) => {
+            Request::post("/admin/repo/resync").body(json!({ "dids": dids }))
+        }
         AdminCommand::Consumers => Request::get("/admin/consumers/list"),
         AdminCommand::Domains(DomainsCommand::List) => Request::get("/admin/subs/listDomainBans"),
         AdminCommand::Domains(DomainsCommand::Ban { domain }) => {
@@ -411,6 +421,10 @@ fn render(command: &AdminCommand, response: &Value) -> String {
         AdminCommand::Hosts(hosts) => render_hosts(hosts, response),
         AdminCommand::Repo(RepoCommand::Takedown { did }) => format!("{did} taken down\n"),
         AdminCommand::Repo(RepoCommand::Reverse { did }) => format!("takedown of {did} reversed\n"),
+        AdminCommand::Repo(RepoCommand::Resync { .. }) => table(
+            &["DID", "RESULT", "REV", "ERROR"],
+            rows(&response["results"], &["did", "result", "rev", "error"]),
+        ),
         AdminCommand::Consumers => table(
             &["ID", "REMOTE", "USER AGENT", "EVENTS", "CONNECTED AT"],
             rows(response, &["id", "remote_addr", "user_agent", "events_consumed", "connected_at"]),

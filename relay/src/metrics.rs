@@ -38,6 +38,7 @@ pub struct Metrics {
     pub upstream_log_lines_suppressed: IntCounter,
     pub disk_free_bytes: IntGaugeVec,
     pub store_retries: IntCounter,
+    pub resyncs: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -243,6 +244,12 @@ impl Metrics {
                 &registry,
                 "relay_store_retries_total",
                 "Database calls of the validation stage retried after an error (the event was held, not dropped)",
+            ),
+            resyncs: counter_vec(
+                &registry,
+                "relay_admin_resyncs_total",
+                "Accounts re-synced through the admin API, by result (queued, failed)",
+                &["result"],
             ),
             registry,
         }

@@ -461,3 +461,96 @@ async fn an_event_over_a_field_limit_does_not_stall_its_host() {
     stop_relay(running).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The admin re-sync: a commit the relay never saw (its PDS lost the event) reaches
+/// consumers as a `#sync` fetched from the PDS; the account's chain continues from it, and a
+/// second re-sync of a current account changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_resync_catches_up_an_account_whose_commit_was_lost() {
+    use relay::atproto::repo::{sample_post, Write};
+    let dir = temp_dir("resync");
+    let sim = Simulation::start(sim_config(1, 1)).await.expect("simulator");
+    let running = start_relay(config(&dir, sim.plc_url())).await;
+    let relay = running.relay.clone();
+    let admin = format!("http://{}", running.internal);
+    sim.register_with_relay(&admin, "test-token").await.expect("crawl");
+    wait_connected(&relay, 1).await;
+    let firehose = format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos", running.public);
+    let consumer = Consumer::connect(&firehose).await;
+    sim.create_accounts();
+    wait_for("account creation", Duration::from_secs(20), || consumer.count() >= 3).await;
+    let did = sim.hosts[0].dids()[0].clone();
+    let write = Write::Create {
+        path: "app.bsky.feed.post/3l3qo2vutsw2b".into(),
+        record: sample_post("lost", &timestamp()),
+    };
+    sim.write_unannounced(0, 0, &[write]).expect("write");
+
+    let client = reqwest::Client::new();
+    let resync = |dids: Vec<String>| {
+        let request = client
+            .post(format!("{admin}/admin/repo/resync"))
+            .bearer_auth("test-token")
+            .json(&serde_json::json!({ "dids": dids }));
+        async move {
+            let response = request.send().await.expect("resync");
+            assert!(response.status().is_success(), "{}", response.status());
+            response.json::<serde_json::Value>().await.expect("json")
+        }
+    };
+    let answer = resync(vec![did.clone()]).await;
+    assert_eq!(answer["results"][0]["result"], "queued", "{answer}");
+    let rev = answer["results"][0]["rev"].as_str().expect("rev").to_string();
+    wait_for("the #sync", Duration::from_secs(20), || consumer.count() >= 4).await;
+    match &consumer.events()[3] {
+        Event::Sync(sync) => assert_eq!((sync.did.as_str(), sync.rev.as_str()), (did.as_str(), rev.as_str())),
+        other => panic!("expected a #sync, got {other:?}"),
+    }
+    // The account's next commit follows on from the re-synced state: no chain break.
+    let mut rng = fastrand::Rng::with_seed(2);
+    sim.step(&mut rng);
+    wait_for("the next commit", Duration::from_secs(20), || consumer.count() >= 5).await;
+    assert_eq!(relay.metrics.chain_breaks.get(), 0);
+    // Already current: queued, judged, and dropped as not newer.
+    let before = rejected(&relay, "rev_not_newer");
+    let answer = resync(vec![did.clone(), "did:plc:zzzzzzzzzzzzzzzzzzzzzzzz".into()]).await;
+    assert_eq!(answer["results"][0]["result"], "queued");
+    assert_eq!(answer["results"][1]["result"], "failed", "{answer}");
+    wait_for("the stale #sync to be dropped", Duration::from_secs(20), || {
+        rejected(&relay, "rev_not_newer") > before
+    })
+    .await;
+    assert_eq!(consumer.count(), 5);
+    drop(consumer);
+    stop_relay(running).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A host whose events make the relay look up many identities is slowed to its budget:
+/// the lookups it causes wait for tokens instead of reaching the directory at its pace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_lookups_a_host_causes_are_budgeted() {
+    let dir = temp_dir("lookup-budget");
+    let sim = Simulation::start(sim_config(1, 1)).await.expect("simulator");
+    let mut config = config(&dir, sim.plc_url());
+    config.host_identity_lookups_per_second = 5.0;
+    let running = start_relay(config).await;
+    let relay = running.relay.clone();
+    sim.register_with_relay(&format!("http://{}", running.internal), "test-token").await.expect("crawl");
+    wait_connected(&relay, 1).await;
+    for i in 0..20 {
+        let did = format!("did:plc:{:0>24}", format!("budget{i}"));
+        sim.hosts[0].emit(Event::Identity(IdentityEvent { seq: 0, did, time: timestamp(), handle: None }));
+    }
+    let started = Instant::now();
+    wait_for("20 refusals", Duration::from_secs(30), || rejected(&relay, "no_identity") >= 20).await;
+    // A burst of 5, then 5 per second: the last of 20 lookups comes after about 3 seconds.
+    assert!(started.elapsed() >= Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        relay.metrics.host_identity_throttled.get() >= 14,
+        "{}",
+        relay.metrics.host_identity_throttled.get()
+    );
+    stop_relay(running).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -59,6 +59,7 @@ async fn require_admin(State(relay): State<Arc<Relay>>, request: Request, next: 
 
 #[cfg(feature = "collections")]
 mod collections;
+pub mod resync;
 pub mod siblings;
 
 pub fn router(relay: Arc<Relay>) -> Router {
@@ -80,6 +81,7 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .route("/admin/subs/unbanDomain", post(unban_domain))
         .route("/admin/repo/takeDown", post(take_down))
         .route("/admin/repo/reverseTakedown", post(reverse_takedown))
+        .route("/admin/repo/resync", post(resync_repos))
         .route("/admin/consumers/list", get(list_consumers))
         .route_layer(axum::middleware::from_fn_with_state(relay.clone(), require_admin))
         // Public requestCrawl on the internal listener too, so sibling relays of this project
@@ -237,6 +239,21 @@ async fn set_takedown(relay: &Relay, did: &str, takedown: bool) -> AdminResult {
         true => Ok(ok()),
         false => Err(XrpcError::new(StatusCode::NOT_FOUND, "RepoNotFound", "unknown account")),
     }
+}
+
+#[derive(Deserialize)]
+struct ResyncBody {
+    dids: Vec<String>,
+}
+
+/// Re-syncs up to 100 accounts from their PDSes (see [`resync`]).
+async fn resync_repos(State(relay): State<Arc<Relay>>, Json(body): Json<ResyncBody>) -> AdminResult {
+    if body.dids.is_empty() || body.dids.len() > resync::MAX_DIDS_PER_CALL {
+        let message = format!("give 1 to {} DIDs", resync::MAX_DIDS_PER_CALL);
+        return Err(XrpcError::bad_request(message));
+    }
+    let outcomes = resync::resync_all(&relay, body.dids).await;
+    Ok(Json(json!({ "results": outcomes })).into_response())
 }
 
 async fn list_consumers(State(relay): State<Arc<Relay>>) -> AdminResult {

@@ -49,6 +49,8 @@ pub struct Repo {
     /// Blocks the tree referred to at the last compaction (see [`Repo::compact_if_grown`]).
     live_blocks: usize,
     last_tid_micros: u64,
+    /// The latest signed commit: its CID and block (`getLatestCommit` / `getBlocks`).
+    pub head: Option<(Cid, Vec<u8>)>,
 }
 
 impl Repo {
@@ -64,6 +66,7 @@ impl Repo {
             blocks: new_blocks.into_iter().collect(),
             live_blocks: 1,
             last_tid_micros: 0,
+            head: None,
         }
     }
 
@@ -155,6 +158,7 @@ impl Repo {
             car_blocks.push((*cid, bytes));
         }
         let blocks = car::write(&[commit_cid], car_blocks.iter().map(|(c, b)| (c, *b)));
+        self.head = Some((commit_cid, commit_bytes.clone()));
         let since = self.rev.replace(rev.clone());
         self.data = data;
         self.compact_if_grown()?;
@@ -236,6 +240,7 @@ impl Repo {
         let rev = self.next_rev(now_micros);
         let (_, bytes, cid) = SignedCommit::sign(&self.did, &rev, self.data, &self.key);
         self.rev = Some(rev.clone());
+        self.head = Some((cid, bytes.clone()));
         Sync {
             seq,
             did: self.did.clone(),

@@ -110,6 +110,14 @@ pub struct InFlight {
     seq: i64,
 }
 
+impl InFlight {
+    /// An event that did not come from a subscription (an admin re-sync): finishing it moves
+    /// no host's cursor.
+    pub fn detached() -> InFlight {
+        InFlight { progress: Arc::new(HostProgress::new(0)), seq: 0 }
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.progress.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.seq);

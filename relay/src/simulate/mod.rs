@@ -280,6 +280,8 @@ impl Simulation {
                 .route("/xrpc/com.atproto.sync.subscribeRepos", get(subscribe))
                 .route("/xrpc/com.atproto.sync.listRepos", get(list_repos))
                 .route("/xrpc/com.atproto.repo.describeRepo", get(describe_repo))
+                .route("/xrpc/com.atproto.sync.getLatestCommit", get(get_latest_commit))
+                .route("/xrpc/com.atproto.sync.getBlocks", get(get_blocks))
                 .with_state(host.clone());
             tokio::spawn(async move { axum::serve(listener, app).await });
             hosts.push(host);
@@ -337,6 +339,15 @@ impl Simulation {
         drop(accounts);
         self.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         host.emit(Event::Commit(commit));
+        Ok(())
+    }
+
+    /// Applies writes to one account without announcing them: a PDS whose `#commit` was
+    /// lost, so a relay has to re-sync the account to catch up.
+    pub fn write_unannounced(&self, host: usize, account: usize, writes: &[Write]) -> anyhow::Result<()> {
+        let mut accounts = self.hosts[host].accounts.lock().unwrap_or_else(|p| p.into_inner());
+        let account = accounts.get_mut(account).ok_or_else(|| anyhow::anyhow!("no such account"))?;
+        account.repo.commit(writes, 0, now_micros())?;
         Ok(())
     }
 
@@ -539,6 +550,47 @@ async fn list_repos(State(host): State<Arc<SimHost>>, Query(query): Query<PageQu
 #[derive(serde::Deserialize)]
 struct RepoQuery {
     repo: String,
+}
+
+#[derive(serde::Deserialize)]
+struct DidQuery {
+    did: String,
+    #[serde(default)]
+    cids: Option<String>,
+}
+
+fn repo_not_found() -> Response {
+    let body = Json(json!({ "error": "RepoNotFound", "message": "Could not find repo" }));
+    (axum::http::StatusCode::BAD_REQUEST, body).into_response()
+}
+
+/// `getLatestCommit`: the CID and rev of the account's newest signed commit.
+async fn get_latest_commit(State(host): State<Arc<SimHost>>, Query(query): Query<DidQuery>) -> Response {
+    let accounts = host.accounts.lock().unwrap_or_else(|p| p.into_inner());
+    match accounts
+        .iter()
+        .find(|a| a.repo.did == query.did)
+        .and_then(|a| a.repo.head.clone().zip(a.repo.rev.clone()))
+    {
+        Some(((cid, _), rev)) => Json(json!({ "cid": cid.to_string(), "rev": rev })).into_response(),
+        None => repo_not_found(),
+    }
+}
+
+/// `getBlocks`: a CAR of the requested blocks (the simulator serves the head commit block).
+async fn get_blocks(State(host): State<Arc<SimHost>>, Query(query): Query<DidQuery>) -> Response {
+    let accounts = host.accounts.lock().unwrap_or_else(|p| p.into_inner());
+    let Some((cid, bytes)) =
+        accounts.iter().find(|a| a.repo.did == query.did).and_then(|a| a.repo.head.clone())
+    else {
+        return repo_not_found();
+    };
+    if query.cids.as_deref() != Some(cid.to_string().as_str()) {
+        let body = Json(json!({ "error": "BlockNotFound", "message": "only the head commit is served" }));
+        return (axum::http::StatusCode::BAD_REQUEST, body).into_response();
+    }
+    let car = crate::atproto::car::write(&[cid], [(&cid, bytes.as_slice())]);
+    ([(axum::http::header::CONTENT_TYPE, "application/vnd.ipld.car")], car).into_response()
 }
 
 async fn describe_repo(State(host): State<Arc<SimHost>>, Query(query): Query<RepoQuery>) -> Response {
