@@ -77,6 +77,14 @@ pub enum HostsCommand {
         #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
         repo_limit: i64,
     },
+    /// Restart a host's subscription from another upstream cursor (0: live only).
+    ResetCursor {
+        /// Host name, e.g. pds.example.com.
+        host: String,
+        /// The host's seq to resume after.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+        cursor: i64,
+    },
     /// Ask the relay to crawl (subscribe to) a host, bypassing the public requestCrawl checks.
     RequestCrawl {
         /// Host name or URL (http:// only where the relay allows insecure hosts).
@@ -286,6 +294,9 @@ fn request_for(command: &AdminCommand) -> Request {
             HostsCommand::Unban { host } => Request::post("/admin/pds/unblock").query("host", host),
             HostsCommand::Limits { host, repo_limit } => Request::post("/admin/pds/changeLimits")
                 .body(json!({ "host": host, "repo_limit": repo_limit })),
+            HostsCommand::ResetCursor { host, cursor } => {
+                Request::post("/admin/pds/resetCursor").body(json!({ "host": host, "cursor": cursor }))
+            }
             HostsCommand::RequestCrawl { host } => {
                 Request::post("/admin/pds/requestCrawl").body(json!({ "hostname": host }))
             }
@@ -470,6 +481,9 @@ fn render_hosts(command: &HostsCommand, response: &Value) -> String {
         HostsCommand::Ban { host } => format!("host {host} banned\n"),
         HostsCommand::Unban { host } => format!("host {host} unbanned\n"),
         HostsCommand::Limits { host, repo_limit } => format!("host {host}: repo limit set to {repo_limit}\n"),
+        HostsCommand::ResetCursor { host, cursor } => {
+            format!("{host}: resubscribed after upstream seq {cursor}\n")
+        }
         HostsCommand::RequestCrawl { host } => format!("crawl of {host} requested\n"),
         HostsCommand::Kill { host, ban: true } => format!("connection to {host} dropped; host banned\n"),
         HostsCommand::Kill { host, ban: false } => format!("connection to {host} dropped\n"),

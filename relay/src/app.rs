@@ -219,6 +219,27 @@ impl Relay {
         }
     }
 
+    /// Restarts a host's subscription from `cursor` (an operator's reset: 0 resumes live
+    /// only, a lower seq replays from there). The running subscription is stopped and waited
+    /// for first, so its own cursor save cannot overwrite the reset.
+    pub async fn reset_host_cursor(
+        self: &Arc<Self>,
+        host_id: i64,
+        cursor: i64,
+    ) -> Result<(), crate::storage::StoreError> {
+        let running = self.hosts.lock().unwrap_or_else(|p| p.into_inner()).remove(&host_id);
+        if let Some(handle) = running {
+            handle.stop_and_wait().await;
+        }
+        self.store.set_host_cursor(host_id, cursor).await?;
+        if let Some(host) = self.store.host_by_id(host_id).await? {
+            if host.status != "banned" {
+                self.subscribe(host);
+            }
+        }
+        Ok(())
+    }
+
     /// requestCrawl: validate, probe, store and subscribe. `admin` bypasses the public limits.
     pub async fn request_crawl(
         self: &Arc<Self>,

@@ -554,3 +554,40 @@ async fn identity_lookups_a_host_causes_are_budgeted() {
     stop_relay(running).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An admin cursor reset restarts the host's subscription from the given seq: what the host
+/// still holds after it is replayed (a #sync the relay has is refused as not newer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_cursor_reset_replays_from_the_given_seq() {
+    let dir = temp_dir("reset-cursor");
+    let sim = Simulation::start(sim_config(1, 1)).await.expect("simulator");
+    let running = start_relay(config(&dir, sim.plc_url())).await;
+    let relay = running.relay.clone();
+    let admin = format!("http://{}", running.internal);
+    sim.register_with_relay(&admin, "test-token").await.expect("crawl");
+    wait_connected(&relay, 1).await;
+    let firehose = format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos", running.public);
+    let consumer = Consumer::connect(&firehose).await;
+    sim.create_accounts();
+    wait_for("account creation", Duration::from_secs(20), || consumer.count() >= 3).await;
+    let before = rejected(&relay, "rev_not_newer");
+    let response = reqwest::Client::new()
+        .post(format!("{admin}/admin/pds/resetCursor"))
+        .bearer_auth("test-token")
+        .json(&serde_json::json!({ "host": sim.hosts[0].hostname(), "cursor": 1 }))
+        .send()
+        .await
+        .expect("reset");
+    assert!(response.status().is_success(), "{}", response.status());
+    // Upstream seqs 2 (#account) and 3 (#sync) come again: the #account is relayed again, the
+    // #sync is refused as not newer.
+    wait_for("the replayed #sync to be refused", Duration::from_secs(20), || {
+        rejected(&relay, "rev_not_newer") > before
+    })
+    .await;
+    wait_for("the replayed #account", Duration::from_secs(20), || consumer.count() >= 4).await;
+    assert!(matches!(consumer.events()[3], Event::Account(_)));
+    drop(consumer);
+    stop_relay(running).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

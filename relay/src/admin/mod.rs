@@ -70,6 +70,7 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .route("/admin/pds/requestCrawl", post(admin_request_crawl))
         .route("/admin/pds/list", get(list_pds))
         .route("/admin/pds/changeLimits", post(change_limits))
+        .route("/admin/pds/resetCursor", post(reset_cursor))
         .route("/admin/pds/block", post(block_host))
         .route("/admin/pds/unblock", post(unblock_host))
         .route("/admin/subs/getUpstreamConns", get(upstream_conns))
@@ -169,6 +170,26 @@ async fn upstream_conns(State(relay): State<Arc<Relay>>) -> AdminResult {
         running.values().filter(|h| h.is_connected()).map(|h| h.hostname.clone()).collect();
     names.sort();
     Ok(Json(names).into_response())
+}
+
+#[derive(Deserialize)]
+struct ResetCursorBody {
+    host: String,
+    /// The upstream seq to resume after; 0 (the default) resumes live only.
+    #[serde(default)]
+    cursor: i64,
+}
+
+/// Restarts a host's subscription from another cursor (after the PDS's sequence was reset,
+/// or to replay what it still holds after an incident).
+async fn reset_cursor(State(relay): State<Arc<Relay>>, Json(body): Json<ResetCursorBody>) -> AdminResult {
+    if body.cursor < 0 {
+        return Err(XrpcError::bad_request("cursor must be 0 or more"));
+    }
+    let host = known_host(&relay, &body.host).await?;
+    relay.reset_host_cursor(host.id, body.cursor).await.map_err(XrpcError::internal)?;
+    tracing::info!(host = %host.hostname, cursor = body.cursor, "upstream cursor reset by an admin");
+    Ok(Json(json!({ "host": host.hostname, "cursor": body.cursor })).into_response())
 }
 
 async fn kill_upstream(State(relay): State<Arc<Relay>>, Query(query): Query<HostQuery>) -> AdminResult {

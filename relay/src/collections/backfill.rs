@@ -321,8 +321,10 @@ enum Fetched {
 /// GET with pacing and retries: waits out 429s and 5xx (honouring the server's headers),
 /// retries connection errors, gives up only on other 4xx or when the job stops.
 async fn fetch_json(collections: &Collections, job: &Job, host: &str, url: &str, kind: &str) -> Fetched {
+    // Paced per address: hostnames behind one server share its limit.
+    let pacing = collections.limiter.pacing_key(host).await;
     loop {
-        while let Some(until) = collections.limiter.try_take(host) {
+        while let Some(until) = collections.limiter.try_take(&pacing) {
             if !job.pause(until.saturating_duration_since(Instant::now())).await {
                 return Fetched::Stopped;
             }
@@ -333,14 +335,14 @@ async fn fetch_json(collections: &Collections, job: &Job, host: &str, url: &str,
         let response = match collections.client.get(url).send().await {
             Ok(response) => response,
             Err(error) => {
-                let wait = collections.limiter.observe_failure(host);
+                let wait = collections.limiter.observe_failure(&pacing);
                 collections.metrics.backfill_errors.with_label_values(&[kind]).inc();
                 tracing::debug!(%host, error = ?error, ?wait, "backfill: request failed, retrying");
                 continue;
             }
         };
         let status = response.status().as_u16();
-        if let Some(wait) = collections.limiter.observe(host, status, response.headers()) {
+        if let Some(wait) = collections.limiter.observe(&pacing, status, response.headers()) {
             if status == 429 {
                 collections.metrics.backfill_rate_limited.inc();
             } else {
@@ -359,7 +361,7 @@ async fn fetch_json(collections: &Collections, job: &Job, host: &str, url: &str,
         match response.json().await {
             Ok(json) => return Fetched::Json(json),
             Err(error) => {
-                collections.limiter.observe_failure(host);
+                collections.limiter.observe_failure(&pacing);
                 collections.metrics.backfill_errors.with_label_values(&[kind]).inc();
                 tracing::debug!(%host, %error, "backfill: bad JSON, retrying");
             }

@@ -4,6 +4,10 @@
 //! "blocked until" instant set from `Retry-After` or `RateLimit-Remaining: 0` +
 //! `RateLimit-Reset`, or from our own backoff after a 429/5xx. Bluesky's PDS shards share a
 //! limit (3,000 requests per 300 s), so honouring the headers matters more than the bucket.
+//!
+//! Buckets are kept per *address*, not per name ([`HostLimiter::pacing_key`]): many PDS
+//! hostnames often sit behind one server or load balancer, which enforces one limit for all of
+//! them, so pacing each name on its own would multiply the rate that address sees.
 
 use reqwest::header::HeaderMap;
 use std::collections::HashMap;
@@ -22,11 +26,48 @@ pub struct HostLimiter {
     per_second: f64,
     max_backoff: Duration,
     buckets: Mutex<HashMap<String, Bucket>>,
+    /// Host name (with port) → the address it is paced under, and when that was looked up.
+    keys: Mutex<HashMap<String, (Instant, String)>>,
 }
+
+/// How long a host's resolved address is reused for pacing.
+const PACING_KEY_TTL: Duration = Duration::from_secs(600);
+/// Longest wait for the DNS answer behind a pacing key (the name itself is used after it).
+const PACING_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl HostLimiter {
     pub fn new(per_second: f64, max_backoff: Duration) -> HostLimiter {
-        HostLimiter { per_second: per_second.max(0.01), max_backoff, buckets: Mutex::new(HashMap::new()) }
+        HostLimiter {
+            per_second: per_second.max(0.01),
+            max_backoff,
+            buckets: Mutex::new(HashMap::new()),
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The key a host (`name` or `name:port`, https's 443 by default) is paced under: the
+    /// lowest of the addresses its name resolves to, with the port, so that names served from
+    /// one address share one bucket. Falls back to the name when it does not resolve.
+    pub async fn pacing_key(&self, host: &str) -> String {
+        if let Some((at, key)) = self.keys.lock().unwrap_or_else(|p| p.into_inner()).get(host) {
+            if at.elapsed() < PACING_KEY_TTL {
+                return key.clone();
+            }
+        }
+        let (name, port) = match host.rsplit_once(':') {
+            Some((name, port)) if port.parse::<u16>().is_ok() => (name, port.parse().unwrap_or(443)),
+            _ => (host, 443),
+        };
+        let lookup = tokio::time::timeout(PACING_LOOKUP_TIMEOUT, tokio::net::lookup_host((name, port))).await;
+        let key = match lookup {
+            Ok(Ok(addrs)) => addrs.min().map_or_else(|| host.to_string(), |addr| addr.to_string()),
+            _ => host.to_string(),
+        };
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(host.to_string(), (Instant::now(), key.clone()));
+        key
     }
 
     /// Takes a request slot now (`None`), or says when one will be free.
@@ -169,6 +210,19 @@ mod tests {
         assert!(limiter.try_take("a").is_none());
         assert!(limiter.try_take("a").is_some(), "burst of 2 used up");
         assert!(limiter.try_take("b").is_none(), "hosts are independent");
+    }
+
+    #[tokio::test]
+    async fn names_on_one_address_share_a_bucket() {
+        let limiter = HostLimiter::new(1.0, Duration::from_secs(60));
+        let by_name = limiter.pacing_key("localhost:4000").await;
+        let by_address = limiter.pacing_key("127.0.0.1:4000").await;
+        assert_eq!(by_name, by_address, "one address, one key");
+        assert_ne!(limiter.pacing_key("127.0.0.1:4001").await, by_address, "another port is another server");
+        assert_eq!(limiter.pacing_key("no-such-host.invalid").await, "no-such-host.invalid");
+        // The one token of the shared bucket, taken through one name, is gone for the other.
+        assert!(limiter.try_take(&by_name).is_none());
+        assert!(limiter.try_take(&by_address).is_some());
     }
 
     #[test]

@@ -260,7 +260,7 @@ fn host_key(endpoint: &str) -> String {
 }
 
 async fn describe_repo(collections: &Arc<Collections>, endpoint: &str, did: &str) -> Described {
-    let host = host_key(endpoint);
+    let host = collections.limiter.pacing_key(&host_key(endpoint)).await;
     if collections.limiter.try_take(&host).is_some() {
         return Described::Later;
     }

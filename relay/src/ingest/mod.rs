@@ -127,6 +127,8 @@ impl Drop for InFlight {
 /// A running subscription.
 pub struct HostHandle {
     stop: watch::Sender<bool>,
+    /// The subscription task; it saves the host's cursor as it ends.
+    task: tokio::task::JoinHandle<()>,
     connected: Arc<AtomicBool>,
     pub hostname: String,
     pub progress: Arc<HostProgress>,
@@ -140,20 +142,21 @@ impl HostHandle {
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
+
+    /// Stops the subscription and waits until its task has ended (and saved its cursor).
+    pub async fn stop_and_wait(self) {
+        self.stop();
+        let _ = self.task.await;
+    }
 }
 
 pub fn spawn_subscription(relay: Arc<Relay>, host: Host) -> HostHandle {
     let (stop, stop_rx) = watch::channel(false);
     let connected = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(HostProgress::new(host.last_seq));
-    let handle = HostHandle {
-        stop,
-        connected: connected.clone(),
-        hostname: host.hostname.clone(),
-        progress: progress.clone(),
-    };
-    tokio::spawn(run(relay, host, stop_rx, connected, progress));
-    handle
+    let hostname = host.hostname.clone();
+    let task = tokio::spawn(run(relay, host, stop_rx, connected.clone(), progress.clone()));
+    HostHandle { stop, task, connected, hostname, progress }
 }
 
 fn backoff(failures: u32, max: Duration) -> Duration {

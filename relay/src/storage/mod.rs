@@ -258,6 +258,16 @@ impl Store {
         Ok(counts)
     }
 
+    /// Sets a host's upstream cursor, backwards too (an operator's reset).
+    pub async fn set_host_cursor(&self, id: i64, seq: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE hosts SET last_seq = $1 WHERE id = $2")
+            .bind(seq)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Saves upstream cursors in one transaction, never moving one backwards (the relay
     /// flushes every host's moved cursor together instead of one write per host).
     pub async fn save_host_cursors(&self, cursors: &[(i64, i64)]) -> Result<(), StoreError> {
