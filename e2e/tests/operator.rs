@@ -111,6 +111,12 @@ async fn run_steps(env: &mut Env) -> bool {
     step!("the operator restarted mid-reconcile converges", restart_mid_reconcile(env));
     step!("stopped and reconciliationPaused switches", stop_and_pause(env));
     step!("two operator replicas: exactly one leader", leader_election(env));
+    step!("hand edits of owned fields are reverted (StatefulSet image, Service port)", drift_repaired(env));
+    step!(
+        "objects of a feature turned off are pruned (ServiceMonitor, generated Secret)",
+        orphans_pruned(env)
+    );
+    step!("a malformed Relay object does not stop the others", malformed_relay_skipped(env));
     step!("deleting the Relay garbage-collects everything", delete_collects(env));
 
     println!("\n{:<80} {:>9}", "step", "result");
@@ -120,7 +126,7 @@ async fn run_steps(env: &mut Env) -> bool {
             Err(_) => println!("{name:<80} {:>9}", "FAILED"),
         }
     }
-    results.len() == 13 && results.iter().all(|(_, r)| r.is_ok())
+    results.len() == 16 && results.iter().all(|(_, r)| r.is_ok())
 }
 
 impl Env {
@@ -842,6 +848,132 @@ async fn leader_election(env: &mut Env) -> anyhow::Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// Total of a metric over every running operator pod.
+async fn operator_metric(env: &Env, name: &str) -> anyhow::Result<f64> {
+    Ok(env.operator_metrics().await?.iter().map(|(_, m)| metric_sum(m, name)).sum())
+}
+
+async fn drift_repaired(env: &mut Env) -> anyhow::Result<()> {
+    let env: &Env = env;
+    let services = Api::<Service>::namespaced(env.client.clone(), NS);
+    let wanted_image = template_image(&env.statefulset().await?);
+    let target_port = |service: &Service| {
+        service
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|p| p.first())
+            .and_then(|p| p.target_port.clone())
+    };
+    let wanted_target = target_port(&services.get(RELAY).await?);
+    let image_edit = r#"[{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"ghcr.io/atrelay/relay:hand-edited"}]"#;
+    env.kubectl(&["patch", "statefulset", RELAY, "-n", NS, "--type=json", "-p", image_edit]).await?;
+    let port_edit = r#"[{"op":"replace","path":"/spec/ports/0/targetPort","value":9999}]"#;
+    env.kubectl(&["patch", "service", RELAY, "-n", NS, "--type=json", "-p", port_edit]).await?;
+    eventually("the operator to put the image and the port back", Duration::from_secs(60), || async {
+        let image = template_image(&env.statefulset().await?);
+        let target = target_port(&services.get(RELAY).await?);
+        Ok((image == wanted_image && target == wanted_target).then_some(()))
+    })
+    .await?;
+    wait_ready_current(env, "Ready=True after the drift was repaired").await?;
+    // Repaired, and idle again: a re-reconcile of the unchanged Relay writes nothing.
+    let writes = operator_metric(env, "relay_operator_api_writes_total").await?;
+    let reconciles = operator_metric(env, "relay_operator_reconciles_total").await?;
+    env.kubectl(&["annotate", "relay", RELAY, "-n", NS, "--overwrite", "e2e.atrelay.dev/touch=2"]).await?;
+    eventually("a reconcile after the annotation", Duration::from_secs(30), || async {
+        Ok((operator_metric(env, "relay_operator_reconciles_total").await? > reconciles).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = operator_metric(env, "relay_operator_api_writes_total").await?;
+    if after != writes {
+        bail!("an idle re-reconcile after the repair wrote {} times", after - writes);
+    }
+    Ok(())
+}
+
+async fn orphans_pruned(env: &mut Env) -> anyhow::Result<()> {
+    let env: &Env = env;
+    let exists = |kind: &'static str, name: &'static str| async move {
+        let found = env.kubectl(&["get", "-n", NS, kind, name, "--ignore-not-found", "-o", "name"]).await?;
+        anyhow::Ok(!found.trim().is_empty())
+    };
+    patch_relay(env, r#"{"spec":{"monitoring":{"serviceMonitor":false}}}"#).await?;
+    eventually("the ServiceMonitor to be pruned", Duration::from_secs(60), || async {
+        Ok((!exists("servicemonitor", RELAY).await?).then_some(()))
+    })
+    .await?;
+    patch_relay(env, r#"{"spec":{"monitoring":{"serviceMonitor":true}}}"#).await?;
+    eventually("the ServiceMonitor to come back", Duration::from_secs(60), || async {
+        Ok(exists("servicemonitor", RELAY).await?.then_some(()))
+    })
+    .await?;
+    // The user brings their own admin token: the generated Secret is no longer wanted.
+    env.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "user-admin",
+        "-n",
+        NS,
+        "--from-literal=token=e2e-user-token",
+    ])
+    .await?;
+    patch_relay(env, r#"{"spec":{"admin":{"tokenSecretRef":{"name":"user-admin","key":"token"}}}}"#).await?;
+    eventually("the generated admin Secret to be pruned", Duration::from_secs(60), || async {
+        Ok((!exists("secret", "relay-admin").await?).then_some(()))
+    })
+    .await?;
+    if !exists("secret", "user-admin").await? {
+        bail!("the user's Secret was deleted");
+    }
+    wait_ready_current(env, "Ready=True with the user's admin token").await?;
+    Ok(())
+}
+
+async fn malformed_relay_skipped(env: &mut Env) -> anyhow::Result<()> {
+    let env: &Env = env;
+    // The CRD's schema would refuse a malformed Relay: loosen it for the spec while the bad
+    // object is stored (as an older schema or a direct etcd write could leave one behind).
+    let loosen = r#"[{"op":"replace","path":"/spec/versions/0/schema/openAPIV3Schema/properties/spec","value":{"type":"object","x-kubernetes-preserve-unknown-fields":true}}]"#;
+    env.kubectl(&["patch", "crd", "relays.atrelay.dev", "--type=json", "-p", loosen]).await?;
+    let bad = r#"apiVersion: atrelay.dev/v1alpha1
+kind: Relay
+metadata:
+  name: malformed
+  namespace: e2e
+spec:
+  image: 42
+  ports: "not an object"
+"#;
+    let created = eventually("the malformed Relay to be stored", Duration::from_secs(30), || async {
+        Ok(env.kubectl_stdin(&["apply", "-f", "-"], Some(bad)).await.ok().map(|_| ()))
+    })
+    .await;
+    let outcome = async {
+        created?;
+        eventually("the operator to count the malformed object", Duration::from_secs(60), || async {
+            Ok((operator_metric(env, "relay_operator_invalid_objects_total").await? >= 1.0).then_some(()))
+        })
+        .await?;
+        // The valid Relay is still reconciled: a change to it is acted on.
+        let reconciles = operator_metric(env, "relay_operator_reconciles_total").await?;
+        env.kubectl(&["annotate", "relay", RELAY, "-n", NS, "--overwrite", "e2e.atrelay.dev/touch=3"])
+            .await?;
+        eventually("a reconcile of the valid Relay", Duration::from_secs(30), || async {
+            Ok((operator_metric(env, "relay_operator_reconciles_total").await? > reconciles).then_some(()))
+        })
+        .await
+    }
+    .await;
+    // Put everything back whatever happened, so the next steps see the real schema.
+    env.kubectl(&["delete", "relay", "malformed", "-n", NS, "--ignore-not-found", "--wait=true"]).await?;
+    env.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", "crds/relays.atrelay.dev.yaml"])
+        .await?;
+    outcome
 }
 
 async fn delete_collects(env: &mut Env) -> anyhow::Result<()> {

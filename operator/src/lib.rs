@@ -41,3 +41,51 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The stage of the reconcile pipeline an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Read,
+    Validate,
+    Apply,
+    Status,
+    Finalize,
+}
+
+impl Stage {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Stage::Read => "read",
+            Stage::Validate => "validate",
+            Stage::Apply => "apply",
+            Stage::Status => "status",
+            Stage::Finalize => "finalize",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed reconcile: what went wrong, and in which stage (metrics and Events say both).
+#[derive(Debug, thiserror::Error)]
+#[error("{stage} stage: {error}")]
+pub struct ReconcileError {
+    pub stage: Stage,
+    #[source]
+    pub error: Error,
+}
+
+/// Tags a stage's error with the stage: `read(...).await.at(Stage::Read)?`.
+pub trait AtStage<T> {
+    fn at(self, stage: Stage) -> Result<T, ReconcileError>;
+}
+
+impl<T, E: Into<Error>> AtStage<T> for Result<T, E> {
+    fn at(self, stage: Stage) -> Result<T, ReconcileError> {
+        self.map_err(|error| ReconcileError { stage, error: error.into() })
+    }
+}

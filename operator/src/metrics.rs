@@ -4,11 +4,15 @@ use prometheus::{Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opt
 
 pub struct Metrics {
     registry: Registry,
-    /// Reconciles by result (`success` or an error reason).
+    /// Reconciles by result (`success` or an error reason) and the stage that failed.
     pub reconciles: IntCounterVec,
     pub reconcile_seconds: Histogram,
     /// API writes by kind: the idle operator must keep these flat.
     pub api_writes: IntCounterVec,
+    /// Server-side-apply dry runs (reads that confirm a suspected drift), by kind.
+    pub api_dry_runs: IntCounterVec,
+    /// Relay objects that could not be read as a Relay (skipped, the others go on).
+    pub invalid_objects: prometheus::IntCounter,
     /// 1 while this replica holds the leader Lease (or leader election is off).
     pub leader: IntGauge,
 }
@@ -17,8 +21,8 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let reconciles = IntCounterVec::new(
-            Opts::new("relay_operator_reconciles_total", "Reconciles of Relays by result"),
-            &["result"],
+            Opts::new("relay_operator_reconciles_total", "Reconciles of Relays by result and failed stage"),
+            &["result", "stage"],
         )
         .expect("valid metric");
         let reconcile_seconds = Histogram::with_opts(
@@ -34,17 +38,32 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid metric");
+        let api_dry_runs = IntCounterVec::new(
+            Opts::new(
+                "relay_operator_api_dry_runs_total",
+                "Server-side-apply dry runs that checked a suspected drift (not writes), by kind",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let invalid_objects = prometheus::IntCounter::new(
+            "relay_operator_invalid_objects_total",
+            "Relay objects that could not be read as a Relay (skipped; the others are reconciled)",
+        )
+        .expect("valid metric");
         let leader = IntGauge::new("relay_operator_leader", "1 while this replica is the active leader")
             .expect("valid metric");
         for collector in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_seconds.clone()),
             Box::new(api_writes.clone()),
+            Box::new(api_dry_runs.clone()),
+            Box::new(invalid_objects.clone()),
             Box::new(leader.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
-        Metrics { registry, reconciles, reconcile_seconds, api_writes, leader }
+        Metrics { registry, reconciles, reconcile_seconds, api_writes, api_dry_runs, invalid_objects, leader }
     }
 
     pub fn render(&self) -> String {

@@ -42,6 +42,7 @@ fn minimal_relay_builds_the_expected_objects() {
         BuildInputs {
             admin: AdminToken::Generated { token: "fixture-token-not-secret".into() },
             service_monitor_supported: false,
+            service_monitor_wanted: true,
         },
     );
 }
@@ -57,6 +58,7 @@ fn production_relay_builds_the_expected_objects() {
                 digest: "0123456789abcdef0123456789abcdef".into(),
             },
             service_monitor_supported: true,
+            service_monitor_wanted: true,
         },
     );
 }
@@ -65,8 +67,11 @@ fn production_relay_builds_the_expected_objects() {
 fn stopping_scales_to_zero_and_keeps_everything_else() {
     let dir = manifest_dir().join("tests/fixtures");
     let mut relay = relay_from_yaml(&std::fs::read_to_string(dir.join("minimal.yaml")).expect("fixture"));
-    let inputs =
-        BuildInputs { admin: AdminToken::Generated { token: "t".into() }, service_monitor_supported: false };
+    let inputs = BuildInputs {
+        admin: AdminToken::Generated { token: "t".into() },
+        service_monitor_supported: false,
+        service_monitor_wanted: true,
+    };
     let running = build::build(&validate(&relay).expect("valid"), &inputs);
     relay.spec.operation.stopped = true;
     let stopped = build::build(&validate(&relay).expect("valid"), &inputs);
@@ -85,6 +90,7 @@ fn a_new_admin_token_changes_the_pod_template() {
         let inputs = BuildInputs {
             admin: AdminToken::Generated { token: token.into() },
             service_monitor_supported: false,
+            service_monitor_wanted: true,
         };
         build::build(&validated, &inputs).statefulset.spec.template
     };

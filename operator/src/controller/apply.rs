@@ -1,99 +1,285 @@
-//! Apply: server-side apply of each desired object with one field manager, gated
-//! by a hash of the desired object so an unchanged Relay causes no write at all.
+//! Apply: server-side apply of each desired object with one field manager, a write only
+//! when the live object differs from what the operator wants, and pruning of objects a
+//! turned-off feature no longer wants.
+//!
+//! Drift is judged against the live object itself, not against a record of what was last
+//! applied: a `kubectl edit` of the image, or a deleted Service port, is put back on the
+//! next reconcile. A cheap structural check comes first (every field the operator sets has
+//! the value it wants); only when it says "different" does the operator ask the API server
+//! for a server-side-apply dry run and compare that preview with the live object, because
+//! the server normalises some values (quantities, defaults) and only it knows what an apply
+//! would change. Nothing changed → no write: an idle Relay costs reads only.
 
-use super::build::{DesiredObjects, MANAGER};
+use super::build::{DesiredObjects, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER};
 use super::Context;
 use crate::Error;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use kube::api::{DynamicObject, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Secret, Service};
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::Value;
 use std::fmt::Debug;
-
-/// Hash of the object as last applied by this operator.
-pub const ANNOTATION_APPLIED_HASH: &str = "atrelay.dev/applied-hash";
 
 /// The result of applying: the live StatefulSet and what was written.
 pub struct Applied {
     pub statefulset: StatefulSet,
-    /// `Kind/name` of every object that was created or changed.
+    /// `Kind/name` of every object that was created, changed or deleted.
     pub changed: Vec<String>,
 }
 
-pub async fn apply(desired: DesiredObjects, namespace: &str, ctx: &Context) -> Result<Applied, Error> {
+/// What the apply stage needs to know beyond the desired objects: the names of objects it
+/// may have created earlier and that a changed spec may no longer want.
+pub struct Owned<'a> {
+    pub relay_name: &'a str,
+    pub relay_uid: &'a str,
+    pub namespace: &'a str,
+    /// The generated admin Secret's name.
+    pub admin_secret: String,
+    /// Whether the cluster serves ServiceMonitors (otherwise there is nothing to prune).
+    pub service_monitor_supported: bool,
+}
+
+pub async fn apply(desired: DesiredObjects, owned: &Owned<'_>, ctx: &Context) -> Result<Applied, Error> {
+    // Destructured without `..`: an owned kind added to `DesiredObjects` does not compile
+    // until this stage applies (and, if optional, prunes) it.
+    let DesiredObjects { admin_secret, statefulset, public_service, internal_service, service_monitor } =
+        desired;
+    let namespace = owned.namespace;
     let mut changed = Vec::new();
-    if let Some(secret) = desired.admin_secret {
-        apply_typed(secret, namespace, ctx, &mut changed).await?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    match admin_secret {
+        Some(secret) => {
+            apply_object(&secrets, secret, "Secret", ctx, &mut changed).await?;
+        }
+        None => prune(&secrets, &owned.admin_secret, "Secret", owned, ctx, &mut changed).await?,
     }
-    apply_typed(desired.public_service, namespace, ctx, &mut changed).await?;
-    apply_typed(desired.internal_service, namespace, ctx, &mut changed).await?;
-    let statefulset = apply_typed(desired.statefulset, namespace, ctx, &mut changed).await?;
-    if let Some(monitor) = desired.service_monitor {
-        apply_dynamic(monitor, namespace, ctx, &mut changed).await?;
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
+    apply_object(&services, public_service, "Service", ctx, &mut changed).await?;
+    apply_object(&services, internal_service, "Service", ctx, &mut changed).await?;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
+    let statefulset = apply_object(&statefulsets, statefulset, "StatefulSet", ctx, &mut changed).await?;
+    if owned.service_monitor_supported {
+        let resource = super::build::service_monitor::api_resource();
+        let monitors: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, &resource);
+        match service_monitor {
+            Some(monitor) => {
+                apply_object(&monitors, monitor, "ServiceMonitor", ctx, &mut changed).await?;
+            }
+            None => prune(&monitors, owned.relay_name, "ServiceMonitor", owned, ctx, &mut changed).await?,
+        }
     }
     Ok(Applied { statefulset, changed })
 }
 
-async fn apply_typed<K>(
-    mut object: K,
-    namespace: &str,
+/// Applies `object` unless the live one already holds everything it says.
+async fn apply_object<K>(
+    api: &Api<K>,
+    object: K,
+    kind: &str,
     ctx: &Context,
     changed: &mut Vec<String>,
 ) -> Result<K, Error>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + Debug,
+    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
 {
-    let kind = K::kind(&()).to_string();
-    let hash = stamp_hash(&mut object, &kind)?;
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
     let name = object.name_any();
+    let wanted = to_json(&object, kind)?;
     if let Some(live) = api.get_opt(&name).await? {
-        if live.annotations().get(ANNOTATION_APPLIED_HASH) == Some(&hash) {
+        let live_json = to_json(&live, kind)?;
+        let Some(difference) = first_difference(&live_json, &wanted, String::new()) else {
+            return Ok(live);
+        };
+        // The cheap check can be fooled by the server's normalisation: ask it.
+        let preview = api.patch(&name, &apply_params().dry_run(), &Patch::Apply(&object)).await?;
+        ctx.metrics.api_dry_runs.with_label_values(&[kind]).inc();
+        if same_content(&to_json(&preview, kind)?, &live_json) {
             return Ok(live);
         }
+        tracing::info!(kind, %name, at = %difference, "live object drifted from the desired one; re-applying");
     }
-    let params = PatchParams::apply(MANAGER).force();
-    let live = api.patch(&name, &params, &Patch::Apply(&object)).await?;
-    ctx.metrics.api_writes.with_label_values(&[&kind]).inc();
+    let live = api.patch(&name, &apply_params(), &Patch::Apply(&object)).await?;
+    ctx.metrics.api_writes.with_label_values(&[kind]).inc();
     changed.push(format!("{kind}/{name}"));
     Ok(live)
 }
 
-async fn apply_dynamic(
-    mut object: DynamicObject,
-    namespace: &str,
+fn apply_params() -> PatchParams {
+    PatchParams::apply(MANAGER).force()
+}
+
+/// Deletes the object `name` if it exists and is this Relay's (our labels and a controller
+/// reference to this Relay's UID): anything else with that name is left alone.
+async fn prune<K>(
+    api: &Api<K>,
+    name: &str,
+    kind: &str,
+    owned: &Owned<'_>,
     ctx: &Context,
     changed: &mut Vec<String>,
-) -> Result<(), Error> {
-    let resource = super::build::service_monitor::api_resource();
-    let hash = stamp_hash(&mut object, "ServiceMonitor")?;
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, &resource);
-    let name = object.name_any();
-    if let Some(live) = api.get_opt(&name).await? {
-        if live.annotations().get(ANNOTATION_APPLIED_HASH) == Some(&hash) {
-            return Ok(());
-        }
+) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let Some(live) = api.get_opt(name).await? else { return Ok(()) };
+    if !is_ours(&live, owned) {
+        return Ok(());
     }
-    let params = PatchParams::apply(MANAGER).force();
-    api.patch(&name, &params, &Patch::Apply(&object)).await?;
-    ctx.metrics.api_writes.with_label_values(&["ServiceMonitor"]).inc();
-    changed.push(format!("ServiceMonitor/{name}"));
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        // Deleted meanwhile: the goal is reached.
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+        Err(error) => return Err(error.into()),
+    }
+    ctx.metrics.api_writes.with_label_values(&[kind]).inc();
+    tracing::info!(kind, %name, "pruned an object the Relay no longer wants");
+    changed.push(format!("{kind}/{name} (deleted)"));
     Ok(())
 }
 
-/// Computes the hash of the desired object and records it in an annotation.
-fn stamp_hash<K: Resource + Serialize>(object: &mut K, kind: &str) -> Result<String, Error> {
-    let bytes = serde_json::to_vec(object).map_err(|e| Error::Serialize(kind.to_string(), e))?;
-    let hash = super::build::digest(&bytes);
-    object
-        .meta_mut()
-        .annotations
-        .get_or_insert_with(Default::default)
-        .insert(ANNOTATION_APPLIED_HASH.into(), hash.clone());
-    Ok(hash)
+/// Whether an object was made by this operator for this Relay.
+pub fn is_ours<K: Resource>(object: &K, owned: &Owned<'_>) -> bool {
+    let labels = object.meta().labels.as_ref();
+    let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
+    let controlled = object
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.uid == owned.relay_uid);
+    label(LABEL_MANAGED_BY) == Some(MANAGER) && label(LABEL_INSTANCE) == Some(owned.relay_name) && controlled
+}
+
+fn to_json<K: Serialize>(object: &K, kind: &str) -> Result<Value, Error> {
+    serde_json::to_value(object).map_err(|e| Error::Serialize(kind.to_string(), e))
+}
+
+/// Whether `live` holds every field of `wanted` with the same value. Objects may have more
+/// keys (defaults, other managers' fields); lists must match element by element.
+pub fn contains(live: &Value, wanted: &Value) -> bool {
+    first_difference(live, wanted, String::new()).is_none()
+}
+
+/// The path of the first field of `wanted` that `live` does not hold (for the log line that
+/// says what drifted), or `None` when it holds them all.
+pub fn first_difference(live: &Value, wanted: &Value, path: String) -> Option<String> {
+    match (live, wanted) {
+        (_, Value::Null) => None,
+        (Value::Object(live), Value::Object(wanted)) => wanted.iter().find_map(|(key, value)| {
+            let path = format!("{path}.{key}");
+            match live.get(key) {
+                Some(found) => first_difference(found, value, path),
+                None if value.is_null() => None,
+                None => Some(path),
+            }
+        }),
+        (Value::Array(live), Value::Array(wanted)) if live.len() == wanted.len() => live
+            .iter()
+            .zip(wanted)
+            .enumerate()
+            .find_map(|(i, (l, w))| first_difference(l, w, format!("{path}[{i}]"))),
+        (live, wanted) if live == wanted => None,
+        _ => Some(if path.is_empty() { ".".into() } else { path }),
+    }
+}
+
+/// Equal apart from bookkeeping the server changes on every write, and apart from status
+/// (an apply never changes it, but it moves on its own between the read and the dry run).
+pub fn same_content(a: &Value, b: &Value) -> bool {
+    strip_bookkeeping(a.clone()) == strip_bookkeeping(b.clone())
+}
+
+fn strip_bookkeeping(mut value: Value) -> Value {
+    if let Some(object) = value.as_object_mut() {
+        object.remove("status");
+    }
+    if let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        for key in ["managedFields", "resourceVersion", "generation"] {
+            metadata.remove(key);
+        }
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn live_objects_with_defaults_contain_what_was_wanted() {
+        let wanted = json!({"spec": {"replicas": 1, "template": {"spec": {"containers": [
+            {"name": "relay", "image": "relay:1", "ports": [{"containerPort": 2470}]}
+        ]}}}});
+        let live = json!({"spec": {"replicas": 1, "revisionHistoryLimit": 10, "template": {"spec": {
+            "dnsPolicy": "ClusterFirst",
+            "containers": [{"name": "relay", "image": "relay:1", "imagePullPolicy": "IfNotPresent",
+                "ports": [{"containerPort": 2470, "protocol": "TCP"}]}]
+        }}}});
+        assert!(contains(&live, &wanted));
+    }
+
+    #[test]
+    fn hand_edits_of_owned_fields_are_drift() {
+        let wanted = json!({"spec": {"ports": [{"name": "firehose", "port": 2470}, {"name": "x", "port": 1}],
+            "template": {"image": "relay:1"}}});
+        let edited_image = json!({"spec": {"ports": [{"name": "firehose", "port": 2470}, {"name": "x", "port": 1}],
+            "template": {"image": "relay:evil"}}});
+        let deleted_port = json!({"spec": {"ports": [{"name": "firehose", "port": 2470}],
+            "template": {"image": "relay:1"}}});
+        let missing_field =
+            json!({"spec": {"ports": [{"name": "firehose", "port": 2470}, {"name": "x", "port": 1}]}});
+        for live in [&edited_image, &deleted_port, &missing_field] {
+            assert!(!contains(live, &wanted), "{live}");
+        }
+        assert_eq!(
+            first_difference(&edited_image, &wanted, String::new()).as_deref(),
+            Some(".spec.template.image")
+        );
+        assert_eq!(first_difference(&deleted_port, &wanted, String::new()).as_deref(), Some(".spec.ports"));
+    }
+
+    #[test]
+    fn bookkeeping_does_not_count_as_a_difference() {
+        let a = json!({"metadata": {"name": "r", "resourceVersion": "1", "managedFields": [1]}, "spec": {"a": 1}});
+        let b = json!({"metadata": {"name": "r", "resourceVersion": "2", "managedFields": [2]}, "spec": {"a": 1}});
+        let c = json!({"metadata": {"name": "r", "resourceVersion": "2"}, "spec": {"a": 2}});
+        let d = json!({"metadata": {"name": "r"}, "spec": {"a": 1}, "status": {"readyReplicas": 1}});
+        assert!(same_content(&a, &b));
+        assert!(same_content(&a, &d), "status moves on its own");
+        assert!(!same_content(&a, &c));
+    }
+
+    #[test]
+    fn only_this_relays_objects_are_pruned() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let owned = Owned {
+            relay_name: "relay",
+            relay_uid: "uid-1",
+            namespace: "ns",
+            admin_secret: "relay-admin".into(),
+            service_monitor_supported: false,
+        };
+        let secret = |instance: &str, uid: &str| {
+            let mut secret = Secret::default();
+            secret.metadata.labels = Some(
+                [
+                    (LABEL_MANAGED_BY.to_string(), MANAGER.to_string()),
+                    (LABEL_INSTANCE.to_string(), instance.to_string()),
+                ]
+                .into(),
+            );
+            secret.metadata.owner_references = Some(vec![OwnerReference {
+                controller: Some(true),
+                uid: uid.into(),
+                ..OwnerReference::default()
+            }]);
+            secret
+        };
+        assert!(is_ours(&secret("relay", "uid-1"), &owned));
+        assert!(!is_ours(&secret("relay", "uid-2"), &owned), "another Relay of the same name (recreated)");
+        assert!(!is_ours(&secret("other", "uid-1"), &owned));
+        assert!(!is_ours(&Secret::default(), &owned), "a user's Secret with the same name");
+    }
 }

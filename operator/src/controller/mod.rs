@@ -1,8 +1,11 @@
 //! The Relay controller. Each reconcile is a pipeline:
-//! read → validate → build (pure) → apply (server-side apply) → status.
+//! read → validate → build (pure) → apply (server-side apply, drift repaired, orphans
+//! pruned) → status. Each stage's errors carry the stage, so metrics and Events say where
+//! a reconcile failed.
 
 pub mod apply;
 pub mod build;
+pub mod finalize;
 /// Helpers for tests and fixtures (Relays from YAML).
 pub mod fixtures;
 pub mod read;
@@ -12,11 +15,12 @@ pub mod validate;
 use crate::config::RunConfig;
 use crate::crd::Relay;
 use crate::metrics::Metrics;
-use crate::Error;
+use crate::{AtStage, Error, ReconcileError, Stage};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
@@ -81,6 +85,10 @@ impl Context {
         *count
     }
 
+    fn failures_of(&self, key: &str) -> u32 {
+        lock(&self.failures).get(key).copied().unwrap_or(0)
+    }
+
     fn clear_failures(&self, key: &str) {
         lock(&self.failures).remove(key);
     }
@@ -98,60 +106,107 @@ fn key(relay: &Relay) -> String {
     format!("{}/{}", relay.namespace().unwrap_or_default(), relay.name_any())
 }
 
-/// One reconcile of one Relay.
-pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = reconcile_inner(&relay, &ctx).await;
-    let label = match &result {
-        Ok(_) => "success",
-        Err(error) => error.reason(),
+/// One reconcile of one Relay. An object that does not read as a Relay (a malformed
+/// object stored before the CRD's validation, or by a newer schema) is reported and
+/// skipped: it must not stop the watch for the others.
+pub async fn reconcile(
+    guard: Arc<DeserializeGuard<Relay>>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let relay = match &guard.0 {
+        Ok(relay) => relay,
+        Err(invalid) => {
+            ctx.metrics.invalid_objects.inc();
+            let name = invalid.metadata.name.clone().unwrap_or_default();
+            let namespace = invalid.metadata.namespace.clone().unwrap_or_default();
+            warn!(relay = %format!("{namespace}/{name}"), error = %invalid.error, "skipping an object that is not a valid Relay");
+            return Ok(Action::await_change());
+        }
     };
-    ctx.metrics.reconciles.with_label_values(&[label]).inc();
+    let started = Instant::now();
+    let result = reconcile_inner(relay, &ctx).await;
+    let (label, stage) = match &result {
+        Ok(_) => ("success", ""),
+        Err(failed) => (failed.error.reason(), failed.stage.as_str()),
+    };
+    ctx.metrics.reconciles.with_label_values(&[label, stage]).inc();
     ctx.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
-    if result.is_ok() {
-        ctx.clear_failures(&key(&relay));
+    match &result {
+        Ok(_) => ctx.clear_failures(&key(relay)),
+        // One Warning Event at the start of a streak of failures, naming the stage (the
+        // backoff retries that follow stay quiet: no Event storm).
+        Err(failed) if !failed.error.needs_user() && ctx.failures_of(&key(relay)) == 0 => {
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "ReconcileFailed".into(),
+                note: Some(status::truncate(&failed.to_string(), 1000)),
+                action: format!("Reconcile{}", capitalized(failed.stage.as_str())),
+                secondary: None,
+            };
+            ctx.publish(relay, event).await;
+        }
+        Err(_) => {}
     }
     result
 }
 
-async fn reconcile_inner(relay: &Relay, ctx: &Context) -> Result<Action, Error> {
+fn capitalized(word: &str) -> String {
+    let mut chars = word.chars();
+    chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
+}
+
+async fn reconcile_inner(relay: &Relay, ctx: &Context) -> Result<Action, ReconcileError> {
     let name = relay.name_any();
     let namespace = relay.namespace().unwrap_or_default();
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
 
+    if relay.meta().deletion_timestamp.is_some() {
+        return finalize::on_delete(relay, ctx).await.at(Stage::Finalize);
+    }
+    finalize::ensure(relay, ctx).await.at(Stage::Finalize)?;
+
     if relay.spec.operation.reconciliation_paused {
-        let live = statefulsets.get_opt(&name).await?;
+        let live = statefulsets.get_opt(&name).await.at(Stage::Read)?;
         let status = status::compute(relay, &status::Outcome::Paused(live.as_ref()), None, &now());
-        status::write(relay, status, ctx).await?;
+        status::write(relay, status, ctx).await.at(Stage::Status)?;
         return Ok(Action::await_change());
     }
 
     let validated = match validate::validate(relay) {
         Ok(validated) => validated,
         Err(invalid) => {
-            let live = statefulsets.get_opt(&name).await?;
-            stall(relay, ctx, "InvalidSpec", invalid.to_string(), live.as_ref()).await?;
-            return Err(Error::InvalidSpec(invalid));
+            let live = statefulsets.get_opt(&name).await.at(Stage::Read)?;
+            stall(relay, ctx, "InvalidSpec", invalid.to_string(), live.as_ref()).await.at(Stage::Status)?;
+            return Err(Error::InvalidSpec(invalid)).at(Stage::Validate);
         }
     };
 
     let observed = match read::read(relay, &namespace, &name, ctx).await {
         Ok(observed) => observed,
         Err(error @ Error::MissingSecret { .. }) => {
-            let live = statefulsets.get_opt(&name).await?;
-            stall(relay, ctx, error.reason(), error.to_string(), live.as_ref()).await?;
-            return Err(error);
+            let live = statefulsets.get_opt(&name).await.at(Stage::Read)?;
+            stall(relay, ctx, error.reason(), error.to_string(), live.as_ref()).await.at(Stage::Status)?;
+            return Err(error).at(Stage::Read);
         }
-        Err(error) => return Err(error),
+        Err(error) => return Err(error).at(Stage::Read),
     };
 
     let inputs = build::BuildInputs {
         admin: observed.admin.clone(),
         service_monitor_supported: observed.service_monitor_supported,
+        service_monitor_wanted: relay.spec.monitoring.service_monitor,
     };
     let admin_secret = observed.admin.secret_name(&validated);
     let desired = build::build(&validated, &inputs);
-    let applied = apply::apply(desired, &namespace, ctx).await?;
+    let uid = relay.uid().unwrap_or_default();
+    let owned = apply::Owned {
+        relay_name: &name,
+        relay_uid: &uid,
+        namespace: &namespace,
+        admin_secret: build::admin_secret_name(&name),
+        service_monitor_supported: observed.service_monitor_supported,
+    };
+    let applied = apply::apply(desired, &owned, ctx).await.at(Stage::Apply)?;
     if !applied.changed.is_empty() {
         info!(relay = %key(relay), changed = ?applied.changed, "applied");
         let event = Event {
@@ -165,7 +220,7 @@ async fn reconcile_inner(relay: &Relay, ctx: &Context) -> Result<Action, Error> 
     }
     let status =
         status::compute(relay, &status::Outcome::Applied(&applied.statefulset), Some(admin_secret), &now());
-    status::write(relay, status, ctx).await?;
+    status::write(relay, status, ctx).await.at(Stage::Status)?;
     Ok(Action::requeue(ctx.config.resync_interval))
 }
 
@@ -184,14 +239,19 @@ async fn stall(
 
 /// After a failed reconcile: wait for the user on spec errors, poll for a missing
 /// Secret (Secrets are not watched), back off exponentially on everything else.
-pub fn error_policy(relay: Arc<Relay>, error: &Error, ctx: Arc<Context>) -> Action {
-    match error {
+pub fn error_policy(
+    guard: Arc<DeserializeGuard<Relay>>,
+    failed: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
+    let Ok(relay) = &guard.0 else { return Action::await_change() };
+    match &failed.error {
         Error::InvalidSpec(_) => Action::await_change(),
         Error::MissingSecret { .. } => Action::requeue(ctx.config.missing_secret_poll),
         _ => {
-            let failures = ctx.record_failure(&key(&relay));
+            let failures = ctx.record_failure(&key(relay));
             let delay = backoff(failures, ctx.config.max_backoff);
-            warn!(relay = %key(&relay), %error, failures, retry_in = ?delay, "reconcile failed");
+            warn!(relay = %key(relay), error = %failed, failures, retry_in = ?delay, "reconcile failed");
             Action::requeue(delay)
         }
     }
@@ -211,7 +271,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let client = ctx.client.clone();
-    let relays: Api<Relay> = match &ctx.config.watch_namespace {
+    let relays: Api<DeserializeGuard<Relay>> = match &ctx.config.watch_namespace {
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
     };

@@ -90,6 +90,10 @@ pub struct RelaySpec {
     #[serde(default)]
     pub placement: PlacementSpec,
 
+    /// Monitoring objects the operator creates for the relay.
+    #[serde(default)]
+    pub monitoring: MonitoringSpec,
+
     /// Operational switches.
     #[serde(default)]
     pub operation: OperationSpec,
@@ -401,6 +405,25 @@ pub struct PlacementSpec {
     /// Taints the relay pod tolerates.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// Create a prometheus-operator ServiceMonitor for the relay's metrics when the cluster
+    /// serves that kind. Turning it off deletes the one the operator created.
+    #[serde(default = "default_true")]
+    pub service_monitor: bool,
+}
+
+impl Default for MonitoringSpec {
+    fn default() -> Self {
+        MonitoringSpec { service_monitor: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]

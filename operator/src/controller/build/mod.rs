@@ -72,6 +72,8 @@ pub struct BuildInputs {
     pub admin: AdminToken,
     /// Whether the cluster serves `monitoring.coreos.com/v1` ServiceMonitors.
     pub service_monitor_supported: bool,
+    /// Whether the Relay wants one (`spec.monitoring.serviceMonitor`).
+    pub service_monitor_wanted: bool,
 }
 
 /// Everything the operator wants to exist for one Relay.
@@ -93,7 +95,8 @@ pub fn build(relay: &ValidatedRelay, inputs: &BuildInputs) -> DesiredObjects {
         statefulset: statefulset::statefulset(relay, &inputs.admin),
         public_service: service::public_service(relay),
         internal_service: service::internal_service(relay),
-        service_monitor: inputs.service_monitor_supported.then(|| service_monitor::service_monitor(relay)),
+        service_monitor: (inputs.service_monitor_supported && inputs.service_monitor_wanted)
+            .then(|| service_monitor::service_monitor(relay)),
     }
 }
 
