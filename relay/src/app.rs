@@ -37,6 +37,8 @@ pub struct Relay {
     /// The collection directory; `None` when turned off.
     #[cfg(feature = "collections")]
     pub collections: Option<Arc<crate::collections::Collections>>,
+    /// What the coverage self-check measured (empty without `--coverage-reference`).
+    pub coverage: crate::coverage::selfcheck::CoverageStatus,
 }
 
 impl Relay {
@@ -82,6 +84,7 @@ impl Relay {
             ssrf: crate::identity::ssrf::SsrfPolicy { allow_loopback: config.allow_insecure_hosts },
             ..IdentityConfig::default()
         });
+        let coverage_check = crate::coverage::selfcheck::SelfCheckConfig::from_serve(&config)?;
         let fanout_config = FanoutConfig {
             write_timeout: config.consumer_write_timeout,
             close_timeout: config.consumer_close_timeout,
@@ -124,6 +127,7 @@ impl Relay {
                 .context("building the sibling relay client")?,
             #[cfg(feature = "collections")]
             collections,
+            coverage: Default::default(),
             config,
         });
         stage::spawn_workers(relay.clone(), receivers);
@@ -134,6 +138,7 @@ impl Relay {
         tokio::spawn(write_state(relay.store.clone(), state_rx));
         tokio::spawn(watch_idle_hosts(relay.clone()));
         tokio::spawn(crate::ingest::flush_cursors(relay.clone()));
+        crate::coverage::selfcheck::spawn(&relay, coverage_check);
         Ok(relay)
     }
 
@@ -410,6 +415,9 @@ impl Relay {
             if crate::ingest::unix_now().saturating_sub(last) > silence.as_secs() {
                 return Err(format!("no event accepted for more than {}s", silence.as_secs()));
             }
+        }
+        if let Some(reason) = self.coverage.failing(self.config.coverage_threshold) {
+            return Err(reason);
         }
         Ok(())
     }

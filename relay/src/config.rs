@@ -5,7 +5,7 @@ use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
     let value: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 72h, 30m, 10s"))?;
@@ -288,6 +288,28 @@ pub struct ServeConfig {
     /// fsync the event log before broadcasting (turn off only for throwaway test runs).
     #[arg(long, env = "RELAY_LOG_FSYNC", default_value_t = true, action = clap::ArgAction::Set)]
     pub log_fsync: bool,
+
+    /// Reference relays whose firehose the relay samples to measure its own commit coverage
+    /// (repeatable; comma-separated in the env). None: no self-check. See docs/coverage.md.
+    #[arg(long = "coverage-reference", env = "RELAY_COVERAGE_REFERENCES", value_delimiter = ',')]
+    pub coverage_references: Vec<String>,
+
+    /// Length of one coverage sample's window.
+    #[arg(long, env = "RELAY_COVERAGE_CHECK_WINDOW", default_value = "60s", value_parser = parse_duration)]
+    pub coverage_window: Duration,
+
+    /// Time between coverage samples (the first is taken one interval after start).
+    #[arg(long, env = "RELAY_COVERAGE_CHECK_INTERVAL", default_value = "15m", value_parser = parse_duration)]
+    pub coverage_interval: Duration,
+
+    /// Margin around a sample's window for commits the relay delivers a little before or
+    /// after the reference.
+    #[arg(long, env = "RELAY_COVERAGE_CHECK_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub coverage_grace: Duration,
+
+    /// Readiness fails when coverage stays below this share for two samples in a row.
+    #[arg(long, env = "RELAY_COVERAGE_THRESHOLD", default_value_t = 0.70)]
+    pub coverage_threshold: f64,
 }
 
 impl ServeConfig {

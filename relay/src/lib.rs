@@ -4,8 +4,8 @@
 //! verdict and its worker pool), `sequence` (seq assignment and the durable event log),
 //! `fanout` (the firehose for consumers), `xrpc` and `admin` (HTTP APIs), `identity`
 //! (DID resolution), `storage` (SQL metadata), `collections` (the listReposByCollection
-//! directory on RocksDB). `atproto` holds the protocol building
-//! blocks; `app` ties the stages together.
+//! directory on RocksDB), `coverage` (comparing relays; the relay's own coverage check).
+//! `atproto` holds the protocol building blocks; `app` ties the stages together.
 
 pub mod admin;
 pub mod admin_cli;
@@ -15,6 +15,7 @@ pub mod cache;
 #[cfg(feature = "collections")]
 pub mod collections;
 pub mod config;
+pub mod coverage;
 pub mod disk;
 pub mod fanout;
 pub mod identity;

@@ -43,6 +43,11 @@ enum Command {
     },
     /// Call the admin API of a running relay (hosts, takedowns, domains, backfill, ...).
     Admin(relay::admin_cli::AdminArgs),
+    /// Compare relays' firehoses, collection directories and data (docs/coverage.md).
+    ///
+    /// Exits non-zero only when the run itself failed (bad arguments, no relay reachable),
+    /// never because a coverage figure is low.
+    Coverage(relay::coverage::CoverageArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +58,9 @@ fn main() -> ExitCode {
         Command::Simulate(config) => run_async(simulate(config)),
         // Not run_async: its JSON tracing would mix with the tables printed to the operator.
         Command::Admin(args) => relay::admin_cli::run_blocking(args),
+        // Its own runtime and logging: the report goes to stdout, progress to a terminal or
+        // to the logs.
+        Command::Coverage(args) => relay::coverage::run_blocking(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -2,8 +2,8 @@
 //! rejection reasons and host statuses are fixed sets; no DIDs or hostnames.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -39,6 +39,11 @@ pub struct Metrics {
     pub disk_free_bytes: IntGaugeVec,
     pub store_retries: IntCounter,
     pub resyncs: IntCounterVec,
+    /// Coverage self-check (`--coverage-reference`); the label is a configured reference URL.
+    pub coverage_ratio: GaugeVec,
+    pub coverage_reference_commits: IntGaugeVec,
+    pub coverage_low_samples: IntGaugeVec,
+    pub coverage_samples: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -61,6 +66,12 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
+    metric
+}
+
+fn float_gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let metric = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     registry.register(Box::new(metric.clone())).expect("unique metric");
     metric
 }
@@ -250,6 +261,30 @@ impl Metrics {
                 "relay_admin_resyncs_total",
                 "Accounts re-synced through the admin API, by result (queued, failed)",
                 &["result"],
+            ),
+            coverage_ratio: float_gauge_vec(
+                &registry,
+                "relay_coverage_ratio",
+                "Share of the reference relay's commits (last sample's window) this relay delivered too",
+                &["reference"],
+            ),
+            coverage_reference_commits: gauge_vec(
+                &registry,
+                "relay_coverage_reference_commits",
+                "Commits the reference relay delivered in the last sample's window",
+                &["reference"],
+            ),
+            coverage_low_samples: gauge_vec(
+                &registry,
+                "relay_coverage_low_samples",
+                "Samples in a row whose coverage was below the threshold (readiness fails at 2)",
+                &["reference"],
+            ),
+            coverage_samples: counter_vec(
+                &registry,
+                "relay_coverage_samples_total",
+                "Coverage samples, by result (ok, low, too_few, truncated, failed)",
+                &["reference", "result"],
             ),
             registry,
         }

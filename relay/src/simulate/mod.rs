@@ -1,8 +1,9 @@
 //! A PDS fleet simulator: N hosts on loopback, each with accounts holding real signed
 //! repos (k256 and p256 keys), emitting valid Sync 1.1 commits with MST proofs at a
 //! given rate, plus `#identity`/`#account`/`#sync` events; each host serves
-//! `describeServer`, `listRepos` and `subscribeRepos` (with cursor replay), and a fake
-//! PLC directory serves the DID documents. Hostile switches make some hosts misbehave.
+//! `describeServer`, `listRepos`, `getRepoStatus` and `subscribeRepos` (with cursor
+//! replay), and a fake PLC directory serves the DID documents. Hostile switches make some
+//! hosts misbehave.
 //! It is how the relay is tried out and benchmarked on one machine.
 
 pub mod upstream;
@@ -281,6 +282,7 @@ impl Simulation {
                 .route("/xrpc/com.atproto.sync.listRepos", get(list_repos))
                 .route("/xrpc/com.atproto.repo.describeRepo", get(describe_repo))
                 .route("/xrpc/com.atproto.sync.getLatestCommit", get(get_latest_commit))
+                .route("/xrpc/com.atproto.sync.getRepoStatus", get(get_repo_status))
                 .route("/xrpc/com.atproto.sync.getBlocks", get(get_blocks))
                 .with_state(host.clone());
             tokio::spawn(async move { axum::serve(listener, app).await });
@@ -575,6 +577,20 @@ async fn get_latest_commit(State(host): State<Arc<SimHost>>, Query(query): Query
         Some(((cid, _), rev)) => Json(json!({ "cid": cid.to_string(), "rev": rev })).into_response(),
         None => repo_not_found(),
     }
+}
+
+/// `getRepoStatus`: `{did, active, status?, rev?}` as a PDS answers it.
+async fn get_repo_status(State(host): State<Arc<SimHost>>, Query(query): Query<DidQuery>) -> Response {
+    let accounts = host.accounts.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(account) = accounts.iter().find(|a| a.repo.did == query.did) else {
+        return repo_not_found();
+    };
+    let mut body = json!({ "did": account.repo.did, "active": account.status.is_none() });
+    match &account.status {
+        Some(status) => body["status"] = json!(status),
+        None => body["rev"] = json!(account.repo.rev),
+    }
+    Json(body).into_response()
 }
 
 /// `getBlocks`: a CAR of the requested blocks (the simulator serves the head commit block).
