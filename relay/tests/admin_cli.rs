@@ -48,20 +48,7 @@ fn ok(output: Output, what: &str) -> String {
 }
 
 fn sim_config() -> SimulateConfig {
-    SimulateConfig {
-        hosts: 1,
-        accounts_per_host: 1,
-        rate: 10.0,
-        max_commits: 0,
-        bind: "127.0.0.1".into(),
-        relay_admin_url: None,
-        relay_admin_token: None,
-        hostile: Vec::new(),
-        seed: 5,
-        backlog_on_connect: false,
-        history_events: 0,
-        advertise_name: None,
-    }
+    SimulateConfig { rate: 10.0, seed: 5, ..SimulateConfig::loopback(1, 1) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,20 +24,7 @@ use tokio_tungstenite::tungstenite::Message;
 const TOKEN: &str = "test-token";
 
 fn sim_config(hosts: usize, accounts: usize, rate: f64) -> SimulateConfig {
-    SimulateConfig {
-        hosts,
-        accounts_per_host: accounts,
-        rate,
-        max_commits: 0,
-        bind: "127.0.0.1".into(),
-        relay_admin_url: None,
-        relay_admin_token: None,
-        hostile: Vec::new(),
-        seed: 13,
-        backlog_on_connect: false,
-        history_events: 0,
-        advertise_name: None,
-    }
+    SimulateConfig { rate, seed: 13, ..SimulateConfig::loopback(hosts, accounts) }
 }
 
 fn config(dir: &std::path::Path, plc: String) -> relay::config::ServeConfig {

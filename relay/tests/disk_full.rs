@@ -6,13 +6,13 @@
 
 mod common;
 
-use common::{start_relay, stop_relay};
+use common::{start_relay, stop_relay, wait_connected, wait_for};
 use futures_util::StreamExt;
 use relay::atproto::frame::{self, Event};
 use relay::simulate::{SimulateConfig, Simulation};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
 /// A tmpfs mounted for the test's lifetime.
@@ -49,31 +49,7 @@ fn fill(dir: &Path, leave: u64) -> PathBuf {
 }
 
 fn sim_config() -> SimulateConfig {
-    SimulateConfig {
-        hosts: 2,
-        accounts_per_host: 3,
-        rate: 200.0,
-        max_commits: 0,
-        bind: "127.0.0.1".into(),
-        relay_admin_url: None,
-        relay_admin_token: None,
-        hostile: vec![],
-        seed: 21,
-        backlog_on_connect: false,
-        history_events: 0,
-        advertise_name: None,
-    }
-}
-
-async fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
-    let until = Instant::now() + deadline;
-    while Instant::now() < until {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
+    SimulateConfig { seed: 21, ..SimulateConfig::loopback(2, 3) }
 }
 
 /// Every event from cursor 0 (the whole log), read until `quiet` passes without one.
@@ -109,10 +85,7 @@ async fn a_full_log_disk_stops_intake_reports_it_and_loses_nothing() {
     let running = start_relay(config.clone()).await;
     let relay = running.relay.clone();
     sim.register_with_relay(&format!("http://{}", running.internal), "test-token").await.expect("crawl");
-    wait_for("hosts", Duration::from_secs(20), || {
-        relay.hosts.lock().map(|h| h.values().filter(|x| x.is_connected()).count()).unwrap_or(0) >= 2
-    })
-    .await;
+    wait_connected(&relay, 2).await;
     let firehose = format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos", running.public);
     sim.create_accounts();
     wait_for("account creation", Duration::from_secs(20), || relay.sequencer.current_head() >= 18).await;

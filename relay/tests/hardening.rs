@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{start_relay, stop_relay};
+use common::{start_relay, stop_relay, wait_connected, wait_for};
 use futures_util::StreamExt;
 use relay::app::Relay;
 use relay::atproto::frame::{self, Account, Event, IdentityEvent, Info};
@@ -27,19 +27,44 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 }
 
 fn sim_config(hosts: usize, accounts: usize) -> SimulateConfig {
-    SimulateConfig {
-        hosts,
-        accounts_per_host: accounts,
-        rate: 200.0,
-        max_commits: 0,
-        bind: "127.0.0.1".into(),
-        relay_admin_url: None,
-        relay_admin_token: None,
-        hostile: vec![],
-        seed: 11,
-        backlog_on_connect: false,
-        history_events: 0,
-        advertise_name: None,
+    SimulateConfig { seed: 11, ..SimulateConfig::loopback(hosts, accounts) }
+}
+
+/// A simulated fleet registered with a relay running in this process.
+struct Fleet {
+    sim: std::sync::Arc<Simulation>,
+    running: common::Running,
+    relay: std::sync::Arc<Relay>,
+    dir: std::path::PathBuf,
+}
+
+impl Fleet {
+    /// Starts `hosts` simulated PDSes with `accounts` each (not created yet) and a relay
+    /// (`tweak` adjusts its config) subscribed to all of them.
+    async fn start(name: &str, hosts: usize, accounts: usize, tweak: impl FnOnce(&mut ServeConfig)) -> Fleet {
+        let dir = temp_dir(name);
+        let sim = Simulation::start(sim_config(hosts, accounts)).await.expect("simulator");
+        let mut config = config(&dir, sim.plc_url());
+        tweak(&mut config);
+        let running = start_relay(config).await;
+        let relay = running.relay.clone();
+        let fleet = Fleet { sim, running, relay, dir };
+        fleet.sim.register_with_relay(&fleet.admin(), "test-token").await.expect("crawl");
+        wait_connected(&fleet.relay, hosts).await;
+        fleet
+    }
+
+    fn admin(&self) -> String {
+        format!("http://{}", self.running.internal)
+    }
+
+    fn firehose(&self) -> String {
+        format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos", self.running.public)
+    }
+
+    async fn stop(self) {
+        stop_relay(self.running).await;
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -49,24 +74,6 @@ fn rejected(relay: &Relay, reason: &str) -> u64 {
 
 fn timestamp() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-async fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
-    let until = Instant::now() + deadline;
-    while Instant::now() < until {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-async fn wait_connected(relay: &Relay, hosts: usize) {
-    wait_for("hosts to connect", Duration::from_secs(20), || {
-        relay.hosts.lock().map(|h| h.values().filter(|x| x.is_connected()).count()).unwrap_or(0) >= hosts
-    })
-    .await;
 }
 
 /// A live consumer that collects every event into a shared list.
@@ -111,13 +118,9 @@ impl Drop for Consumer {
 /// for an event that fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_and_account_events_need_authority_and_bounded_fields() {
-    let dir = temp_dir("authority");
-    let sim = Simulation::start(sim_config(2, 2)).await.expect("simulator");
-    let running = start_relay(config(&dir, sim.plc_url())).await;
-    let relay = running.relay.clone();
-    sim.register_with_relay(&format!("http://{}", running.internal), "test-token").await.expect("crawl");
-    wait_connected(&relay, 2).await;
-    let firehose = format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos", running.public);
+    let fleet = Fleet::start("authority", 2, 2, |_| {}).await;
+    let (sim, relay) = (&fleet.sim, fleet.relay.clone());
+    let firehose = fleet.firehose();
     let consumer = Consumer::connect(&firehose).await;
     sim.create_accounts();
     wait_for("account creation events", Duration::from_secs(20), || consumer.count() >= 2 * 2 * 3).await;
@@ -171,20 +174,15 @@ async fn identity_and_account_events_need_authority_and_bounded_fields() {
     let home = relay.store.account(&home_did).await.expect("store").expect("home account");
     assert_eq!(home.upstream_status, "active", "the foreign #account changed nothing");
     drop(consumer);
-    stop_relay(running).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    fleet.stop().await;
 }
 
 /// Events for DIDs that do not resolve leave no trace: no account rows, no cache growth
 /// beyond the negative answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_dids_create_no_account_state() {
-    let dir = temp_dir("nostate");
-    let sim = Simulation::start(sim_config(1, 1)).await.expect("simulator");
-    let running = start_relay(config(&dir, sim.plc_url())).await;
-    let relay = running.relay.clone();
-    sim.register_with_relay(&format!("http://{}", running.internal), "test-token").await.expect("crawl");
-    wait_connected(&relay, 1).await;
+    let fleet = Fleet::start("nostate", 1, 1, |_| {}).await;
+    let (sim, relay) = (&fleet.sim, fleet.relay.clone());
     for i in 0..200 {
         let did = format!("did:plc:{:0>24}", format!("ghost{i}"));
         sim.hosts[0].emit(Event::Identity(IdentityEvent { seq: 0, did, time: timestamp(), handle: None }));
@@ -192,22 +190,17 @@ async fn refused_dids_create_no_account_state() {
     wait_for("200 refusals", Duration::from_secs(30), || rejected(&relay, "no_identity") >= 200).await;
     let rows = relay.store.list_repos("", 1000).await.expect("list");
     assert!(rows.is_empty(), "no account rows for refused events: {rows:?}");
-    stop_relay(running).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    fleet.stop().await;
 }
 
 /// A directory outage during a burst (every host delivering its backlog at once) holds the
 /// new accounts' events and retries; not one valid commit is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_outage_under_a_burst_loses_no_valid_commit() {
-    let dir = temp_dir("plc-outage");
     let (hosts, accounts, commits) = (10, 5, 200);
-    let sim = Simulation::start(sim_config(hosts, accounts)).await.expect("simulator");
-    let running = start_relay(config(&dir, sim.plc_url())).await;
-    let relay = running.relay.clone();
-    sim.register_with_relay(&format!("http://{}", running.internal), "test-token").await.expect("crawl");
-    wait_connected(&relay, hosts).await;
-    let firehose = format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos", running.public);
+    let fleet = Fleet::start("plc-outage", hosts, accounts, |_| {}).await;
+    let (sim, relay) = (&fleet.sim, fleet.relay.clone());
+    let firehose = fleet.firehose();
     let consumer = Consumer::connect(&firehose).await;
     sim.plc.unavailable_for(Duration::from_secs(3));
     sim.create_accounts();
@@ -223,20 +216,15 @@ async fn a_directory_outage_under_a_burst_loses_no_valid_commit() {
     let relayed_commits = consumer.events().iter().filter(|e| matches!(e, Event::Commit(_))).count();
     assert_eq!(relayed_commits, commits);
     drop(consumer);
-    stop_relay(running).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    fleet.stop().await;
 }
 
 /// `#info` floods pass through the host's rate limit and are counted; what is logged of
 /// them is rate-limited (and clipped), so a host cannot decide how much the relay logs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn info_floods_are_counted_and_their_logging_is_bounded() {
-    let dir = temp_dir("info");
-    let sim = Simulation::start(sim_config(1, 1)).await.expect("simulator");
-    let running = start_relay(config(&dir, sim.plc_url())).await;
-    let relay = running.relay.clone();
-    sim.register_with_relay(&format!("http://{}", running.internal), "test-token").await.expect("crawl");
-    wait_connected(&relay, 1).await;
+    let fleet = Fleet::start("info", 1, 1, |_| {}).await;
+    let (sim, relay) = (&fleet.sim, fleet.relay.clone());
     let big = "i".repeat(100_000);
     for _ in 0..300 {
         let info = Info { name: "Flood".into(), message: Some(big.clone()) };
@@ -245,8 +233,7 @@ async fn info_floods_are_counted_and_their_logging_is_bounded() {
     wait_for("300 #info frames", Duration::from_secs(20), || rejected(&relay, "upstream_info") >= 300).await;
     let suppressed = relay.metrics.upstream_log_lines_suppressed.get();
     assert!(suppressed >= 280, "at most a handful of log lines per minute per host, {suppressed} suppressed");
-    stop_relay(running).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    fleet.stop().await;
 }
 
 /// Opens a firehose connection from `source` and completes the upgrade by hand, with a
@@ -418,13 +405,9 @@ async fn the_daily_host_limit_is_checked_before_probing() {
 /// before the bad event, and the host would send it again forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_over_a_field_limit_does_not_stall_its_host() {
-    let dir = temp_dir("field-limit");
-    let sim = Simulation::start(sim_config(1, 1)).await.expect("simulator");
-    let running = start_relay(config(&dir, sim.plc_url())).await;
-    let relay = running.relay.clone();
-    sim.register_with_relay(&format!("http://{}", running.internal), "test-token").await.expect("crawl");
-    wait_connected(&relay, 1).await;
-    let firehose = format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos", running.public);
+    let fleet = Fleet::start("field-limit", 1, 1, |_| {}).await;
+    let (sim, relay) = (&fleet.sim, fleet.relay.clone());
+    let firehose = fleet.firehose();
     let consumer = Consumer::connect(&firehose).await;
     sim.create_accounts();
     wait_for("account creation", Duration::from_secs(20), || consumer.count() >= 3).await;
@@ -458,8 +441,7 @@ async fn an_event_over_a_field_limit_does_not_stall_its_host() {
     assert_eq!(rejected(&relay, "oversize"), 1);
     assert!(matches!(consumer.events()[3], Event::Commit(_)));
     drop(consumer);
-    stop_relay(running).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    fleet.stop().await;
 }
 
 /// The admin re-sync: a commit the relay never saw (its PDS lost the event) reaches
@@ -468,14 +450,10 @@ async fn an_event_over_a_field_limit_does_not_stall_its_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_resync_catches_up_an_account_whose_commit_was_lost() {
     use relay::atproto::repo::{sample_post, Write};
-    let dir = temp_dir("resync");
-    let sim = Simulation::start(sim_config(1, 1)).await.expect("simulator");
-    let running = start_relay(config(&dir, sim.plc_url())).await;
-    let relay = running.relay.clone();
-    let admin = format!("http://{}", running.internal);
-    sim.register_with_relay(&admin, "test-token").await.expect("crawl");
-    wait_connected(&relay, 1).await;
-    let firehose = format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos", running.public);
+    let fleet = Fleet::start("resync", 1, 1, |_| {}).await;
+    let (sim, relay) = (&fleet.sim, fleet.relay.clone());
+    let admin = fleet.admin();
+    let firehose = fleet.firehose();
     let consumer = Consumer::connect(&firehose).await;
     sim.create_accounts();
     wait_for("account creation", Duration::from_secs(20), || consumer.count() >= 3).await;
@@ -522,22 +500,18 @@ async fn an_admin_resync_catches_up_an_account_whose_commit_was_lost() {
     .await;
     assert_eq!(consumer.count(), 5);
     drop(consumer);
-    stop_relay(running).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    fleet.stop().await;
 }
 
 /// A host whose events make the relay look up many identities is slowed to its budget:
 /// the lookups it causes wait for tokens instead of reaching the directory at its pace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_lookups_a_host_causes_are_budgeted() {
-    let dir = temp_dir("lookup-budget");
-    let sim = Simulation::start(sim_config(1, 1)).await.expect("simulator");
-    let mut config = config(&dir, sim.plc_url());
-    config.host_identity_lookups_per_second = 5.0;
-    let running = start_relay(config).await;
-    let relay = running.relay.clone();
-    sim.register_with_relay(&format!("http://{}", running.internal), "test-token").await.expect("crawl");
-    wait_connected(&relay, 1).await;
+    let fleet = Fleet::start("lookup-budget", 1, 1, |config| {
+        config.host_identity_lookups_per_second = 5.0;
+    })
+    .await;
+    let (sim, relay) = (&fleet.sim, fleet.relay.clone());
     for i in 0..20 {
         let did = format!("did:plc:{:0>24}", format!("budget{i}"));
         sim.hosts[0].emit(Event::Identity(IdentityEvent { seq: 0, did, time: timestamp(), handle: None }));
@@ -551,22 +525,17 @@ async fn identity_lookups_a_host_causes_are_budgeted() {
         "{}",
         relay.metrics.host_identity_throttled.get()
     );
-    stop_relay(running).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    fleet.stop().await;
 }
 
 /// An admin cursor reset restarts the host's subscription from the given seq: what the host
 /// still holds after it is replayed (a #sync the relay has is refused as not newer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_cursor_reset_replays_from_the_given_seq() {
-    let dir = temp_dir("reset-cursor");
-    let sim = Simulation::start(sim_config(1, 1)).await.expect("simulator");
-    let running = start_relay(config(&dir, sim.plc_url())).await;
-    let relay = running.relay.clone();
-    let admin = format!("http://{}", running.internal);
-    sim.register_with_relay(&admin, "test-token").await.expect("crawl");
-    wait_connected(&relay, 1).await;
-    let firehose = format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos", running.public);
+    let fleet = Fleet::start("reset-cursor", 1, 1, |_| {}).await;
+    let (sim, relay) = (&fleet.sim, fleet.relay.clone());
+    let admin = fleet.admin();
+    let firehose = fleet.firehose();
     let consumer = Consumer::connect(&firehose).await;
     sim.create_accounts();
     wait_for("account creation", Duration::from_secs(20), || consumer.count() >= 3).await;
@@ -588,6 +557,5 @@ async fn an_admin_cursor_reset_replays_from_the_given_seq() {
     wait_for("the replayed #account", Duration::from_secs(20), || consumer.count() >= 4).await;
     assert!(matches!(consumer.events()[3], Event::Account(_)));
     drop(consumer);
-    stop_relay(running).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    fleet.stop().await;
 }

@@ -171,6 +171,28 @@ impl SimHost {
     }
 }
 
+impl SimulateConfig {
+    /// A fleet on 127.0.0.1 that nobody drives but the caller (tests and benches): no
+    /// registration, no hostile hosts, unbounded history, 200 commits/s when stepped by `run`.
+    /// Override fields with struct update syntax.
+    pub fn loopback(hosts: usize, accounts_per_host: usize) -> SimulateConfig {
+        SimulateConfig {
+            hosts,
+            accounts_per_host,
+            rate: 200.0,
+            max_commits: 0,
+            bind: "127.0.0.1".into(),
+            relay_admin_url: None,
+            relay_admin_token: None,
+            hostile: Vec::new(),
+            seed: 1,
+            backlog_on_connect: false,
+            history_events: 0,
+            advertise_name: None,
+        }
+    }
+}
+
 /// The fake PLC directory: DID → document.
 #[derive(Default)]
 pub struct SimPlc {

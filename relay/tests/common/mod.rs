@@ -96,3 +96,22 @@ pub async fn stop_relay(running: Running) {
     let _ = running.stop.send(());
     let _ = running.task.await;
 }
+
+/// Polls `done` every 50 ms until it holds; panics naming `what` after `deadline`.
+pub async fn wait_for(what: &str, deadline: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + deadline;
+    while std::time::Instant::now() < until {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Waits until the relay has an open subscription to at least `hosts` hosts.
+pub async fn wait_connected(relay: &relay::app::Relay, hosts: usize) {
+    let connected =
+        || relay.hosts.lock().map(|h| h.values().filter(|x| x.is_connected()).count()).unwrap_or(0);
+    wait_for("hosts to connect", std::time::Duration::from_secs(20), || connected() >= hosts).await;
+}
