@@ -101,7 +101,9 @@ pub struct ServeConfig {
     pub lenient_hosts: Vec<String>,
 
     /// Lowest seq the relay emits.
-    #[arg(long, env = "RELAY_INITIAL_SEQ_NUMBER", default_value_t = 1)]
+    /// At most 2^53 - 1, so JavaScript consumers read every seq exactly.
+    #[arg(long, env = "RELAY_INITIAL_SEQ_NUMBER", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=crate::atproto::cbor::MAX_SAFE_INTEGER))]
     pub initial_seq_number: u64,
 
     /// Sibling relays (base URLs, comma-separated) that successful requestCrawl and host/account
@@ -351,6 +353,19 @@ fn matches_host_pattern(patterns: &[String], hostname: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn initial_seq_stays_within_javascript_integers() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: ServeConfig,
+        }
+        assert!(Wrapper::try_parse_from(["relay", "--initial-seq-number", "9007199254740991"]).is_ok());
+        assert!(Wrapper::try_parse_from(["relay", "--initial-seq-number", "9007199254740992"]).is_err());
+        assert!(Wrapper::try_parse_from(["relay", "--initial-seq-number", "0"]).is_err());
+    }
 
     #[test]
     fn host_patterns() {

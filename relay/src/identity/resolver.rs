@@ -178,15 +178,29 @@ impl Resolver {
     }
 }
 
-/// `did:web` is supported for bare hostnames only (no paths), per atproto.
+/// Top-level domains that never resolve publicly (the handle spec's disallowed list).
+const RESERVED_TLDS: [&str; 7] = ["alt", "arpa", "internal", "invalid", "local", "localhost", "onion"];
+
+/// `did:web` is supported for bare hostnames only (no paths), per atproto; a port only on
+/// `localhost` (development), and never a reserved top-level domain.
 fn did_web_url(host: &str) -> Result<String, ResolveError> {
     if host.contains(':') && !host.contains("%3A") {
         return Err(ResolveError::UnsupportedMethod);
     }
     let host = host.replace("%3A", ":");
-    let name = host.split(':').next().unwrap_or_default();
+    let (name, port) = match host.split_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (host.as_str(), None),
+    };
     if name != "localhost" {
         syntax::validate_handle(name).map_err(|_| ResolveError::InvalidDid)?;
+        if port.is_some() {
+            return Err(ResolveError::InvalidDid);
+        }
+        let tld = name.rsplit('.').next().unwrap_or_default().to_ascii_lowercase();
+        if RESERVED_TLDS.contains(&tld.as_str()) {
+            return Err(ResolveError::InvalidDid);
+        }
     }
     let scheme = if name == "localhost" { "http" } else { "https" };
     Ok(format!("{scheme}://{host}/.well-known/did.json"))
@@ -263,5 +277,15 @@ mod tests {
             did_web_url("localhost%3A8080").as_deref(),
             Ok("http://localhost:8080/.well-known/did.json")
         );
+        assert_eq!(
+            did_web_url("example.com%3A8443"),
+            Err(ResolveError::InvalidDid),
+            "a port only on localhost"
+        );
+        for reserved in
+            ["printer.local", "hidden.onion", "1.0.0.127.in-addr.arpa", "svc.internal", "x.invalid"]
+        {
+            assert_eq!(did_web_url(reserved), Err(ResolveError::InvalidDid), "{reserved}");
+        }
     }
 }

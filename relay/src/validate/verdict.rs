@@ -350,6 +350,8 @@ fn check_ops_shape(ops: &[RepoOp], policy: &Policy) -> Result<(), Rejection> {
     let mut seen = HashSet::with_capacity(ops.len());
     for op in ops {
         syntax::validate_repo_path(&op.path).map_err(|_| bad_op(op, "invalid repo path"))?;
+        let collection = op.path.split('/').next().unwrap_or_default();
+        syntax::validate_nsid(collection).map_err(|_| bad_op(op, "collection is not an NSID"))?;
         if !seen.insert(op.path.as_str()) {
             return Err(bad_op(op, "more than one op for the same path"));
         }
@@ -557,6 +559,18 @@ mod tests {
             // A tombstoned DID's last events still come through from the host that served it.
             assert!(verify_event(&event, &view(None, "pds.example.com", true), None, &policy, 0).is_ok());
         }
+    }
+
+    #[test]
+    fn op_collections_must_be_nsids() {
+        let op = |path: &str| RepoOp { action: "delete".into(), path: path.into(), cid: None, prev: None };
+        let policy = Policy { lenient: true, ..Policy::default() };
+        assert!(check_ops_shape(&[op("app.bsky.feed.post/3l3qo2vutsw2b")], &policy).is_ok());
+        let refused = check_ops_shape(&[op("nodots/3l3qo2vutsw2b")], &policy);
+        assert_eq!(
+            refused.map_err(|r| r.to_string()),
+            Err("op nodots/3l3qo2vutsw2b: collection is not an NSID".into())
+        );
     }
 
     #[test]
