@@ -107,6 +107,23 @@ if ! diff -u docs/crd-reference.md "$cache_dir/crd-reference.md"; then
   exit 1
 fi
 
+step "the protocol core has no daemon dependencies"
+# relay-atproto is what the fuzz targets, `relay verify` and the coverage tool build on: no
+# async runtime, database, HTTP stack or RocksDB may creep into it.
+forbidden=$(cargo tree --locked -p relay-atproto -e normal --prefix none | sed 's/ v[0-9].*//' | sort -u \
+  | grep -E '^(tokio|sqlx|sqlx-core|rocksdb|librocksdb-sys|reqwest|hyper|axum|tungstenite)$' || true)
+if [ -n "$forbidden" ]; then
+  echo "relay-atproto depends on daemon crates: $forbidden" >&2
+  exit 1
+fi
+echo "relay-atproto: $(cargo tree --locked -p relay-atproto -e normal --prefix none | sed 's/ v[0-9].*//' | sort -u | wc -l) crates, none of tokio/sqlx/rocksdb/reqwest/hyper/axum"
+fuzz_forbidden=$(cd relay/fuzz && cargo tree --locked -e normal --prefix none | sed 's/ v[0-9].*//' | sort -u \
+  | grep -E '^(tokio|sqlx|rocksdb|reqwest|axum)$' || true)
+if [ -n "$fuzz_forbidden" ]; then
+  echo "the fuzz crate depends on daemon crates: $fuzz_forbidden" >&2
+  exit 1
+fi
+
 step "cargo test (the e2e suite runs the relay and operator binaries as pods)"
 cargo build --workspace --locked --bins
 cargo test --workspace --locked

@@ -35,7 +35,6 @@ pub struct Relay {
     pub started: Instant,
     sibling_client: reqwest::Client,
     /// The collection directory; `None` when turned off.
-    #[cfg(feature = "collections")]
     pub collections: Option<Arc<crate::collections::Collections>>,
     /// What the coverage self-check measured (empty without `--coverage-reference`).
     pub coverage: crate::coverage::selfcheck::CoverageStatus,
@@ -95,7 +94,6 @@ impl Relay {
         let fanout = Arc::new(Fanout::new(sequencer.clone(), fanout_config, metrics.clone()));
         let policy = Policy { lenient: config.lenient_sync_validation, ..Policy::default() };
         let (validation, receivers) = stage::channels(config.workers(), config.ingest_queue_bytes);
-        #[cfg(feature = "collections")]
         let collections = match config.collections_disabled {
             true => None,
             false => Some(
@@ -125,13 +123,11 @@ impl Relay {
                 .user_agent(concat!("atproto-relay/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .context("building the sibling relay client")?,
-            #[cfg(feature = "collections")]
             collections,
             coverage: Default::default(),
             config,
         });
         stage::spawn_workers(relay.clone(), receivers);
-        #[cfg(feature = "collections")]
         if let Some(collections) = &relay.collections {
             crate::collections::spawn(&relay, collections);
         }
@@ -167,7 +163,6 @@ impl Relay {
 
     /// Resumes interrupted backfill jobs and starts the ones the config asks for.
     pub async fn start_backfills(self: &Arc<Self>) {
-        #[cfg(feature = "collections")]
         if let Some(collections) = &self.collections {
             use crate::collections::backfill;
             backfill::resume(self, collections).await;
@@ -456,7 +451,6 @@ impl Relay {
         // Give the sequencer a moment to fsync the batch it took last.
         tokio::time::sleep(Duration::from_millis(200)).await;
         // Close RocksDB; the live indexer resumes from its checkpoint on the next start.
-        #[cfg(feature = "collections")]
         if let Some(collections) = &self.collections {
             collections.close();
         }

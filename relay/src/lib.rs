@@ -10,9 +10,11 @@
 pub mod admin;
 pub mod admin_cli;
 pub mod app;
-pub mod atproto;
+/// The protocol core (the `relay-atproto` crate), under the name the daemon's modules use.
+pub mod atproto {
+    pub use relay_atproto::{car, cbor, commit, crypto, frame, mst, repo, syntax};
+}
 pub mod cache;
-#[cfg(feature = "collections")]
 pub mod collections;
 pub mod config;
 pub mod coverage;

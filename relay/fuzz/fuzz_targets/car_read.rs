@@ -1,7 +1,7 @@
 //! Arbitrary bytes as a CAR file: never panic; every block returned hashes to its CID.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use relay::atproto::{car, cbor};
+use relay_atproto::{car, cbor};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(parsed) = car::read(data, 2_000_000) {

@@ -2,7 +2,7 @@
 //! anything the checker accepts decodes and re-encodes to the same bytes (canonical).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use relay::atproto::cbor;
+use relay_atproto::cbor;
 
 fuzz_target!(|data: &[u8]| {
     if cbor::check(data, cbor::Limits::default()).is_ok() {

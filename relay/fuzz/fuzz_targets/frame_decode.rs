@@ -2,7 +2,7 @@
 //! decodes must re-encode and decode to the same event.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use relay::atproto::frame::{self, Event};
+use relay_atproto::frame::{self, Event};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(event) = frame::decode(data) {

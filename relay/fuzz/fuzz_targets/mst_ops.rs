@@ -4,7 +4,7 @@
 //! never reach the tree; this target feeds the tree directly.)
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use relay::atproto::{car, cbor, mst::Mst};
+use relay_atproto::{car, cbor, mst::Mst};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(parsed) = car::read(data, 2_000_000) else { return };

@@ -57,14 +57,12 @@ async fn require_admin(State(relay): State<Arc<Relay>>, request: Request, next: 
     }
 }
 
-#[cfg(feature = "collections")]
 mod collections;
 pub mod resync;
 pub mod siblings;
 
 pub fn router(relay: Arc<Relay>) -> Router {
     let router = Router::new();
-    #[cfg(feature = "collections")]
     let router = router.merge(collections::routes());
     router
         .route("/admin/pds/requestCrawl", post(admin_request_crawl))

@@ -54,7 +54,6 @@ fn parse_limit(raw: Option<&str>, default: i64, max: i64) -> Result<i64, XrpcErr
 
 pub fn router(relay: Arc<Relay>) -> Router {
     let router = Router::new();
-    #[cfg(feature = "collections")]
     let router = router.route("/xrpc/com.atproto.sync.listReposByCollection", get(list_repos_by_collection));
     router
         .route("/", get(banner))
@@ -280,7 +279,6 @@ async fn list_repos(State(relay): State<Arc<Relay>>, Query(params): Query<Cursor
     Ok(Json(body).into_response())
 }
 
-#[cfg(feature = "collections")]
 #[derive(Deserialize)]
 struct CollectionParams {
     collection: Option<String>,
@@ -290,7 +288,6 @@ struct CollectionParams {
 
 /// `listReposByCollection`: active repos with at least one record in the collection, in DID
 /// order, from the inline index. Limit 1–2000, default 500 (lexicon).
-#[cfg(feature = "collections")]
 async fn list_repos_by_collection(
     State(relay): State<Arc<Relay>>,
     Query(params): Query<CollectionParams>,

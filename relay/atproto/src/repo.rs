@@ -2,13 +2,13 @@
 //! `#commit` events with MST proofs. Used by the fleet simulator, the tests and
 //! the benchmarks, so what the relay validates is exactly what a PDS would send.
 
-use crate::atproto::car;
-use crate::atproto::cbor;
-use crate::atproto::commit::SignedCommit;
-use crate::atproto::crypto::SigningKey;
-use crate::atproto::frame::{Commit, RepoOp, Sync};
-use crate::atproto::mst::{Mst, MstError, RecordingSource};
-use crate::atproto::syntax;
+use crate::car;
+use crate::cbor;
+use crate::commit::SignedCommit;
+use crate::crypto::SigningKey;
+use crate::frame::{Commit, RepoOp, Sync};
+use crate::mst::{Mst, MstError, RecordingSource};
+use crate::syntax;
 use cid::Cid;
 use std::collections::HashMap;
 

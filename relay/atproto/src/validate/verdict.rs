@@ -6,16 +6,16 @@
 //! checks first. A broken chain (`since`/`prevData` not matching what we saw last)
 //! is reported beside an acceptance, not as a rejection: relays pass such commits on.
 
-use crate::atproto::car::{self, CarError};
-use crate::atproto::cbor::{self, Limits};
-use crate::atproto::commit::SignedCommit;
-use crate::atproto::crypto::SignatureError;
-use crate::atproto::frame::{
+use crate::car::{self, CarError};
+use crate::cbor::{self, Limits};
+use crate::commit::SignedCommit;
+use crate::crypto::SignatureError;
+use crate::frame::{
     Commit, Event, RepoOp, Sync, MAX_COMMIT_BLOCKS_BYTES, MAX_RECORD_BYTES, MAX_SYNC_BLOCKS_BYTES,
 };
-use crate::atproto::mst::{Mst, MstError};
-use crate::atproto::syntax;
 use crate::identity::Identity;
+use crate::mst::{Mst, MstError};
+use crate::syntax;
 use cid::Cid;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -487,7 +487,7 @@ pub fn now_micros() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::atproto::frame::{Account, IdentityEvent};
+    use crate::frame::{Account, IdentityEvent};
 
     fn identity(did: &str, handle: Option<&str>, time: &str) -> Event {
         Event::Identity(IdentityEvent {
@@ -532,7 +532,7 @@ mod tests {
 
     #[test]
     fn account_and_identity_events_need_the_accounts_own_host() {
-        use crate::atproto::crypto::{Curve, SigningKey};
+        use crate::crypto::{Curve, SigningKey};
         let key = SigningKey::from_seed(Curve::K256, b"verdict test").public_key();
         let doc = Identity {
             did: DID.into(),

@@ -4,7 +4,7 @@
 //! this in-memory form runs the scenario files and `relay verify`.
 
 use super::verdict::{verify_event, Accepted, AccountView, Policy, Rejection, RepoState};
-use crate::atproto::frame::Event;
+use crate::frame::Event;
 use crate::identity::Identity;
 use std::collections::HashMap;
 

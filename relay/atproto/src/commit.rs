@@ -1,7 +1,7 @@
 //! The signed repository commit object (version 3).
 
-use crate::atproto::cbor::{self, CborError};
-use crate::atproto::crypto::{PublicKey, SignatureError, SigningKey};
+use crate::cbor::{self, CborError};
+use crate::crypto::{PublicKey, SignatureError, SigningKey};
 use cid::Cid;
 use serde::{Deserialize, Serialize};
 

@@ -5,7 +5,7 @@
 //! order is free; duplicates are tolerated (the same CID always has the same bytes
 //! once verified); blocks nobody references are allowed.
 
-use crate::atproto::cbor;
+use crate::cbor;
 use cid::Cid;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;

@@ -4,8 +4,8 @@
 
 use super::tracker::{AccountStatus, Drop, Tracker};
 use super::verdict::{now_micros, Accepted, Policy};
-use crate::atproto::crypto::PublicKey;
-use crate::atproto::frame::{self, Event};
+use crate::crypto::PublicKey;
+use crate::frame::{self, Event};
 use crate::identity::Identity;
 use serde::Deserialize;
 

@@ -2,7 +2,7 @@
 //! by a DAG-CBOR body. Decoding checks sizes before anything else and tolerates
 //! message types it does not know.
 
-use crate::atproto::cbor::{self, CborError, Limits};
+use crate::cbor::{self, CborError, Limits};
 use cid::Cid;
 use serde::{Deserialize, Serialize};
 

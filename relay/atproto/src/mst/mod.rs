@@ -11,7 +11,7 @@
 //! with subtrees of height `h - 1`; no two subtrees are adjacent. Key height is the
 //! number of leading zero bits of SHA-256(key) divided by 2 (fanout 4).
 
-use crate::atproto::cbor;
+use crate::cbor;
 
 mod codec;
 use cid::Cid;
@@ -30,7 +30,7 @@ impl BlockSource for HashMap<Cid, Vec<u8>> {
     }
 }
 
-impl BlockSource for crate::atproto::car::Car<'_> {
+impl BlockSource for crate::car::Car<'_> {
     fn get_block(&self, cid: &Cid) -> Option<&[u8]> {
         self.get(cid)
     }

@@ -80,7 +80,7 @@ impl<'a> Reader<'a> {
         }
         let len = self.expect(2)?;
         match self.take(len)?.split_first() {
-            Some((0, raw)) => crate::atproto::cbor::cid_from_bytes(raw).map_err(|e| e.to_string()),
+            Some((0, raw)) => crate::cbor::cid_from_bytes(raw).map_err(|e| e.to_string()),
             _ => Err("CID link without the 0x00 prefix".into()),
         }
     }
@@ -207,7 +207,7 @@ pub(super) fn encode(left: Option<&Cid>, entries: &[RawEntry<'_>]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::atproto::cbor;
+    use crate::cbor;
 
     #[derive(serde::Serialize)]
     struct SerdeNode {

@@ -1,7 +1,7 @@
 //! DID documents: pulling out what a relay needs (signing key, PDS endpoint, handle).
 
-use crate::atproto::crypto::{KeyError, PublicKey};
-use crate::atproto::syntax;
+use crate::crypto::{KeyError, PublicKey};
+use crate::syntax;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,13 +57,6 @@ pub struct Identity {
     pub signing_key: Option<PublicKey>,
     /// The `#atproto_pds` endpoint, scheme + host (+ port).
     pub pds_endpoint: Option<String>,
-}
-
-impl crate::cache::Weigh for Identity {
-    fn weigh(&self) -> usize {
-        // The key is a fixed-size parsed point; the strings are what varies.
-        std::mem::size_of::<Identity>() + self.did.len() + self.handle.weigh() + self.pds_endpoint.weigh()
-    }
 }
 
 impl Identity {
