@@ -70,7 +70,7 @@ impl Relay {
             ..SequencerConfig::default()
         };
         recover_state(&store, &log).await.context("replaying repo state from the event log")?;
-        let (state_tx, state_rx) = tokio::sync::mpsc::channel(65_536);
+        let (state_tx, state_rx) = tokio::sync::mpsc::channel(config.state_queue_updates.max(1));
         let (sequencer, _thread) =
             sequence::start(log, sequencer_config, config.sequencer_queue_events, metrics.clone(), state_tx);
         for (did, before) in store.purges().await.context("loading takedown purges")? {
@@ -86,6 +86,7 @@ impl Relay {
         let coverage_check = crate::coverage::selfcheck::SelfCheckConfig::from_serve(&config)?;
         let fanout_config = FanoutConfig {
             write_timeout: config.consumer_write_timeout,
+            ping_interval: config.consumer_ping_interval,
             close_timeout: config.consumer_close_timeout,
             max_consumers: config.max_consumers,
             max_consumers_per_ip: config.max_consumers_per_ip,
@@ -93,7 +94,11 @@ impl Relay {
         };
         let fanout = Arc::new(Fanout::new(sequencer.clone(), fanout_config, metrics.clone()));
         let policy = Policy { lenient: config.lenient_sync_validation, ..Policy::default() };
-        let (validation, receivers) = stage::channels(config.workers(), config.ingest_queue_bytes);
+        let (validation, receivers) = stage::channels(
+            config.workers(),
+            config.validation_shard_queue_events,
+            config.ingest_queue_bytes,
+        );
         let collections = match config.collections_disabled {
             true => None,
             false => Some(

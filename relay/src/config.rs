@@ -278,6 +278,29 @@ pub struct ServeConfig {
     #[arg(long, env = "RELAY_CONSUMER_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub consumer_write_timeout: Duration,
 
+    /// Interval between WebSocket pings to each consumer.
+    #[arg(long, env = "RELAY_CONSUMER_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub consumer_ping_interval: Duration,
+
+    /// Longest wait for one upstream connection (DNS, TCP, TLS and the WebSocket upgrade).
+    #[arg(long, env = "RELAY_UPSTREAM_CONNECT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub upstream_connect_timeout: Duration,
+
+    /// An upstream connection that delivers nothing for this long is treated as dead and
+    /// reconnected (an idle host is normal; a dead TCP connection must not hang forever).
+    #[arg(long, env = "RELAY_UPSTREAM_READ_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub upstream_read_timeout: Duration,
+
+    /// Events each validation shard's queue holds (the byte budget bounds memory; this only
+    /// absorbs bursts).
+    #[arg(long, env = "RELAY_VALIDATION_SHARD_QUEUE_EVENTS", default_value_t = 1024)]
+    pub validation_shard_queue_events: usize,
+
+    /// Repo state updates queued between the sequencer and the SQL writer (the sequencer waits
+    /// when it is full).
+    #[arg(long, env = "RELAY_STATE_QUEUE_UPDATES", default_value_t = 65_536)]
+    pub state_queue_updates: usize,
+
     /// Longest wait for a consumer's closing handshake before its socket is dropped.
     #[arg(long, env = "RELAY_CONSUMER_CLOSE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub consumer_close_timeout: Duration,

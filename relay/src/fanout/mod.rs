@@ -152,6 +152,11 @@ impl Fanout {
         }
     }
 
+    /// Consumers holding a place under the limits (admitted, upgrading or connected).
+    pub fn admitted(&self) -> usize {
+        self.admitted.lock().unwrap_or_else(|p| p.into_inner()).total
+    }
+
     /// Takes a place for a new consumer from `ip`, or says which limit refuses it.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Refused> {
         let mut admitted = self.admitted.lock().unwrap_or_else(|p| p.into_inner());
@@ -364,7 +369,7 @@ fn info_frame(name: &str, message: &str) -> Vec<u8> {
     frame::encode(&frame::Event::Info(info)).expect("info frames always encode")
 }
 
-/// Runs one consumer connection to completion. `_admission` holds its place under the
+/// Runs one consumer connection to completion. `admission` holds its place under the
 /// consumer limits until the connection is gone.
 pub async fn serve_consumer(
     socket: WebSocket,
@@ -372,7 +377,7 @@ pub async fn serve_consumer(
     fanout: Arc<Fanout>,
     remote_addr: String,
     user_agent: String,
-    _admission: Admission,
+    admission: Admission,
 ) {
     fanout.metrics.consumers.inc();
     let id = fanout.next_id.fetch_add(1, Ordering::Relaxed);
@@ -384,7 +389,7 @@ pub async fn serve_consumer(
         events_sent: AtomicU64::new(0),
     });
     fanout.consumers.lock().unwrap_or_else(|p| p.into_inner()).insert(id, info.clone());
-    let _guard = ConsumerGuard { fanout: fanout.clone(), id };
+    let _guard = ConsumerGuard { fanout: fanout.clone(), id, admission: Some(admission) };
     // Subscribe before reading the head, so nothing written after this moment is missed.
     let live = fanout.sequencer.live.subscribe();
     let view = fanout.sequencer.view();
@@ -474,10 +479,14 @@ pub async fn serve_consumer(
 struct ConsumerGuard {
     fanout: Arc<Fanout>,
     id: u64,
+    admission: Option<Admission>,
 }
 
 impl Drop for ConsumerGuard {
     fn drop(&mut self) {
+        // The place under the limits goes first: whoever sees the consumer gone from the
+        // list can connect again at once.
+        self.admission.take();
         self.fanout.metrics.consumers.dec();
         self.fanout.consumers.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
     }

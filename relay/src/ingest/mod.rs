@@ -28,9 +28,6 @@ pub(crate) fn unix_now() -> u64 {
 /// Read buffer per upstream socket.
 const UPSTREAM_READ_BUFFER: usize = 16 * 1024;
 
-/// Longest wait for one upstream connection (DNS, TCP, TLS and the WebSocket upgrade).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Longest piece of upstream text (an `#info` message, an `#error` name) put in a log line.
 const MAX_LOGGED_UPSTREAM_CHARS: usize = 256;
 
@@ -306,19 +303,20 @@ async fn subscribe_once(
     // both CPU and, times thousands of hosts, hundreds of MiB.
     ws_config.read_buffer_size = UPSTREAM_READ_BUFFER;
     ws_config.write_buffer_size = 0;
+    let connect_timeout = relay.config.upstream_connect_timeout;
     let connect = async {
         // Through the SSRF guard: the address checked is the address dialled, whatever DNS
         // says by now (a name probed earlier may have been re-pointed at an internal one).
         let (name, port) = split_host_port(&host.hostname, host.ssl);
         let policy = SsrfPolicy { allow_loopback: relay.config.allow_insecure_hosts };
-        let stream = crate::identity::ssrf::connect_guarded(policy, name, port, CONNECT_TIMEOUT)
+        let stream = crate::identity::ssrf::connect_guarded(policy, name, port, connect_timeout)
             .await
             .map_err(|e| e.to_string())?;
         tokio_tungstenite::client_async_tls_with_config(url.as_str(), stream, Some(ws_config), None)
             .await
             .map_err(|e| e.to_string())
     };
-    let (mut socket, _) = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+    let (mut socket, _) = match tokio::time::timeout(connect_timeout, connect).await {
         Ok(Ok(pair)) => pair,
         Ok(Err(error)) => return Ended::Failed(format!("connect: {error}")),
         Err(_) => return Ended::Failed("connect timed out".into()),
@@ -346,7 +344,7 @@ async fn subscribe_once(
     let mut lookups = RateLimiter::new(lookup_rate);
     let mut log_lines = LogLines::new();
     // An idle upstream is normal; a dead TCP connection is caught by this read timeout.
-    let idle_timeout = Duration::from_secs(600);
+    let idle_timeout = relay.config.upstream_read_timeout;
     let mut last_read = tokio::time::Instant::now();
     // Cursors are saved for all hosts together (`flush_cursors`); this timer only notices a
     // dead connection. One timer for the whole subscription, not a new one per event.
@@ -359,7 +357,7 @@ async fn subscribe_once(
             _ = &mut idle_check => {
                 idle_check.as_mut().reset(tokio::time::Instant::now() + check_period);
                 if last_read.elapsed() > idle_timeout {
-                    return Ended::Failed("no data for 10 minutes".into());
+                    return Ended::Failed(format!("no data for {}s", idle_timeout.as_secs()));
                 }
                 continue;
             }

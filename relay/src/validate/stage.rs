@@ -27,10 +27,14 @@ pub struct ValidationStage {
 }
 
 /// Creates the queues; the receivers go to `spawn_workers`.
-pub fn channels(workers: usize, budget_bytes: usize) -> (ValidationStage, Vec<mpsc::Receiver<Incoming>>) {
+pub fn channels(
+    workers: usize,
+    shard_queue_events: usize,
+    budget_bytes: usize,
+) -> (ValidationStage, Vec<mpsc::Receiver<Incoming>>) {
     let workers = workers.max(1);
     // The byte budget bounds memory; the per-shard queues only need to absorb bursts.
-    let (shards, receivers) = (0..workers).map(|_| mpsc::channel(1024)).unzip();
+    let (shards, receivers) = (0..workers).map(|_| mpsc::channel(shard_queue_events.max(1))).unzip();
     let budget_bytes = budget_bytes.clamp(8 << 20, u32::MAX as usize >> 4);
     let stage = ValidationStage { shards, budget: Arc::new(Semaphore::new(budget_bytes)), budget_bytes };
     (stage, receivers)
