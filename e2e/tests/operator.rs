@@ -850,6 +850,24 @@ async fn leader_election(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until the operator has made no API write for 5 s in a row (a rollout it reports on
+/// has finished).
+async fn settled(env: &Env) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(90);
+    let mut last = operator_metric(env, "relay_operator_api_writes_total").await?;
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let now = operator_metric(env, "relay_operator_api_writes_total").await?;
+        if now == last {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            bail!("the operator kept writing for 90 s ({last} → {now} writes)");
+        }
+        last = now;
+    }
+}
+
 /// Total of a metric over every running operator pod.
 async fn operator_metric(env: &Env, name: &str) -> anyhow::Result<f64> {
     Ok(env.operator_metrics().await?.iter().map(|(_, m)| metric_sum(m, name)).sum())
@@ -879,6 +897,9 @@ async fn drift_repaired(env: &mut Env) -> anyhow::Result<()> {
     })
     .await?;
     wait_ready_current(env, "Ready=True after the drift was repaired").await?;
+    // The hand edit rolled the StatefulSet and the repair rolled it back: let that rollout
+    // settle (its status changes are reported, which are writes), then the Relay is idle.
+    settled(env).await?;
     // Repaired, and idle again: a re-reconcile of the unchanged Relay writes nothing.
     let writes = operator_metric(env, "relay_operator_api_writes_total").await?;
     let reconciles = operator_metric(env, "relay_operator_reconciles_total").await?;

@@ -170,18 +170,56 @@ pub fn first_difference(live: &Value, wanted: &Value, path: String) -> Option<St
             let path = format!("{path}.{key}");
             match live.get(key) {
                 Some(found) => first_difference(found, value, path),
-                None if value.is_null() => None,
+                // The API server leaves out empty values of `omitempty` fields ("", 0, false,
+                // [], {}): absent is what it stores for them.
+                None if is_empty_value(value) => None,
                 None => Some(path),
             }
         }),
-        (Value::Array(live), Value::Array(wanted)) if live.len() == wanted.len() => live
-            .iter()
-            .zip(wanted)
-            .enumerate()
-            .find_map(|(i, (l, w))| first_difference(l, w, format!("{path}[{i}]"))),
+        (Value::Array(live), Value::Array(wanted)) if live.len() == wanted.len() => {
+            match (named(live), named(wanted)) {
+                // Lists keyed by name (env, ports, containers, volumes): the server may keep
+                // them in another order than the one the operator writes; match by name.
+                (Some(live), Some(wanted)) => wanted.iter().find_map(|(name, w)| {
+                    let path = format!("{path}[{name}]");
+                    match live.iter().find(|(n, _)| n == name) {
+                        Some((_, l)) => first_difference(l, w, path),
+                        None => Some(path),
+                    }
+                }),
+                _ => live
+                    .iter()
+                    .zip(wanted)
+                    .enumerate()
+                    .find_map(|(i, (l, w))| first_difference(l, w, format!("{path}[{i}]"))),
+            }
+        }
         (live, wanted) if live == wanted => None,
         _ => Some(if path.is_empty() { ".".into() } else { path }),
     }
+}
+
+fn is_empty_value(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(text) => text.is_empty(),
+        Value::Array(items) => items.is_empty(),
+        Value::Object(fields) => fields.is_empty(),
+    }
+}
+
+/// A list whose elements all carry a distinct `name`, as (name, element) pairs.
+fn named(list: &[Value]) -> Option<Vec<(&str, &Value)>> {
+    let pairs: Vec<(&str, &Value)> = list
+        .iter()
+        .map(|item| item.get("name").and_then(Value::as_str).map(|n| (n, item)))
+        .collect::<Option<_>>()?;
+    let mut names: Vec<&str> = pairs.iter().map(|(n, _)| *n).collect();
+    names.sort_unstable();
+    names.dedup();
+    (names.len() == pairs.len()).then_some(pairs)
 }
 
 /// Equal apart from bookkeeping the server changes on every write, and apart from status
@@ -218,6 +256,20 @@ mod tests {
                 "ports": [{"containerPort": 2470, "protocol": "TCP"}]}]
         }}}});
         assert!(contains(&live, &wanted));
+    }
+
+    #[test]
+    fn named_lists_match_by_name_not_position() {
+        let wanted = json!({"env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]});
+        let reordered = json!({"env": [{"name": "B", "value": "2"}, {"name": "A", "value": "1"}]});
+        let changed = json!({"env": [{"name": "B", "value": "3"}, {"name": "A", "value": "1"}]});
+        assert!(contains(&reordered, &wanted));
+        let empty_value = json!({"env": [{"name": "UPSTREAM", "value": ""}], "readOnly": false});
+        assert!(
+            contains(&json!({"env": [{"name": "UPSTREAM"}]}), &empty_value),
+            "omitempty fields are left out"
+        );
+        assert_eq!(first_difference(&changed, &wanted, String::new()).as_deref(), Some(".env[B].value"));
     }
 
     #[test]
