@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::eventually;
+
 use common::{start_relay, stop_relay, Running};
 use relay::atproto::repo::{sample_post, Write};
 use relay::simulate::upstream::{self, SimUpstream, SyntheticCollection};
@@ -71,23 +73,6 @@ async fn listed(running: &Running, collection: &str, limit: usize) -> Vec<String
     let unique: BTreeSet<&String> = out.iter().collect();
     assert_eq!(unique.len(), out.len(), "a DID was listed twice for {collection}");
     out
-}
-
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
-    let until = Instant::now() + timeout;
-    let mut last = String::new();
-    while Instant::now() < until {
-        match check().await {
-            Ok(()) => return,
-            Err(state) => last = state,
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not reached in {timeout:?}; last state: {last}");
 }
 
 /// What the simulated repos hold: collection → DIDs of active accounts.

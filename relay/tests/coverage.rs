@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::eventually;
+
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use common::{start_relay, stop_relay, Running};
 use futures_util::StreamExt;
@@ -18,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
 const TOKEN: &str = "test-token";
@@ -39,23 +41,6 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
-}
-
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
-    let until = Instant::now() + timeout;
-    let mut last = String::new();
-    while Instant::now() < until {
-        match check().await {
-            Ok(()) => return,
-            Err(state) => last = state,
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not reached in {timeout:?}; last state: {last}");
 }
 
 /// Asks a relay to crawl exactly these hosts.

@@ -36,6 +36,8 @@ struct Fleet {
     running: common::Running,
     relay: std::sync::Arc<Relay>,
     dir: std::path::PathBuf,
+    /// Accounts the simulation creates in all (each announces three events).
+    accounts: usize,
 }
 
 impl Fleet {
@@ -48,7 +50,7 @@ impl Fleet {
         tweak(&mut config);
         let running = start_relay(config).await;
         let relay = running.relay.clone();
-        let fleet = Fleet { sim, running, relay, dir };
+        let fleet = Fleet { sim, running, relay, dir, accounts: hosts * accounts };
         fleet.sim.register_with_relay(&fleet.admin(), "test-token").await.expect("crawl");
         wait_connected(&fleet.relay, hosts).await;
         fleet
@@ -60,6 +62,29 @@ impl Fleet {
 
     fn firehose(&self) -> String {
         format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos", self.running.public)
+    }
+
+    /// Connects a live consumer, creates the accounts and waits for their creation events
+    /// (`#identity`, `#account`, `#sync` each).
+    async fn consumer_after_account_creation(&self) -> Consumer {
+        let consumer = Consumer::connect(&self.firehose()).await;
+        self.sim.create_accounts();
+        let events = self.accounts * 3;
+        wait_for("account creation events", Duration::from_secs(20), || consumer.count() >= events).await;
+        consumer
+    }
+
+    /// POSTs JSON to an admin route with the test token; the answer must be a success.
+    async fn admin_post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let response = reqwest::Client::new()
+            .post(format!("{}{path}", self.admin()))
+            .bearer_auth("test-token")
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        assert!(response.status().is_success(), "POST {path}: {}", response.status());
+        response.json().await.unwrap_or_else(|e| panic!("POST {path}: body is not JSON: {e}"))
     }
 
     async fn stop(self) {
@@ -120,10 +145,7 @@ impl Drop for Consumer {
 async fn identity_and_account_events_need_authority_and_bounded_fields() {
     let fleet = Fleet::start("authority", 2, 2, |_| {}).await;
     let (sim, relay) = (&fleet.sim, fleet.relay.clone());
-    let firehose = fleet.firehose();
-    let consumer = Consumer::connect(&firehose).await;
-    sim.create_accounts();
-    wait_for("account creation events", Duration::from_secs(20), || consumer.count() >= 2 * 2 * 3).await;
+    let consumer = fleet.consumer_after_account_creation().await;
 
     let home_did = sim.hosts[0].dids()[0].clone();
     let stranger = "did:plc:zzzzzzzzzzzzzzzzzzzzzzzz".to_string();
@@ -409,10 +431,7 @@ async fn the_daily_host_limit_is_checked_before_probing() {
 async fn an_event_over_a_field_limit_does_not_stall_its_host() {
     let fleet = Fleet::start("field-limit", 1, 1, |_| {}).await;
     let (sim, relay) = (&fleet.sim, fleet.relay.clone());
-    let firehose = fleet.firehose();
-    let consumer = Consumer::connect(&firehose).await;
-    sim.create_accounts();
-    wait_for("account creation", Duration::from_secs(20), || consumer.count() >= 3).await;
+    let consumer = fleet.consumer_after_account_creation().await;
     let did = sim.hosts[0].dids()[0].clone();
     let op = frame::RepoOp {
         action: "delete".into(),
@@ -454,11 +473,7 @@ async fn an_admin_resync_catches_up_an_account_whose_commit_was_lost() {
     use relay::atproto::repo::{sample_post, Write};
     let fleet = Fleet::start("resync", 1, 1, |_| {}).await;
     let (sim, relay) = (&fleet.sim, fleet.relay.clone());
-    let admin = fleet.admin();
-    let firehose = fleet.firehose();
-    let consumer = Consumer::connect(&firehose).await;
-    sim.create_accounts();
-    wait_for("account creation", Duration::from_secs(20), || consumer.count() >= 3).await;
+    let consumer = fleet.consumer_after_account_creation().await;
     let did = sim.hosts[0].dids()[0].clone();
     let write = Write::Create {
         path: "app.bsky.feed.post/3l3qo2vutsw2b".into(),
@@ -466,18 +481,8 @@ async fn an_admin_resync_catches_up_an_account_whose_commit_was_lost() {
     };
     sim.write_unannounced(0, 0, &[write]).expect("write");
 
-    let client = reqwest::Client::new();
-    let resync = |dids: Vec<String>| {
-        let request = client
-            .post(format!("{admin}/admin/repo/resync"))
-            .bearer_auth("test-token")
-            .json(&serde_json::json!({ "dids": dids }));
-        async move {
-            let response = request.send().await.expect("resync");
-            assert!(response.status().is_success(), "{}", response.status());
-            response.json::<serde_json::Value>().await.expect("json")
-        }
-    };
+    let resync =
+        |dids: Vec<String>| fleet.admin_post("/admin/repo/resync", serde_json::json!({ "dids": dids }));
     let answer = resync(vec![did.clone()]).await;
     assert_eq!(answer["results"][0]["result"], "queued", "{answer}");
     let rev = answer["results"][0]["rev"].as_str().expect("rev").to_string();
@@ -536,20 +541,14 @@ async fn identity_lookups_a_host_causes_are_budgeted() {
 async fn an_admin_cursor_reset_replays_from_the_given_seq() {
     let fleet = Fleet::start("reset-cursor", 1, 1, |_| {}).await;
     let (sim, relay) = (&fleet.sim, fleet.relay.clone());
-    let admin = fleet.admin();
-    let firehose = fleet.firehose();
-    let consumer = Consumer::connect(&firehose).await;
-    sim.create_accounts();
-    wait_for("account creation", Duration::from_secs(20), || consumer.count() >= 3).await;
+    let consumer = fleet.consumer_after_account_creation().await;
     let before = rejected(&relay, "rev_not_newer");
-    let response = reqwest::Client::new()
-        .post(format!("{admin}/admin/pds/resetCursor"))
-        .bearer_auth("test-token")
-        .json(&serde_json::json!({ "host": sim.hosts[0].hostname(), "cursor": 1 }))
-        .send()
-        .await
-        .expect("reset");
-    assert!(response.status().is_success(), "{}", response.status());
+    fleet
+        .admin_post(
+            "/admin/pds/resetCursor",
+            serde_json::json!({ "host": sim.hosts[0].hostname(), "cursor": 1 }),
+        )
+        .await;
     // Upstream seqs 2 (#account) and 3 (#sync) come again: the #account is relayed again, the
     // #sync is refused as not newer.
     wait_for("the replayed #sync to be refused", Duration::from_secs(20), || {

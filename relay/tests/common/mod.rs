@@ -115,3 +115,22 @@ pub async fn wait_connected(relay: &relay::app::Relay, hosts: usize) {
         || relay.hosts.lock().map(|h| h.values().filter(|x| x.is_connected()).count()).unwrap_or(0);
     wait_for("hosts to connect", std::time::Duration::from_secs(20), || connected() >= hosts).await;
 }
+
+/// Polls the async `check` every 100 ms until it says `Ok`; panics with its last answer
+/// (what the state was instead) after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: std::time::Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let until = std::time::Instant::now() + timeout;
+    let mut last = String::new();
+    while std::time::Instant::now() < until {
+        match check().await {
+            Ok(()) => return,
+            Err(state) => last = state,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not reached in {timeout:?}; last state: {last}");
+}
