@@ -286,6 +286,16 @@ pub struct ServeConfig {
     #[arg(long, env = "RELAY_UPSTREAM_CONNECT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub upstream_connect_timeout: Duration,
 
+    /// Longest wait for a new host's `describeServer` probe (requestCrawl, bootstrap).
+    #[arg(long, env = "RELAY_CRAWL_PROBE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub crawl_probe_timeout: Duration,
+
+    /// Longest wait for the ordered shutdown (ingest stops, queues drain, the log and the
+    /// indexes close) before the process exits anyway; what was not durable by then is
+    /// re-sent by the hosts after the restart.
+    #[arg(long, env = "RELAY_SHUTDOWN_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
     /// An upstream connection that delivers nothing for this long is treated as dead and
     /// reconnected (an idle host is normal; a dead TCP connection must not hang forever).
     #[arg(long, env = "RELAY_UPSTREAM_READ_TIMEOUT", default_value = "10m", value_parser = parse_duration)]

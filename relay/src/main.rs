@@ -117,27 +117,20 @@ async fn serve(mut config: relay::config::ServeConfig) -> anyhow::Result<bool> {
         eprintln!("generated admin token: {token}");
         config.admin_tokens = vec![token];
     }
-    let relay = relay::app::Relay::start(config).await?;
+    let mut running = relay::wiring::start(config).await?;
+    let relay = running.relay.clone();
     let (public, internal) = relay::server::bind(&relay).await?;
     tracing::info!(public = %public.local_addr()?, internal = %internal.local_addr()?, "relay listening");
-    let resume = relay.clone();
-    tokio::spawn(async move {
-        if let Err(error) = resume.resume_hosts().await {
-            tracing::error!(%error, "resuming host subscriptions");
-        }
-        resume.start_backfills().await;
-        // Bootstrap, then rediscover new hosts periodically.
-        while !resume.config.upstream.is_empty() {
-            relay::app::bootstrap_from_upstream(resume.clone()).await;
-            if resume.config.rediscovery_interval.is_zero() {
-                break;
-            }
-            tokio::time::sleep(resume.config.rediscovery_interval).await;
-        }
-    });
+    running.start_ingest();
     relay::server::serve(relay.clone(), public, internal, shutdown_signal()).await?;
     tracing::info!("shutting down: stopping subscriptions and draining queues");
-    relay.shutdown().await;
+    let timeout = relay.config.shutdown_timeout;
+    if tokio::time::timeout(timeout, running.shutdown()).await.is_err() {
+        tracing::error!(
+            seconds = timeout.as_secs(),
+            "shutdown did not finish in time; exiting anyway (the hosts re-send what was not durable)"
+        );
+    }
     Ok(true)
 }
 

@@ -6,24 +6,35 @@ use crate::app::Relay;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// The public API: XRPC and the firehose. Write requests a sibling relay should see too
+/// (requestCrawl) are forwarded to them.
 pub fn public_router(relay: Arc<Relay>) -> Router {
-    crate::xrpc::router(relay)
+    crate::xrpc::router(relay.clone())
+        .layer(axum::middleware::from_fn_with_state(relay, crate::admin::siblings::forward))
+        .layer(axum::middleware::from_fn(crate::http::lexicon_errors))
 }
 
+/// The internal API: metrics, health, readiness and admin; also the public requestCrawl,
+/// so sibling relays of this project can be configured with one (internal) URL each.
 pub fn internal_router(relay: Arc<Relay>) -> Router {
+    let crawl = Router::new()
+        .route("/xrpc/com.atproto.sync.requestCrawl", post(crate::xrpc::request_crawl))
+        .layer(axum::middleware::from_fn_with_state(relay.clone(), crate::admin::siblings::forward))
+        .with_state(relay.clone());
     Router::new()
         .route("/metrics", get(metrics))
         .route("/_health", get(crate::xrpc::health))
         .route("/_ready", get(ready))
         .with_state(relay.clone())
         .merge(crate::admin::router(relay))
-        .layer(axum::middleware::from_fn(crate::xrpc::lexicon_errors))
+        .merge(crawl)
+        .layer(axum::middleware::from_fn(crate::http::lexicon_errors))
 }
 
 async fn metrics(State(relay): State<Arc<Relay>>) -> Response {

@@ -63,8 +63,7 @@ async fn wait_connected(running: &Running, hosts: usize) {
     eventually("hosts connected", Duration::from_secs(20), || {
         let relay = relay.clone();
         async move {
-            let connected =
-                relay.hosts.lock().map(|h| h.values().filter(|x| x.is_connected()).count()).unwrap_or(0);
+            let connected = relay.hosts.connected();
             if connected >= hosts {
                 Ok(())
             } else {

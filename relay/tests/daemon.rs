@@ -57,8 +57,7 @@ fn sim_config(hosts: usize, accounts: usize, hostile: Vec<Hostile>) -> SimulateC
 async fn wait_connected(relay: &Relay, hosts: usize) {
     let until = Instant::now() + Duration::from_secs(20);
     while Instant::now() < until {
-        let connected =
-            relay.hosts.lock().map(|h| h.values().filter(|x| x.is_connected()).count()).unwrap_or(0);
+        let connected = relay.hosts.connected();
         if connected >= hosts {
             return;
         }

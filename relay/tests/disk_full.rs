@@ -148,7 +148,7 @@ async fn a_full_log_disk_stops_intake_reports_it_and_loses_nothing() {
 
     // A restart with the disk full refuses with a clear message (and does not abort).
     let _filler = fill(&log_dir, 0);
-    let refused = relay::app::Relay::start(config).await.err().expect("a full disk refuses to start");
+    let refused = relay::wiring::start(config).await.err().expect("a full disk refuses to start");
     let message = format!("{refused:#}");
     assert!(message.contains("RELAY_MIN_FREE_DISK_BYTES"), "{message}");
     drop(disk);

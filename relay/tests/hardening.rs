@@ -194,7 +194,7 @@ async fn identity_and_account_events_need_authority_and_bounded_fields() {
     }
     assert!(relay.store.account(&stranger).await.expect("store").is_none(), "no row for a refused DID");
     let home = relay.store.account(&home_did).await.expect("store").expect("home account");
-    assert_eq!(home.upstream_status, "active", "the foreign #account changed nothing");
+    assert_eq!(home.upstream_status.as_str(), "active", "the foreign #account changed nothing");
     drop(consumer);
     fleet.stop().await;
 }
@@ -321,7 +321,7 @@ async fn consumers_are_capped_and_stuck_ones_are_released() {
             time: timestamp(),
         });
         let outgoing = relay::sequence::Outgoing { did, event, in_flight: None, state: None };
-        relay.sequencer.input.send(outgoing).await.expect("sequencer");
+        relay.sequencer_input.send(outgoing).await.expect("sequencer");
     }
     wait_for("the stuck consumer to be released", Duration::from_secs(15), || open() == 0).await;
     drop(stuck);

@@ -78,7 +78,7 @@ async fn run(name: &str) {
     let (relay, public_addr, internal_addr) = (running.relay.clone(), running.public, running.internal);
     sim.register_with_relay(&format!("http://{internal_addr}"), "t").await.expect("crawl");
     let until = Instant::now() + Duration::from_secs(10);
-    while relay.hosts.lock().map(|h| h.values().filter(|x| x.is_connected()).count()).unwrap_or(0) < 1 {
+    while relay.hosts.connected() < 1 {
         assert!(Instant::now() < until, "relay connects to the scripted host");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -3,6 +3,7 @@
 
 mod common;
 
+use relay::storage::{AccountStatus, HostStatus};
 use relay::storage::{RepoStateUpdate, Store};
 
 async fn exercise(url: &str) {
@@ -26,8 +27,11 @@ async fn exercise(url: &str) {
         50,
         "cursor never goes back"
     );
-    store.set_host_status(a.id, "banned").await.expect("status");
-    assert_eq!(store.host_by_name("pds-a.example.com").await.expect("get").expect("row").status, "banned");
+    store.set_host_status(a.id, HostStatus::Banned).await.expect("status");
+    assert_eq!(
+        store.host_by_name("pds-a.example.com").await.expect("get").expect("row").status,
+        HostStatus::Banned
+    );
     store.set_host_account_limit(a.id, 7).await.expect("limit");
     assert_eq!(store.host_by_id(a.id).await.expect("get").expect("row").account_limit, 7);
 
@@ -58,11 +62,11 @@ async fn exercise(url: &str) {
         assert_eq!(fresh.count_host_accounts(host).await.expect("count"), expected, "in SQL, host {host}");
     }
     store.set_account_host("did:plc:account4", Some(a.id), b.id).await.expect("move back");
-    store.set_upstream_status("did:plc:account1", "deactivated").await.expect("upstream");
-    assert!(store.set_local_status("did:plc:account2", "takendown").await.expect("local"));
-    assert!(!store.set_local_status("did:plc:nobody", "takendown").await.expect("local"));
+    store.set_upstream_status("did:plc:account1", &AccountStatus::Deactivated).await.expect("upstream");
+    assert!(store.set_local_status("did:plc:account2", &AccountStatus::Takendown).await.expect("local"));
+    assert!(!store.set_local_status("did:plc:nobody", &AccountStatus::Takendown).await.expect("local"));
     let taken = store.account("did:plc:account2").await.expect("get").expect("row");
-    assert_eq!(taken.effective_status(), "takendown");
+    assert_eq!(taken.effective_status().as_str(), "takendown");
     let page = store.list_repos("", 2).await.expect("page");
     assert_eq!(
         page.iter().map(|a| a.did.as_str()).collect::<Vec<_>>(),
@@ -98,15 +102,15 @@ async fn exercise(url: &str) {
     assert_eq!(store.state_checkpoint().await.expect("checkpoint"), 42);
 
     // Accounts the relay knows as inactive, looked up in bulk.
-    store.set_upstream_status("did:plc:account3", "deactivated").await.expect("status");
-    store.set_local_status("did:plc:account4", "takendown").await.expect("status");
+    store.set_upstream_status("did:plc:account3", &AccountStatus::Deactivated).await.expect("status");
+    store.set_local_status("did:plc:account4", &AccountStatus::Takendown).await.expect("status");
     let dids =
         ["did:plc:account0", "did:plc:account1", "did:plc:account3", "did:plc:account4", "did:plc:unknown"];
     let inactive = store.inactive_statuses(&dids).await.expect("statuses");
     assert_eq!(inactive.len(), 3, "{inactive:?}");
-    assert_eq!(inactive["did:plc:account1"], "deactivated");
-    assert_eq!(inactive["did:plc:account3"], "deactivated");
-    assert_eq!(inactive["did:plc:account4"], "takendown");
+    assert_eq!(inactive["did:plc:account1"].as_str(), "deactivated");
+    assert_eq!(inactive["did:plc:account3"].as_str(), "deactivated");
+    assert_eq!(inactive["did:plc:account4"].as_str(), "takendown");
 
     // Collection backfill progress: per page, resumable, restartable.
     let source = "https://upstream.example";

@@ -4,7 +4,7 @@
 use crate::app::Relay;
 use crate::collections::backfill::{self, BackfillError, CollectionSources};
 use crate::collections::Collections;
-use crate::xrpc::XrpcError;
+use crate::http::XrpcError;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -84,7 +84,7 @@ async fn start_import(
         return Err(backfill_error(BackfillError::AlreadyRunning("import", base)));
     }
     let nsids = backfill::resolve_collections(&collections, &sources).await.map_err(backfill_error)?;
-    backfill::start_import(&relay, &collections, &source, &nsids).await.map_err(backfill_error)?;
+    backfill::start_import(&relay.store, &collections, &source, &nsids).await.map_err(backfill_error)?;
     let body = json!({ "status": "started", "source": base, "collections": nsids });
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
@@ -150,7 +150,7 @@ async fn start_crawl(State(relay): State<Arc<Relay>>, Query(params): Query<HostP
     }
     // An explicit start re-crawls hosts finished before; interrupted hosts resume.
     relay.store.reset_finished_crawls().await.map_err(XrpcError::internal)?;
-    backfill::start_crawl(&relay, &collections, &source).await.map_err(backfill_error)?;
+    backfill::start_crawl(&relay.store, &collections, &source).await.map_err(backfill_error)?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "status": "started", "source": source }))).into_response())
 }
 
@@ -210,7 +210,9 @@ async fn list_collections(State(relay): State<Arc<Relay>>, Query(params): Query<
 async fn prune_now(State(relay): State<Arc<Relay>>) -> AdminResult {
     let collections = directory(&relay)?;
     tokio::spawn(async move {
-        let (looked, hidden) = crate::collections::prune::prune_pass(&relay, &collections).await;
+        let lookups =
+            crate::collections::Lookups { store: relay.store.clone(), resolver: relay.resolver.clone() };
+        let (looked, hidden) = crate::collections::prune::prune_pass(&lookups, &collections).await;
         tracing::info!(looked, hidden, "collections: prune pass (admin) done");
     });
     Ok((StatusCode::ACCEPTED, Json(json!({ "status": "started" }))).into_response())

@@ -3,7 +3,8 @@
 //! `admin:<token>`; several tokens may be configured (rotation); constant-time compare.
 
 use crate::app::Relay;
-use crate::xrpc::{crawl_error, known_host, XrpcError};
+use crate::http::{crawl_error, known_host, XrpcError};
+use crate::storage::HostStatus;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -14,7 +15,6 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Equal-length digests compared without early exit, so timing says nothing about the token.
@@ -83,9 +83,6 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .route("/admin/repo/resync", post(resync_repos))
         .route("/admin/consumers/list", get(list_consumers))
         .route_layer(axum::middleware::from_fn_with_state(relay.clone(), require_admin))
-        // Public requestCrawl on the internal listener too, so sibling relays of this project
-        // can be configured with one (internal) URL each.
-        .route("/xrpc/com.atproto.sync.requestCrawl", post(crate::xrpc::request_crawl))
         .layer(axum::middleware::from_fn_with_state(relay.clone(), siblings::forward))
         .with_state(relay)
 }
@@ -102,21 +99,27 @@ struct HostnameBody {
 }
 
 async fn admin_request_crawl(State(relay): State<Arc<Relay>>, Json(body): Json<HostnameBody>) -> AdminResult {
-    relay.request_crawl(&body.hostname, true).await.map_err(crawl_error)?;
+    relay.hosts.request_crawl(&body.hostname, true).await.map_err(crawl_error)?;
     Ok(ok())
 }
 
 async fn list_pds(State(relay): State<Arc<Relay>>) -> AdminResult {
     let hosts = relay.store.list_hosts(0, 10_000).await.map_err(XrpcError::internal)?;
-    let running = relay.hosts.lock().unwrap_or_else(|p| p.into_inner());
+    // (connected, last upstream seq received) of each running subscription.
+    let running: std::collections::HashMap<i64, (bool, i64)> = relay
+        .hosts
+        .connections()
+        .into_iter()
+        .map(|(id, _, connected, received)| (id, (connected, received)))
+        .collect();
     let out: Vec<_> = hosts
         .iter()
         .map(|h| {
             let handle = running.get(&h.id);
             json!({
-                "ID": h.id, "Host": h.hostname, "SSL": h.ssl, "Cursor": handle.map_or(h.last_seq, |x| x.progress.received()),
-                "Status": h.status, "Blocked": h.status == "banned", "RepoLimit": h.account_limit, "Trusted": h.trusted,
-                "HasActiveConnection": handle.is_some_and(|x| x.is_connected()), "CreatedAt": h.created_at,
+                "ID": h.id, "Host": h.hostname, "SSL": h.ssl, "Cursor": handle.map_or(h.last_seq, |x| x.1),
+                "Status": h.status, "Blocked": h.status == HostStatus::Banned, "RepoLimit": h.account_limit, "Trusted": h.trusted,
+                "HasActiveConnection": handle.is_some_and(|x| x.0), "CreatedAt": h.created_at,
             })
         })
         .collect();
@@ -130,7 +133,7 @@ struct LimitsBody {
 }
 
 async fn change_limits(State(relay): State<Arc<Relay>>, Json(body): Json<LimitsBody>) -> AdminResult {
-    let host = known_host(&relay, &body.host).await?;
+    let host = known_host(&relay.store, &body.host).await?;
     if let Some(limit) = body.repo_limit {
         if limit < 0 {
             return Err(XrpcError::bad_request("repo_limit must be >= 0"));
@@ -148,24 +151,28 @@ struct HostQuery {
 }
 
 async fn block_host(State(relay): State<Arc<Relay>>, Query(query): Query<HostQuery>) -> AdminResult {
-    let host = known_host(&relay, &query.host).await?;
-    relay.store.set_host_status(host.id, "banned").await.map_err(XrpcError::internal)?;
-    relay.unsubscribe(host.id);
-    relay.refresh_host_metrics().await;
+    let host = known_host(&relay.store, &query.host).await?;
+    relay.store.set_host_status(host.id, HostStatus::Banned).await.map_err(XrpcError::internal)?;
+    relay.hosts.unsubscribe(host.id);
+    relay.hosts.refresh_host_metrics().await;
     Ok(ok())
 }
 
 async fn unblock_host(State(relay): State<Arc<Relay>>, Query(query): Query<HostQuery>) -> AdminResult {
-    let host = known_host(&relay, &query.host).await?;
-    relay.store.set_host_status(host.id, "active").await.map_err(XrpcError::internal)?;
-    relay.refresh_host_metrics().await;
+    let host = known_host(&relay.store, &query.host).await?;
+    relay.store.set_host_status(host.id, HostStatus::Active).await.map_err(XrpcError::internal)?;
+    relay.hosts.refresh_host_metrics().await;
     Ok(ok())
 }
 
 async fn upstream_conns(State(relay): State<Arc<Relay>>) -> AdminResult {
-    let running = relay.hosts.lock().unwrap_or_else(|p| p.into_inner());
-    let mut names: Vec<String> =
-        running.values().filter(|h| h.is_connected()).map(|h| h.hostname.clone()).collect();
+    let mut names: Vec<String> = relay
+        .hosts
+        .connections()
+        .into_iter()
+        .filter(|(_, _, connected, _)| *connected)
+        .map(|(_, hostname, _, _)| hostname)
+        .collect();
     names.sort();
     Ok(Json(names).into_response())
 }
@@ -184,26 +191,26 @@ async fn reset_cursor(State(relay): State<Arc<Relay>>, Json(body): Json<ResetCur
     if body.cursor < 0 {
         return Err(XrpcError::bad_request("cursor must be 0 or more"));
     }
-    let host = known_host(&relay, &body.host).await?;
-    relay.reset_host_cursor(host.id, body.cursor).await.map_err(XrpcError::internal)?;
+    let host = known_host(&relay.store, &body.host).await?;
+    relay.hosts.reset_host_cursor(host.id, body.cursor).await.map_err(XrpcError::internal)?;
     tracing::info!(host = %host.hostname, cursor = body.cursor, "upstream cursor reset by an admin");
     Ok(Json(json!({ "host": host.hostname, "cursor": body.cursor })).into_response())
 }
 
 async fn kill_upstream(State(relay): State<Arc<Relay>>, Query(query): Query<HostQuery>) -> AdminResult {
-    let host = known_host(&relay, &query.host).await?;
-    if !relay.unsubscribe(host.id) {
+    let host = known_host(&relay.store, &query.host).await?;
+    if !relay.hosts.unsubscribe(host.id) {
         return Err(XrpcError::bad_request("no active connection to that host"));
     }
     if query.block == Some(true) {
-        relay.store.set_host_status(host.id, "banned").await.map_err(XrpcError::internal)?;
-        relay.refresh_host_metrics().await;
+        relay.store.set_host_status(host.id, HostStatus::Banned).await.map_err(XrpcError::internal)?;
+        relay.hosts.refresh_host_metrics().await;
     }
     Ok(ok())
 }
 
 async fn get_enabled(State(relay): State<Arc<Relay>>) -> AdminResult {
-    Ok(Json(json!({"enabled": relay.request_crawl_enabled.load(Ordering::Relaxed)})).into_response())
+    Ok(Json(json!({"enabled": relay.hosts.request_crawl_enabled()})).into_response())
 }
 
 #[derive(Deserialize)]
@@ -212,7 +219,7 @@ struct EnabledQuery {
 }
 
 async fn set_enabled(State(relay): State<Arc<Relay>>, Query(query): Query<EnabledQuery>) -> AdminResult {
-    relay.request_crawl_enabled.store(query.enabled, Ordering::Relaxed);
+    relay.hosts.set_request_crawl_enabled(query.enabled);
     Ok(ok())
 }
 

@@ -10,6 +10,7 @@
 use crate::app::Relay;
 use crate::atproto::{car, frame, syntax};
 use crate::identity::ssrf::{guarded_client, SsrfPolicy};
+use crate::storage::HostStatus;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +42,8 @@ pub enum ResyncError {
     BadAnswer(String),
     #[error("database: {0}")]
     Store(#[from] crate::storage::StoreError),
+    #[error("the relay is shutting down")]
+    ShuttingDown,
 }
 
 /// What happened to one DID.
@@ -92,7 +95,7 @@ async fn resync(relay: &Arc<Relay>, client: &reqwest::Client, did: &str) -> Resu
         .host_by_name(&hostname)
         .await?
         .ok_or_else(|| ResyncError::UnknownHost(hostname.clone()))?;
-    if host.status == "banned" {
+    if host.status == HostStatus::Banned {
         return Err(ResyncError::BannedHost(hostname));
     }
     let (cid, rev) = latest_commit(client, &endpoint, did).await?;
@@ -102,8 +105,12 @@ async fn resync(relay: &Arc<Relay>, client: &reqwest::Client, did: &str) -> Resu
     let event =
         frame::Event::Sync(frame::Sync { seq: 0, did: did.to_string(), blocks, rev: rev.clone(), time });
     let size = frame::encode(&event).map(|f| f.len()).unwrap_or(1024);
-    let in_flight = crate::ingest::InFlight::detached();
-    relay.validation.submit(host.id, Arc::from(hostname.as_str()), event, size, in_flight).await;
+    let in_flight = crate::progress::InFlight::detached();
+    relay
+        .validation
+        .submit(host.id, Arc::from(hostname.as_str()), event, size, in_flight)
+        .await
+        .map_err(|_| ResyncError::ShuttingDown)?;
     Ok(rev)
 }
 

@@ -60,7 +60,7 @@ pub async fn forward(State(relay): State<Arc<Relay>>, request: Request, next: Ne
     let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(bytes) => bytes,
         Err(_) => {
-            return crate::xrpc::XrpcError::bad_request(format!("body larger than {MAX_BODY_BYTES} bytes"))
+            return crate::http::XrpcError::bad_request(format!("body larger than {MAX_BODY_BYTES} bytes"))
                 .into_response()
         }
     };

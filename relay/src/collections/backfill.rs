@@ -11,8 +11,8 @@
 //! are worked on concurrently, so one that refuses for minutes only delays itself.
 
 use super::{Collections, CHECK_MARKER};
-use crate::app::Relay;
 use crate::atproto::syntax;
+use crate::storage::Store;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -194,7 +194,7 @@ pub async fn resolve_collections(
 /// Starts (or resumes) an import from `source`. An empty `nsids` resumes the collections
 /// already recorded for that source.
 pub async fn start_import(
-    relay: &Arc<Relay>,
+    store: &Store,
     collections: &Arc<Collections>,
     source: &str,
     nsids: &[String],
@@ -202,14 +202,13 @@ pub async fn start_import(
     let (base, host) = source_base(source, collections.config.allow_insecure_hosts)?;
     let job = collections.register_job("import", &base, &host)?;
     let prepared = async {
-        relay.store.add_import_collections(&base, nsids).await?;
-        relay.store.restart_import_collections(&base, nsids).await?;
-        let pending: Vec<_> =
-            relay.store.import_progress(&base).await?.into_iter().filter(|p| !p.done).collect();
+        store.add_import_collections(&base, nsids).await?;
+        store.restart_import_collections(&base, nsids).await?;
+        let pending: Vec<_> = store.import_progress(&base).await?.into_iter().filter(|p| !p.done).collect();
         if pending.is_empty() {
             return Err(BackfillError::NoCollections);
         }
-        relay.store.set_backfill_run("import", &base, "running").await?;
+        store.set_backfill_run("import", &base, "running").await?;
         Ok(pending)
     }
     .await;
@@ -220,17 +219,17 @@ pub async fn start_import(
             return Err(error);
         }
     };
-    let (relay, collections) = (relay.clone(), collections.clone());
+    let (store, collections) = (store.clone(), collections.clone());
     tokio::spawn(async move {
         let reporter = tokio::spawn(report_progress(collections.clone(), job.clone()));
         futures_util::stream::iter(pending)
             .for_each_concurrent(collections.config.import_concurrency, |progress| {
-                import_collection(&relay, &collections, &job, &base, progress.collection, progress.cursor)
+                import_collection(&store, &collections, &job, &base, progress.collection, progress.cursor)
             })
             .await;
         reporter.abort();
         let state = if job.stopping() { "stopped" } else { "done" };
-        if let Err(error) = relay.store.set_backfill_run("import", &job.source, state).await {
+        if let Err(error) = store.set_backfill_run("import", &job.source, state).await {
             tracing::warn!(%error, "backfill: recording the end of an import");
         }
         tracing::info!(source = %job.source, found = job.found.load(Ordering::Relaxed), state, "backfill: import finished");
@@ -240,7 +239,7 @@ pub async fn start_import(
 }
 
 async fn import_collection(
-    relay: &Arc<Relay>,
+    store: &Store,
     collections: &Arc<Collections>,
     job: &Arc<Job>,
     base: &str,
@@ -261,7 +260,7 @@ async fn import_collection(
             Fetched::Refused(message) => {
                 // The upstream will not serve this collection (e.g. no such endpoint): record and move on.
                 tracing::warn!(source = %job.source, %collection, %message, "backfill: import refused");
-                let _ = relay.store.save_import_page(&job.source, &collection, None, 0, Some(&message)).await;
+                let _ = store.save_import_page(&job.source, &collection, None, 0, Some(&message)).await;
                 return;
             }
             Fetched::Stopped => return,
@@ -290,10 +289,8 @@ async fn import_collection(
         collections.work.notify_one();
         // An empty page ends the collection even with a cursor: nothing more can follow it.
         let next = if dids.is_empty() { None } else { next };
-        if let Err(error) = relay
-            .store
-            .save_import_page(&job.source, &collection, next.as_deref(), dids.len() as i64, None)
-            .await
+        if let Err(error) =
+            store.save_import_page(&job.source, &collection, next.as_deref(), dids.len() as i64, None).await
         {
             tracing::error!(%error, %collection, "backfill: saving import progress (the page will be repeated)");
         }
@@ -393,7 +390,7 @@ async fn report_progress(collections: Arc<Collections>, job: Arc<Job>) {
 
 /// Starts (or resumes) a crawl of every active host (`source = "*"`) or of one host.
 pub async fn start_crawl(
-    relay: &Arc<Relay>,
+    store: &Store,
     collections: &Arc<Collections>,
     source: &str,
 ) -> Result<(), BackfillError> {
@@ -402,36 +399,36 @@ pub async fn start_crawl(
         let mut hosts = Vec::new();
         let mut after = 0;
         loop {
-            let page = relay.store.list_hosts(after, 1000).await?;
+            let page = store.list_hosts(after, 1000).await?;
             let Some(last) = page.last() else { break };
             after = last.id;
-            hosts.extend(page.into_iter().filter(|h| h.status != "banned" && h.status != "offline"));
+            hosts.extend(page.into_iter().filter(|h| h.status.is_reachable()));
         }
         hosts
     } else {
         let (_, hostname) = source_base(source, collections.config.allow_insecure_hosts)?;
-        match relay.store.host_by_name(&hostname).await? {
+        match store.host_by_name(&hostname).await? {
             Some(host) => vec![host],
             None => return Err(BackfillError::BadSource(format!("{hostname} is not a known host"))),
         }
     };
     let job = collections.register_job("crawl", source, source)?;
-    let started = relay.store.set_backfill_run("crawl", source, "running").await;
+    let started = store.set_backfill_run("crawl", source, "running").await;
     if let Err(error) = started {
         collections.finish_job(&job);
         return Err(error.into());
     }
-    let (relay, collections) = (relay.clone(), collections.clone());
+    let (store, collections) = (store.clone(), collections.clone());
     tokio::spawn(async move {
         let reporter = tokio::spawn(report_progress(collections.clone(), job.clone()));
         futures_util::stream::iter(hosts)
             .for_each_concurrent(collections.config.crawl_concurrency, |host| {
-                crawl_host(&relay, &collections, &job, host)
+                crawl_host(&store, &collections, &job, host)
             })
             .await;
         reporter.abort();
         let state = if job.stopping() { "stopped" } else { "done" };
-        let _ = relay.store.set_backfill_run("crawl", &job.source, state).await;
+        let _ = store.set_backfill_run("crawl", &job.source, state).await;
         tracing::info!(source = %job.source, found = job.found.load(Ordering::Relaxed), state, "backfill: crawl finished");
         collections.finish_job(&job);
     });
@@ -439,12 +436,12 @@ pub async fn start_crawl(
 }
 
 async fn crawl_host(
-    relay: &Arc<Relay>,
+    store: &Store,
     collections: &Arc<Collections>,
     job: &Arc<Job>,
     host: crate::storage::Host,
 ) {
-    let progress = relay.store.crawl_progress(&host.hostname).await.ok().flatten();
+    let progress = store.crawl_progress(&host.hostname).await.ok().flatten();
     if progress.as_ref().is_some_and(|p| p.done) {
         return;
     }
@@ -461,7 +458,7 @@ async fn crawl_host(
             Fetched::Json(page) => page,
             Fetched::Refused(message) => {
                 tracing::warn!(host = %host.hostname, %message, "backfill: listRepos refused");
-                let _ = relay.store.save_crawl_page(&host.hostname, None, 0, Some(&message)).await;
+                let _ = store.save_crawl_page(&host.hostname, None, 0, Some(&message)).await;
                 return;
             }
             Fetched::Stopped => return,
@@ -484,9 +481,7 @@ async fn crawl_host(
         }
         collections.work.notify_one();
         let next = page["cursor"].as_str().filter(|c| !c.is_empty() && !repos.is_empty()).map(str::to_string);
-        if let Err(error) =
-            relay.store.save_crawl_page(&host.hostname, next.as_deref(), count as i64, None).await
-        {
+        if let Err(error) = store.save_crawl_page(&host.hostname, next.as_deref(), count as i64, None).await {
             tracing::error!(%error, host = %host.hostname, "backfill: saving crawl progress");
         }
         job.found.fetch_add(count, Ordering::Relaxed);
@@ -500,8 +495,8 @@ async fn crawl_host(
 }
 
 /// Resumes jobs that were running when the relay stopped.
-pub async fn resume(relay: &Arc<Relay>, collections: &Arc<Collections>) {
-    let running = match relay.store.running_backfills().await {
+pub async fn resume(store: &Store, collections: &Arc<Collections>) {
+    let running = match store.running_backfills().await {
         Ok(running) => running,
         Err(error) => {
             tracing::warn!(%error, "backfill: reading jobs to resume");
@@ -510,8 +505,8 @@ pub async fn resume(relay: &Arc<Relay>, collections: &Arc<Collections>) {
     };
     for (kind, source) in running {
         let result = match kind.as_str() {
-            "import" => start_import(relay, collections, &source, &[]).await,
-            "crawl" => start_crawl(relay, collections, &source).await,
+            "import" => start_import(store, collections, &source, &[]).await,
+            "crawl" => start_crawl(store, collections, &source).await,
             _ => continue,
         };
         match result {

@@ -245,19 +245,34 @@ impl Collections {
     }
 }
 
-/// Starts live indexing, verification, pruning and the gauge refresher.
-pub fn spawn(relay: &Arc<crate::app::Relay>, collections: &Arc<Collections>) {
-    tokio::spawn(live::run(collections.clone(), relay.fanout.clone()));
-    tokio::spawn(verify::run(relay.clone(), collections.clone()));
-    tokio::spawn(prune::run(relay.clone(), collections.clone()));
+/// What the collection directory's background work reads besides its own index: the
+/// accounts table and hosts (is an account still active, is its PDS gone) and identities.
+#[derive(Clone)]
+pub struct Lookups {
+    pub store: crate::storage::Store,
+    pub resolver: Arc<crate::identity::Resolver>,
+}
+
+/// Starts live indexing, verification, pruning and the gauge refresher; returns their
+/// tasks (shutdown stops them before the index closes).
+pub fn spawn(
+    lookups: Lookups,
+    fanout: Arc<crate::fanout::Fanout>,
+    collections: &Arc<Collections>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let gauges = collections.clone();
-    tokio::spawn(async move {
-        loop {
-            let refresh = gauges.clone();
-            let _ = tokio::task::spawn_blocking(move || refresh.refresh_gauges()).await;
-            tokio::time::sleep(Duration::from_secs(30)).await;
-        }
-    });
+    vec![
+        tokio::spawn(live::run(collections.clone(), fanout)),
+        tokio::spawn(verify::run(lookups.clone(), collections.clone())),
+        tokio::spawn(prune::run(lookups, collections.clone())),
+        tokio::spawn(async move {
+            loop {
+                let refresh = gauges.clone();
+                let _ = tokio::task::spawn_blocking(move || refresh.refresh_gauges()).await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        }),
+    ]
 }
 
 /// `listReposByCollection` cursors are opaque to clients: base64url of the last DID.

@@ -5,8 +5,9 @@
 
 use super::index::Change;
 use super::Collections;
-use crate::app::Relay;
+use super::Lookups;
 use crate::identity::resolver::ResolveError;
+use crate::storage::AccountStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,20 +19,20 @@ pub const PDS_GONE: &str = "pds_gone";
 const STEP_DIDS: usize = 200;
 const MAX_DIDS_PER_SECOND: f64 = 200.0;
 
-pub async fn run(relay: Arc<Relay>, collections: Arc<Collections>) {
+pub async fn run(lookups: Lookups, collections: Arc<Collections>) {
     let interval = collections.config.prune_interval;
     if interval.is_zero() {
         return;
     }
     loop {
         tokio::time::sleep(interval).await;
-        let (looked, hidden) = prune_pass(&relay, &collections).await;
+        let (looked, hidden) = prune_pass(&lookups, &collections).await;
         tracing::info!(looked, hidden, "collections: prune pass done");
     }
 }
 
 /// One pass over every DID; returns (DIDs looked at, accounts hidden).
-pub async fn prune_pass(relay: &Arc<Relay>, collections: &Arc<Collections>) -> (u64, u64) {
+pub async fn prune_pass(lookups: &Lookups, collections: &Arc<Collections>) -> (u64, u64) {
     let mut after: Option<String> = None;
     let (mut looked, mut hidden) = (0u64, 0u64);
     let step_pause = Duration::from_secs_f64(STEP_DIDS as f64 / MAX_DIDS_PER_SECOND);
@@ -46,7 +47,7 @@ pub async fn prune_pass(relay: &Arc<Relay>, collections: &Arc<Collections>) -> (
         after = Some(last.clone());
         for did in dids {
             looked += 1;
-            if let Some(reason) = prune_reason(relay, collections, &did).await {
+            if let Some(reason) = prune_reason(lookups, collections, &did).await {
                 let change =
                     Change::Status { did: did.clone(), active: false, status: Some(reason.status.into()) };
                 let index = collections.index.clone();
@@ -69,23 +70,23 @@ struct Reason {
     metric: &'static str,
 }
 
-async fn prune_reason(relay: &Arc<Relay>, collections: &Arc<Collections>, did: &str) -> Option<Reason> {
+async fn prune_reason(lookups: &Lookups, collections: &Arc<Collections>, did: &str) -> Option<Reason> {
     if collections.index.inactive_status(did).ok().flatten().is_some() {
         return None; // already hidden
     }
-    if let Ok(Some(account)) = relay.store.account(did).await {
+    if let Ok(Some(account)) = lookups.store.account(did).await {
         if !account.is_active() {
             let status = match account.effective_status() {
-                "takendown" => "takendown",
-                "deleted" => "deleted",
-                "suspended" => "suspended",
+                AccountStatus::Takendown => "takendown",
+                AccountStatus::Deleted => "deleted",
+                AccountStatus::Suspended => "suspended",
                 _ => "deactivated",
             };
             return Some(Reason { status, metric: "inactive" });
         }
         if let Some(host_id) = account.host_id {
-            if let Ok(Some(host)) = relay.store.host_by_id(host_id).await {
-                if host.status == "banned" || host.status == "offline" {
+            if let Ok(Some(host)) = lookups.store.host_by_id(host_id).await {
+                if !host.status.is_reachable() {
                     return Some(Reason { status: PDS_GONE, metric: "host_gone" });
                 }
                 return None;
@@ -93,12 +94,12 @@ async fn prune_reason(relay: &Arc<Relay>, collections: &Arc<Collections>, did: &
         }
     }
     // Not relayed yet (imported or crawled): the identity decides.
-    match relay.resolver.resolve(did).await {
+    match lookups.resolver.resolve(did).await {
         Err(ResolveError::NotFound) => Some(Reason { status: "deleted", metric: "tombstoned" }),
         Ok(identity) => match identity.pds_host() {
             None => Some(Reason { status: PDS_GONE, metric: "no_pds" }),
-            Some(hostname) => match relay.store.host_by_name(&hostname).await {
-                Ok(Some(host)) if host.status == "banned" || host.status == "offline" => {
+            Some(hostname) => match lookups.store.host_by_name(&hostname).await {
+                Ok(Some(host)) if !host.status.is_reachable() => {
                     Some(Reason { status: PDS_GONE, metric: "host_gone" })
                 }
                 Ok(None) => Some(Reason { status: PDS_GONE, metric: "unknown_host" }),

@@ -11,8 +11,9 @@
 //! is left for the next sweep, so one slow host never holds up the others.
 
 use super::index::Change;
+use super::Lookups;
 use super::{Collections, CHECK_MARKER};
-use crate::app::Relay;
+use crate::storage::HostStatus;
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +31,7 @@ pub enum Settled {
     Deferred,
 }
 
-pub async fn run(relay: Arc<Relay>, collections: Arc<Collections>) {
+pub async fn run(lookups: Lookups, collections: Arc<Collections>) {
     let mut after: Option<String> = None;
     loop {
         let index = collections.index.clone();
@@ -59,7 +60,7 @@ pub async fn run(relay: Arc<Relay>, collections: Arc<Collections>) {
             !collections.config.verify_identity && !pending.iter().any(|c| c == CHECK_MARKER)
         });
         if !trusted.is_empty() {
-            settle_trusted(&relay, &collections, trusted).await;
+            settle_trusted(&lookups, &collections, trusted).await;
         }
         if batch.is_empty() {
             continue;
@@ -67,9 +68,9 @@ pub async fn run(relay: Arc<Relay>, collections: Arc<Collections>) {
         let total = batch.len();
         let deferred = futures_util::stream::iter(batch)
             .map(|(did, pending)| {
-                let (relay, collections) = (relay.clone(), collections.clone());
+                let (lookups, collections) = (lookups.clone(), collections.clone());
                 async move {
-                    let settled = settle(&relay, &collections, &did, &pending).await;
+                    let settled = settle(&lookups, &collections, &did, &pending).await;
                     record(&collections, &did, &pending, &settled).await;
                     settled == Settled::Deferred
                 }
@@ -88,12 +89,12 @@ pub async fn run(relay: Arc<Relay>, collections: Arc<Collections>) {
 /// Lists imported pairs without identity checks (the operator chose to trust the source);
 /// accounts the relay knows as inactive are still hidden, deleted ones still dropped.
 async fn settle_trusted(
-    relay: &Arc<Relay>,
+    lookups: &Lookups,
     collections: &Arc<Collections>,
     batch: Vec<(String, Vec<String>)>,
 ) {
     let dids: Vec<&str> = batch.iter().map(|(did, _)| did.as_str()).collect();
-    let inactive = match relay.store.inactive_statuses(&dids).await {
+    let inactive = match lookups.store.inactive_statuses(&dids).await {
         Ok(inactive) => inactive,
         Err(error) => {
             tracing::warn!(%error, "collections: reading account statuses; retrying");
@@ -114,7 +115,7 @@ async fn settle_trusted(
                 changes.push(Change::Status {
                     did: did.clone(),
                     active: false,
-                    status: Some(status.clone()),
+                    status: Some(status.as_str().to_string()),
                 });
             }
             changes.extend(pending.iter().map(|c| Change::Add { did: did.clone(), collection: c.clone() }));
@@ -169,7 +170,7 @@ async fn apply(collections: &Arc<Collections>, changes: Vec<Change>) -> Result<(
 
 /// Works out what the network says about one DID and applies it.
 pub async fn settle(
-    relay: &Arc<Relay>,
+    lookups: &Lookups,
     collections: &Arc<Collections>,
     did: &str,
     pending: &[String],
@@ -181,7 +182,7 @@ pub async fn settle(
     }
     let mut changes = Vec::new();
     // What the relay itself knows wins over anything an import says about status.
-    if let Ok(Some(account)) = relay.store.account(did).await {
+    if let Ok(Some(account)) = lookups.store.account(did).await {
         if !account.is_active() {
             let status = account.effective_status().to_string();
             changes.push(Change::Status { did: did.to_string(), active: false, status: Some(status) });
@@ -189,7 +190,7 @@ pub async fn settle(
     }
     let needs_identity = check || collections.config.verify_identity;
     let endpoint = if needs_identity {
-        match pds_of(relay, did).await {
+        match pds_of(lookups, did).await {
             Ok(endpoint) => Some(endpoint),
             Err(settled) => return settled,
         }
@@ -225,8 +226,8 @@ pub async fn settle(
 }
 
 /// The DID's PDS endpoint, if it is on a host this relay knows and has not given up on.
-async fn pds_of(relay: &Arc<Relay>, did: &str) -> Result<String, Settled> {
-    let identity = match relay.resolver.resolve(did).await {
+async fn pds_of(lookups: &Lookups, did: &str) -> Result<String, Settled> {
+    let identity = match lookups.resolver.resolve(did).await {
         Ok(identity) => identity,
         Err(error) if error.is_transient() => return Err(Settled::Deferred),
         Err(_) => return Err(Settled::Dropped("unresolvable")),
@@ -234,9 +235,9 @@ async fn pds_of(relay: &Arc<Relay>, did: &str) -> Result<String, Settled> {
     let (Some(endpoint), Some(hostname)) = (identity.pds_endpoint.clone(), identity.pds_host()) else {
         return Err(Settled::Dropped("no_pds"));
     };
-    match relay.store.host_by_name(&hostname).await {
-        Ok(Some(host)) if host.status == "banned" => Err(Settled::Dropped("banned_host")),
-        Ok(Some(host)) if host.status == "offline" => Err(Settled::Dropped("host_offline")),
+    match lookups.store.host_by_name(&hostname).await {
+        Ok(Some(host)) if host.status == HostStatus::Banned => Err(Settled::Dropped("banned_host")),
+        Ok(Some(host)) if host.status == HostStatus::Offline => Err(Settled::Dropped("host_offline")),
         Ok(Some(_)) => Ok(endpoint),
         Ok(None) => Err(Settled::Dropped("unknown_host")),
         Err(_) => Err(Settled::Deferred),

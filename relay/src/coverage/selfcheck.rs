@@ -20,8 +20,8 @@
 
 use super::wire::{self, EventKind};
 use super::{key_of, RelayEndpoint};
-use crate::app::Relay;
-use crate::fanout::{Followed, Follower};
+use crate::fanout::{Fanout, Followed, Follower};
+use crate::metrics::Metrics;
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -76,7 +76,7 @@ impl SelfCheckConfig {
     }
 }
 
-/// What the last samples said, per reference; read by `Relay::readiness`.
+/// What the last samples said, per reference; read by the relay's readiness check.
 #[derive(Debug, Default)]
 pub struct CoverageStatus {
     references: Mutex<HashMap<String, ReferenceState>>,
@@ -145,15 +145,24 @@ impl SampleOutcome {
     }
 }
 
-/// Starts the sampler when references are configured.
-pub fn spawn(relay: &Arc<Relay>, config: SelfCheckConfig) {
-    if config.references.is_empty() {
-        return;
-    }
-    tokio::spawn(run(relay.clone(), config));
+/// What the sampler uses: the relay's own output (through the fan-out), the metrics it
+/// sets and the status readiness reads.
+#[derive(Clone)]
+pub struct SelfCheckDeps {
+    pub fanout: Arc<Fanout>,
+    pub metrics: Metrics,
+    pub coverage: Arc<CoverageStatus>,
 }
 
-async fn run(relay: Arc<Relay>, config: SelfCheckConfig) {
+/// Starts the sampler when references are configured.
+pub fn spawn(deps: SelfCheckDeps, config: SelfCheckConfig) -> Option<tokio::task::JoinHandle<()>> {
+    if config.references.is_empty() {
+        return None;
+    }
+    Some(tokio::spawn(run(deps, config)))
+}
+
+async fn run(relay: SelfCheckDeps, config: SelfCheckConfig) {
     // The first sample waits one interval: a relay still connecting to its hosts at start is
     // not judged (the other readiness checks cover that time).
     // tokio's interval panics on a zero period.
@@ -169,7 +178,7 @@ async fn run(relay: Arc<Relay>, config: SelfCheckConfig) {
     }
 }
 
-fn judge(relay: &Relay, config: &SelfCheckConfig, reference: &str, outcome: SampleOutcome) {
+fn judge(relay: &SelfCheckDeps, config: &SelfCheckConfig, reference: &str, outcome: SampleOutcome) {
     let metrics = &relay.metrics;
     let mut low = false;
     match &outcome {
@@ -197,7 +206,7 @@ fn judge(relay: &Relay, config: &SelfCheckConfig, reference: &str, outcome: Samp
 }
 
 /// Takes one sample against every reference at once.
-pub async fn sample(relay: &Arc<Relay>, config: &SelfCheckConfig) -> Vec<SampleOutcome> {
+pub async fn sample(relay: &SelfCheckDeps, config: &SelfCheckConfig) -> Vec<SampleOutcome> {
     let dialled = futures_util::future::join_all(config.references.iter().map(dial)).await;
     let started = Instant::now();
     let window_start = started + config.grace;
@@ -287,9 +296,9 @@ struct OwnCommits {
 }
 
 /// The (did, rev) of every commit the relay itself delivers from now until `until`.
-async fn own_commits(relay: Arc<Relay>, until: Instant) -> OwnCommits {
+async fn own_commits(relay: SelfCheckDeps, until: Instant) -> OwnCommits {
     let mut own = OwnCommits { keys: KeySet::default(), truncated: false };
-    let mut follower = Follower::new(relay.fanout.clone(), relay.sequencer.current_head());
+    let mut follower = Follower::new(relay.fanout.clone(), relay.fanout.sequencer.current_head());
     let end = tokio::time::sleep_until(until.into());
     tokio::pin!(end);
     loop {

@@ -8,7 +8,7 @@
 
 use crate::atproto::frame;
 use crate::metrics::Metrics;
-use crate::sequence::{log::LogRecord, Sequenced, SequencerHandle};
+use crate::sequence::{log::LogRecord, Sequenced, SequencerReader};
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use std::collections::{HashMap, VecDeque};
@@ -76,7 +76,7 @@ pub fn start_position(cursor: Option<u64>, head: u64, oldest: Option<u64>) -> St
 
 /// Shared state for all consumers.
 pub struct Fanout {
-    pub sequencer: SequencerHandle,
+    pub sequencer: SequencerReader,
     pub config: FanoutConfig,
     pub metrics: Metrics,
     pub consumers: Mutex<HashMap<u64, Arc<ConsumerInfo>>>,
@@ -141,7 +141,7 @@ impl Drop for Admission {
 }
 
 impl Fanout {
-    pub fn new(sequencer: SequencerHandle, config: FanoutConfig, metrics: Metrics) -> Fanout {
+    pub fn new(sequencer: SequencerReader, config: FanoutConfig, metrics: Metrics) -> Fanout {
         Fanout {
             sequencer,
             config,
@@ -509,7 +509,7 @@ mod tests {
         })
         .expect("log");
         let (state_tx, _state_rx) = tokio::sync::mpsc::channel(16);
-        let (sequencer, _thread) =
+        let (_input, sequencer, _thread) =
             crate::sequence::start(log, Default::default(), 16, metrics.clone(), state_tx);
         let config = FanoutConfig { max_consumers: 3, max_consumers_per_ip: 2, ..FanoutConfig::default() };
         let fanout = Arc::new(Fanout::new(sequencer, config, metrics));

@@ -6,24 +6,23 @@
 //! failure it reconnects with exponential backoff and jitter; a host that keeps failing
 //! is marked `offline` and retried on a slow schedule, never given up.
 
+pub mod bootstrap;
 pub mod crawl;
+pub mod registry;
 
-use crate::app::Relay;
+pub use crate::progress::{HostProgress, InFlight};
+pub use registry::HostRegistry;
+
 use crate::atproto::frame::{self, Event, MAX_FRAME_BYTES};
 use crate::identity::ssrf::SsrfPolicy;
-use crate::storage::Host;
+use crate::storage::{Host, HostStatus};
 use futures_util::StreamExt;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-
-/// Seconds since the Unix epoch (0 if the clock is before it).
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
 
 /// Read buffer per upstream socket.
 const UPSTREAM_READ_BUFFER: usize = 16 * 1024;
@@ -36,90 +35,6 @@ const UPSTREAM_LOG_LINES_PER_MINUTE: f64 = 10.0;
 
 /// Failures in a row before a host is marked offline.
 const OFFLINE_AFTER_FAILURES: u32 = 8;
-
-/// Where a host's events are: the last upstream seq received, and the seqs still in the
-/// pipeline (queued, being validated, or waiting for the log's fsync). The cursor saved to
-/// the database stays below anything in flight, so after a crash the host re-sends exactly
-/// what had not reached the log.
-#[derive(Debug, Default)]
-pub struct HostProgress {
-    received: AtomicI64,
-    /// Unix seconds of the last event (for idle detection); 0 = none yet.
-    last_event_unix: std::sync::atomic::AtomicU64,
-    /// Set when the host was marked `idle`; the next event marks it `active` again.
-    pub idle: AtomicBool,
-    in_flight: std::sync::Mutex<std::collections::BTreeSet<i64>>,
-    /// The cursor last stored in the database.
-    saved: AtomicI64,
-}
-
-impl HostProgress {
-    fn new(cursor: i64) -> HostProgress {
-        HostProgress {
-            received: AtomicI64::new(cursor),
-            last_event_unix: unix_now().into(),
-            idle: AtomicBool::new(false),
-            in_flight: Default::default(),
-            saved: AtomicI64::new(cursor),
-        }
-    }
-
-    pub fn received(&self) -> i64 {
-        self.received.load(Ordering::Relaxed)
-    }
-
-    fn reset(&self, cursor: i64) {
-        self.received.store(cursor, Ordering::Relaxed);
-    }
-
-    /// Marks `seq` received and in flight; the guard finishes it when dropped.
-    /// Seconds since the host's last event (or since the subscription started).
-    pub fn silent_for(&self) -> u64 {
-        unix_now().saturating_sub(self.last_event_unix.load(Ordering::Relaxed))
-    }
-
-    fn start(self: &Arc<Self>, seq: i64) -> InFlight {
-        // Under the in-flight lock, so `durable_cursor` never sees `seq` received but
-        // not yet in flight (it would call it durable).
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        in_flight.insert(seq);
-        self.received.store(seq, Ordering::Relaxed);
-        drop(in_flight);
-        self.last_event_unix.store(unix_now(), Ordering::Relaxed);
-        InFlight { progress: self.clone(), seq }
-    }
-
-    /// The highest seq below which everything is persisted or dropped.
-    pub fn durable_cursor(&self) -> i64 {
-        let in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        match in_flight.first() {
-            Some(first) => first - 1,
-            None => self.received(),
-        }
-    }
-}
-
-/// An upstream event still in the pipeline; dropping it (after the log's fsync, or when
-/// the event is rejected) marks it done.
-#[derive(Debug)]
-pub struct InFlight {
-    progress: Arc<HostProgress>,
-    seq: i64,
-}
-
-impl InFlight {
-    /// An event that did not come from a subscription (an admin re-sync): finishing it moves
-    /// no host's cursor.
-    pub fn detached() -> InFlight {
-        InFlight { progress: Arc::new(HostProgress::new(0)), seq: 0 }
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.progress.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.seq);
-    }
-}
 
 /// A running subscription.
 pub struct HostHandle {
@@ -147,12 +62,12 @@ impl HostHandle {
     }
 }
 
-pub fn spawn_subscription(relay: Arc<Relay>, host: Host) -> HostHandle {
+pub(crate) fn spawn_subscription(hosts: Arc<HostRegistry>, host: Host) -> HostHandle {
     let (stop, stop_rx) = watch::channel(false);
     let connected = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(HostProgress::new(host.last_seq));
     let hostname = host.hostname.clone();
-    let task = tokio::spawn(run(relay, host, stop_rx, connected.clone(), progress.clone()));
+    let task = tokio::spawn(run(hosts, host, stop_rx, connected.clone(), progress.clone()));
     HostHandle { stop, task, connected, hostname, progress }
 }
 
@@ -164,7 +79,7 @@ fn backoff(failures: u32, max: Duration) -> Duration {
 }
 
 async fn run(
-    relay: Arc<Relay>,
+    hosts: Arc<HostRegistry>,
     host: Host,
     mut stop: watch::Receiver<bool>,
     connected: Arc<AtomicBool>,
@@ -177,12 +92,12 @@ async fn run(
             break;
         }
         let outcome = tokio::select! {
-            outcome = subscribe_once(&relay, &host, &connected, &progress, use_cursor) => outcome,
+            outcome = subscribe_once(&hosts, &host, &connected, &progress, use_cursor) => outcome,
             _ = stop.changed() => break,
         };
         connected.store(false, Ordering::Relaxed);
-        relay.metrics.hosts_connected.set(count_connected(&relay));
-        save_cursor(&relay, &host, &progress).await;
+        hosts.metrics.hosts_connected.set(count_connected(&hosts));
+        save_cursor(&hosts, &host, &progress).await;
         match outcome {
             Ended::FutureCursor => {
                 // The upstream's sequence is behind our cursor (it was reset): start live.
@@ -196,29 +111,29 @@ async fn run(
                 failures += 1;
                 tracing::info!(host = %host.hostname, failures, %error, "upstream subscription ended");
                 if failures == OFFLINE_AFTER_FAILURES {
-                    let _ = relay.store.set_host_status(host.id, "offline").await;
-                    relay.refresh_host_metrics().await;
+                    let _ = hosts.store.set_host_status(host.id, HostStatus::Offline).await;
+                    hosts.refresh_host_metrics().await;
                 }
             }
         }
-        let delay = backoff(failures, relay.config.max_backoff);
+        let delay = backoff(failures, hosts.config.max_backoff);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.changed() => break,
         }
     }
     connected.store(false, Ordering::Relaxed);
-    save_cursor(&relay, &host, &progress).await;
+    save_cursor(&hosts, &host, &progress).await;
 }
 
-fn count_connected(relay: &Relay) -> i64 {
-    relay.hosts.lock().map(|h| h.values().filter(|h| h.is_connected()).count() as i64).unwrap_or(0)
+fn count_connected(hosts: &HostRegistry) -> i64 {
+    hosts.connected() as i64
 }
 
-async fn save_cursor(relay: &Relay, host: &Host, progress: &HostProgress) {
+async fn save_cursor(hosts: &HostRegistry, host: &Host, progress: &HostProgress) {
     let seq = progress.durable_cursor();
     if seq > 0 {
-        match relay.store.save_host_cursors(&[(host.id, seq)]).await {
+        match hosts.store.save_host_cursors(&[(host.id, seq)]).await {
             Ok(()) => {
                 progress.saved.fetch_max(seq, Ordering::Relaxed);
             }
@@ -235,8 +150,8 @@ const FIRST_SAVE_PERIOD: Duration = Duration::from_millis(50);
 /// busy with little else. A host with no saved cursor yet is saved within
 /// `FIRST_SAVE_PERIOD`: until then a restart would subscribe to it live-only and miss what
 /// it sent meanwhile.
-pub async fn flush_cursors(relay: Arc<Relay>) {
-    let interval = relay.config.cursor_flush_interval.max(FIRST_SAVE_PERIOD);
+pub(crate) async fn flush_cursors(hosts: Arc<HostRegistry>) {
+    let interval = hosts.config.cursor_flush_interval.max(FIRST_SAVE_PERIOD);
     let mut ticker = tokio::time::interval(FIRST_SAVE_PERIOD);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_full = tokio::time::Instant::now();
@@ -246,33 +161,33 @@ pub async fn flush_cursors(relay: Arc<Relay>) {
         if full {
             last_full = tokio::time::Instant::now();
         }
-        let moved: Vec<(i64, i64, Arc<HostProgress>)> = {
-            let hosts = relay.hosts.lock().unwrap_or_else(|p| p.into_inner());
-            hosts
-                .iter()
-                .filter_map(|(id, handle)| {
-                    let saved = handle.progress.saved.load(Ordering::Relaxed);
-                    if !full && saved > 0 {
-                        return None;
-                    }
-                    let durable = handle.progress.durable_cursor();
-                    (durable > saved).then(|| (*id, durable, handle.progress.clone()))
-                })
-                .collect()
-        };
-        if moved.is_empty() {
-            continue;
-        }
-        let cursors: Vec<(i64, i64)> = moved.iter().map(|(id, seq, _)| (*id, *seq)).collect();
-        match relay.store.save_host_cursors(&cursors).await {
-            Ok(()) => {
-                for (_, seq, progress) in &moved {
-                    progress.saved.fetch_max(*seq, Ordering::Relaxed);
-                }
-                relay.metrics.cursor_flushes.inc();
+        let moved = hosts.progress_of_all().into_iter().filter(|(_, progress)| full || progress.saved() == 0);
+        save_moved_cursors(&hosts, moved.collect()).await;
+    }
+}
+
+/// Saves, in one transaction, the durable cursor of each host whose cursor moved since it
+/// was last saved.
+pub(crate) async fn save_moved_cursors(hosts: &HostRegistry, progress: Vec<(i64, Arc<HostProgress>)>) {
+    let moved: Vec<(i64, i64, Arc<HostProgress>)> = progress
+        .into_iter()
+        .filter_map(|(id, progress)| {
+            let durable = progress.durable_cursor();
+            (durable > progress.saved()).then_some((id, durable, progress))
+        })
+        .collect();
+    if moved.is_empty() {
+        return;
+    }
+    let cursors: Vec<(i64, i64)> = moved.iter().map(|(id, seq, _)| (*id, *seq)).collect();
+    match hosts.store.save_host_cursors(&cursors).await {
+        Ok(()) => {
+            for (_, seq, progress) in &moved {
+                progress.saved.fetch_max(*seq, Ordering::Relaxed);
             }
-            Err(error) => tracing::warn!(%error, hosts = cursors.len(), "saving upstream cursors"),
+            hosts.metrics.cursor_flushes.inc();
         }
+        Err(error) => tracing::warn!(%error, hosts = cursors.len(), "saving upstream cursors"),
     }
 }
 
@@ -283,7 +198,7 @@ enum Ended {
 }
 
 async fn subscribe_once(
-    relay: &Arc<Relay>,
+    hosts: &Arc<HostRegistry>,
     host: &Host,
     connected: &AtomicBool,
     progress: &Arc<HostProgress>,
@@ -303,12 +218,12 @@ async fn subscribe_once(
     // both CPU and, times thousands of hosts, hundreds of MiB.
     ws_config.read_buffer_size = UPSTREAM_READ_BUFFER;
     ws_config.write_buffer_size = 0;
-    let connect_timeout = relay.config.upstream_connect_timeout;
+    let connect_timeout = hosts.config.upstream_connect_timeout;
     let connect = async {
         // Through the SSRF guard: the address checked is the address dialled, whatever DNS
         // says by now (a name probed earlier may have been re-pointed at an internal one).
         let (name, port) = split_host_port(&host.hostname, host.ssl);
-        let policy = SsrfPolicy { allow_loopback: relay.config.allow_insecure_hosts };
+        let policy = SsrfPolicy { allow_loopback: hosts.config.allow_insecure_hosts };
         let stream = crate::identity::ssrf::connect_guarded(policy, name, port, connect_timeout)
             .await
             .map_err(|e| e.to_string())?;
@@ -322,29 +237,29 @@ async fn subscribe_once(
         Err(_) => return Ended::Failed("connect timed out".into()),
     };
     connected.store(true, Ordering::Relaxed);
-    relay.metrics.hosts_connected.set(count_connected(relay));
-    if let Ok(Some(stored)) = relay.store.host_by_id(host.id).await {
-        if stored.status == "offline" || stored.status == "idle" {
-            let _ = relay.store.set_host_status(host.id, "active").await;
-            relay.refresh_host_metrics().await;
+    hosts.metrics.hosts_connected.set(count_connected(hosts));
+    if let Ok(Some(stored)) = hosts.store.host_by_id(host.id).await {
+        if stored.status == HostStatus::Offline || stored.status == HostStatus::Idle {
+            let _ = hosts.store.set_host_status(host.id, HostStatus::Active).await;
+            hosts.refresh_host_metrics().await;
         }
     }
     let hostname: Arc<str> = Arc::from(host.hostname.as_str());
     let rate = if host.trusted {
-        relay.config.trusted_host_events_per_second
+        hosts.config.trusted_host_events_per_second
     } else {
-        relay.config.host_events_per_second
+        hosts.config.host_events_per_second
     };
     let mut limiter = RateLimiter::new(rate);
     let lookup_rate = if host.trusted {
-        relay.config.trusted_host_identity_lookups_per_second
+        hosts.config.trusted_host_identity_lookups_per_second
     } else {
-        relay.config.host_identity_lookups_per_second
+        hosts.config.host_identity_lookups_per_second
     };
     let mut lookups = RateLimiter::new(lookup_rate);
     let mut log_lines = LogLines::new();
     // An idle upstream is normal; a dead TCP connection is caught by this read timeout.
-    let idle_timeout = relay.config.upstream_read_timeout;
+    let idle_timeout = hosts.config.upstream_read_timeout;
     let mut last_read = tokio::time::Instant::now();
     // Cursors are saved for all hosts together (`flush_cursors`); this timer only notices a
     // dead connection. One timer for the whole subscription, not a new one per event.
@@ -366,7 +281,7 @@ async fn subscribe_once(
         let message = match next {
             Some(Ok(message)) => message,
             Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(error))) => {
-                relay.metrics.rejections.with_label_values(&["oversize_frame"]).inc();
+                hosts.metrics.rejections.with_label_values(&["oversize_frame"]).inc();
                 return Ended::Failed(format!("oversize frame: {error}"));
             }
             Some(Err(error)) => return Ended::Failed(format!("read: {error}")),
@@ -383,7 +298,7 @@ async fn subscribe_once(
                 // Well framed, but one field over its lexicon limit: drop this event and
                 // move past it. Dropping the connection would resume before it, and the
                 // host would send the same event again forever.
-                relay.metrics.rejections.with_label_values(&["oversize"]).inc();
+                hosts.metrics.rejections.with_label_values(&["oversize"]).inc();
                 if seq > progress.received() {
                     drop(progress.start(seq));
                 }
@@ -392,11 +307,11 @@ async fn subscribe_once(
             }
             Err(frame::FrameError::UnknownOp(_)) => {
                 // A frame kind this relay does not know: ignored like an unknown type.
-                relay.metrics.rejections.with_label_values(&["unknown_type"]).inc();
+                hosts.metrics.rejections.with_label_values(&["unknown_type"]).inc();
                 continue;
             }
             Err(error) => {
-                relay.metrics.rejections.with_label_values(&["bad_frame"]).inc();
+                hosts.metrics.rejections.with_label_values(&["bad_frame"]).inc();
                 // Invalid framing is a protocol error: drop the connection (event-stream spec).
                 return Ended::Failed(format!("undecodable frame: {error}"));
             }
@@ -404,42 +319,46 @@ async fn subscribe_once(
         // Every frame, relayed or not, goes through the host's event rate: a flood of
         // `#info` or unknown frames slows the host down like any other.
         if limiter.take().await {
-            relay.metrics.host_throttled.inc();
+            hosts.metrics.host_throttled.inc();
         }
         let seq = match &event {
             Event::Error(body) if body.error == "FutureCursor" => return Ended::FutureCursor,
             Event::Error(body) => {
-                relay.metrics.rejections.with_label_values(&["upstream_error"]).inc();
+                hosts.metrics.rejections.with_label_values(&["upstream_error"]).inc();
                 return Ended::Failed(format!("upstream error {}", clip(&body.error)));
             }
             Event::Info(info) => {
-                relay.metrics.rejections.with_label_values(&["upstream_info"]).inc();
-                if log_lines.allow(relay) {
+                hosts.metrics.rejections.with_label_values(&["upstream_info"]).inc();
+                if log_lines.allow(hosts) {
                     let message = info.message.as_deref().map(clip).unwrap_or_default();
                     tracing::info!(host = %host.hostname, name = %clip(&info.name), %message, "upstream #info");
                 }
                 continue;
             }
             Event::Unknown { .. } => {
-                relay.metrics.rejections.with_label_values(&["unknown_type"]).inc();
+                hosts.metrics.rejections.with_label_values(&["unknown_type"]).inc();
                 continue;
             }
             other => other.seq().unwrap_or(0),
         };
-        relay.metrics.events_in.with_label_values(&[event.type_name()]).inc();
+        hosts.metrics.events_in.with_label_values(&[event.type_name()]).inc();
         if seq <= progress.received() {
-            relay.metrics.rejections.with_label_values(&["seq_not_increasing"]).inc();
+            hosts.metrics.rejections.with_label_values(&["seq_not_increasing"]).inc();
             continue;
         }
-        if needs_identity_lookup(relay, &event) && lookups.take().await {
-            relay.metrics.host_identity_throttled.inc();
+        if needs_identity_lookup(hosts, &event) && lookups.take().await {
+            hosts.metrics.host_identity_throttled.inc();
         }
         let in_flight = progress.start(seq);
         if progress.idle.swap(false, Ordering::Relaxed) {
-            let _ = relay.store.set_host_status(host.id, "active").await;
-            relay.refresh_host_metrics().await;
+            let _ = hosts.store.set_host_status(host.id, HostStatus::Active).await;
+            hosts.refresh_host_metrics().await;
         }
-        relay.validation.submit(host.id, hostname.clone(), event, bytes.len(), in_flight).await;
+        if hosts.validation.submit(host.id, hostname.clone(), event, bytes.len(), in_flight).await.is_err() {
+            // Shutting down: the event stays unconsumed (its seq is not durable), so the
+            // host sends it again after the restart.
+            return Ended::Clean;
+        }
     }
 }
 
@@ -454,10 +373,10 @@ fn split_host_port(hostname: &str, ssl: bool) -> (&str, u16) {
 
 /// Whether validating this event will make the relay ask the directory: a DID it has no
 /// answer for, or an `#identity` (judged on a fresh document).
-fn needs_identity_lookup(relay: &Relay, event: &Event) -> bool {
+fn needs_identity_lookup(hosts: &HostRegistry, event: &Event) -> bool {
     match event {
         Event::Identity(_) => true,
-        other => other.did().is_some_and(|did| !relay.resolver.is_cached(did)),
+        other => other.did().is_some_and(|did| !hosts.resolver.is_cached(did)),
     }
 }
 
@@ -481,7 +400,7 @@ impl LogLines {
         LogLines { tokens: UPSTREAM_LOG_LINES_PER_MINUTE, last: tokio::time::Instant::now() }
     }
 
-    fn allow(&mut self, relay: &Relay) -> bool {
+    fn allow(&mut self, hosts: &HostRegistry) -> bool {
         let now = tokio::time::Instant::now();
         let refill = now.duration_since(self.last).as_secs_f64() * UPSTREAM_LOG_LINES_PER_MINUTE / 60.0;
         self.tokens = (self.tokens + refill).min(UPSTREAM_LOG_LINES_PER_MINUTE);
@@ -490,7 +409,7 @@ impl LogLines {
             self.tokens -= 1.0;
             true
         } else {
-            relay.metrics.upstream_log_lines_suppressed.inc();
+            hosts.metrics.upstream_log_lines_suppressed.inc();
             false
         }
     }

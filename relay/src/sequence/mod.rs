@@ -20,7 +20,7 @@ pub struct Outgoing {
     pub did: String,
     pub event: Event,
     /// Marks the upstream event done when dropped, which happens after the fsync.
-    pub in_flight: Option<crate::ingest::InFlight>,
+    pub in_flight: Option<crate::progress::InFlight>,
     /// Repo state to store once the event is durable.
     pub state: Option<StateUpdate>,
 }
@@ -97,10 +97,36 @@ const WRITE_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Events of a DID with seq below the mark are not replayed (takedown purge).
 pub type PurgeMarks = Arc<RwLock<HashMap<String, u64>>>;
 
-/// What the rest of the relay holds to talk to the sequencer.
+/// The writer end: what the validation stage (and an operator's takedown) sends events
+/// through. Closing it is how shutdown tells the sequencer that no more events come: the
+/// thread writes what is queued, then ends, and the log closes with it.
 #[derive(Clone)]
-pub struct SequencerHandle {
-    pub input: mpsc::Sender<Outgoing>,
+pub struct SequencerInput {
+    sender: Arc<RwLock<Option<mpsc::Sender<Outgoing>>>>,
+}
+
+/// The sequencer no longer takes events (the relay is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the sequencer is closed")]
+pub struct Closed;
+
+impl SequencerInput {
+    /// Queues an event, waiting while the queue is full.
+    pub async fn send(&self, outgoing: Outgoing) -> Result<(), Closed> {
+        let sender = self.sender.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or(Closed)?;
+        sender.send(outgoing).await.map_err(|_| Closed)
+    }
+
+    /// Takes no more events; those queued are still written.
+    pub fn close(&self) {
+        self.sender.write().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+/// The reader end: the live broadcast, the head, the log for replay, takedown purge marks
+/// and the write-failure flag that health reports.
+#[derive(Clone)]
+pub struct SequencerReader {
     pub live: broadcast::Sender<Arc<Sequenced>>,
     pub head: watch::Receiver<u64>,
     log: Arc<Mutex<EventLog>>,
@@ -108,7 +134,7 @@ pub struct SequencerHandle {
     write_failure: WriteFailure,
 }
 
-impl SequencerHandle {
+impl SequencerReader {
     /// A snapshot of the log for readers.
     pub fn view(&self) -> LogView {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).view()
@@ -125,26 +151,24 @@ impl SequencerHandle {
 }
 
 /// Microseconds since the Unix epoch: the time the log and live events carry.
-pub fn now_micros() -> u64 {
-    crate::validate::verdict::now_micros()
-}
+pub use crate::clock::now_micros;
 
-/// Starts the sequencer thread. The thread ends when every input sender is dropped.
+/// Starts the sequencer thread. The thread ends once the input is closed and drained.
 pub fn start(
     log: EventLog,
     config: SequencerConfig,
     queue_events: usize,
     metrics: crate::metrics::Metrics,
     state_tx: StateSender,
-) -> (SequencerHandle, std::thread::JoinHandle<Result<(), LogError>>) {
+) -> (SequencerInput, SequencerReader, std::thread::JoinHandle<Result<(), LogError>>) {
     let (input, rx) = mpsc::channel(queue_events.max(1));
     let (live, _) = broadcast::channel(config.live_buffer_events.max(16));
     let (head_tx, head) = watch::channel(log.head());
     metrics.seq_head.set(log.head() as i64);
     let log = Arc::new(Mutex::new(log));
     let write_failure = WriteFailure::default();
-    let handle = SequencerHandle {
-        input,
+    let input = SequencerInput { sender: Arc::new(RwLock::new(Some(input))) };
+    let reader = SequencerReader {
         live: live.clone(),
         head,
         log: log.clone(),
@@ -156,7 +180,7 @@ pub fn start(
         .name("sequencer".into())
         .spawn(move || run(log, rx, outputs, config, metrics))
         .expect("spawning the sequencer thread");
-    (handle, thread)
+    (input, reader, thread)
 }
 
 /// Where the sequencer thread sends what it wrote.

@@ -4,26 +4,54 @@
 //! budget (a semaphore of bytes): ingest waits when it is spent, which slows the
 //! upstream sockets down instead of dropping events.
 
-use super::verdict::{verify_event, AccountView, Rejection, RepoState};
-use crate::app::Relay;
+use super::verdict::{verify_event, AccountView, Policy, Rejection, RepoState};
+use crate::accounts::Accounts;
 use crate::atproto::frame::Event;
-use crate::sequence::Outgoing;
+use crate::config::ServeConfig;
+use crate::identity::Resolver;
+use crate::metrics::Metrics;
+use crate::progress::{Activity, InFlight};
+use crate::sequence::{Outgoing, SequencerInput};
+use crate::storage::{AccountStatus, Store};
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 
 pub struct Incoming {
     pub host_id: i64,
     pub hostname: Arc<str>,
     pub event: Event,
-    in_flight: crate::ingest::InFlight,
+    in_flight: InFlight,
     _budget: OwnedSemaphorePermit,
 }
 
+/// The stage's intake, shared by ingest and the admin re-sync. Closing it (shutdown) drops
+/// the queues' senders: each worker finishes what is queued and ends.
+#[derive(Clone)]
 pub struct ValidationStage {
-    shards: Vec<mpsc::Sender<Incoming>>,
+    shards: Arc<RwLock<Option<Vec<mpsc::Sender<Incoming>>>>>,
     budget: Arc<Semaphore>,
     budget_bytes: usize,
+}
+
+/// The stage takes no more events (the relay is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the validation stage is closed")]
+pub struct Closed;
+
+/// What the validation workers use, and nothing else.
+pub struct ValidationDeps {
+    pub config: Arc<ServeConfig>,
+    pub store: Store,
+    pub accounts: Arc<Accounts>,
+    pub resolver: Arc<Resolver>,
+    pub metrics: Metrics,
+    pub policy: Policy,
+    pub sequencer: SequencerInput,
+    pub activity: Arc<Activity>,
+    /// The stage's own intake, for the queue-size gauge.
+    pub intake: ValidationStage,
 }
 
 /// Creates the queues; the receivers go to `spawn_workers`.
@@ -36,7 +64,11 @@ pub fn channels(
     // The byte budget bounds memory; the per-shard queues only need to absorb bursts.
     let (shards, receivers) = (0..workers).map(|_| mpsc::channel(shard_queue_events.max(1))).unzip();
     let budget_bytes = budget_bytes.clamp(8 << 20, u32::MAX as usize >> 4);
-    let stage = ValidationStage { shards, budget: Arc::new(Semaphore::new(budget_bytes)), budget_bytes };
+    let stage = ValidationStage {
+        shards: Arc::new(RwLock::new(Some(shards))),
+        budget: Arc::new(Semaphore::new(budget_bytes)),
+        budget_bytes,
+    };
     (stage, receivers)
 }
 
@@ -47,22 +79,46 @@ fn shard_of(did: &str, shards: usize) -> usize {
 }
 
 impl ValidationStage {
-    /// Queues an event, waiting while the byte budget is spent.
+    /// Queues an event, waiting while the byte budget is spent. `Err(Closed)` once the
+    /// relay is shutting down: the event was not taken (nor is its `in_flight` done, so the
+    /// caller must not move its cursor past it).
     pub async fn submit(
         &self,
         host_id: i64,
         hostname: Arc<str>,
         event: Event,
         size: usize,
-        in_flight: crate::ingest::InFlight,
-    ) {
+        in_flight: InFlight,
+    ) -> Result<(), Closed> {
         let permits = size.clamp(1, self.budget_bytes) as u32;
         let Ok(budget) = self.budget.clone().acquire_many_owned(permits).await else {
-            return;
+            in_flight.abandon();
+            return Err(Closed);
         };
-        let shard = shard_of(event.did().unwrap_or_default(), self.shards.len());
-        let _ =
-            self.shards[shard].send(Incoming { host_id, hostname, event, in_flight, _budget: budget }).await;
+        let Some(sender) = self.sender_for(event.did().unwrap_or_default()) else {
+            in_flight.abandon();
+            return Err(Closed);
+        };
+        let incoming = Incoming { host_id, hostname, event, in_flight, _budget: budget };
+        match sender.send(incoming).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendError(refused)) => {
+                refused.in_flight.abandon();
+                Err(Closed)
+            }
+        }
+    }
+
+    /// The queue of the worker that judges `did`'s events; `None` once closed.
+    fn sender_for(&self, did: &str) -> Option<mpsc::Sender<Incoming>> {
+        let shards = self.shards.read().unwrap_or_else(|p| p.into_inner());
+        let shards = shards.as_ref()?;
+        Some(shards[shard_of(did, shards.len())].clone())
+    }
+
+    /// Takes no more events; the workers finish what is queued and end.
+    pub fn close(&self) {
+        self.shards.write().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     /// Bytes currently queued.
@@ -71,29 +127,36 @@ impl ValidationStage {
     }
 }
 
-pub fn spawn_workers(relay: Arc<Relay>, receivers: Vec<mpsc::Receiver<Incoming>>) {
-    for mut receiver in receivers {
-        let relay = relay.clone();
-        tokio::spawn(async move {
-            while let Some(incoming) = receiver.recv().await {
-                let started = std::time::Instant::now();
-                process(&relay, incoming).await;
-                relay.metrics.validation_seconds.observe(started.elapsed().as_secs_f64());
-                relay
-                    .metrics
-                    .queue_bytes
-                    .with_label_values(&["validation"])
-                    .set(relay.validation.queued_bytes() as i64);
-            }
-        });
-    }
+/// Starts one worker per queue; each ends once the intake is closed and its queue is empty.
+pub fn spawn_workers(
+    deps: Arc<ValidationDeps>,
+    receivers: Vec<mpsc::Receiver<Incoming>>,
+) -> Vec<JoinHandle<()>> {
+    receivers
+        .into_iter()
+        .map(|mut receiver| {
+            let relay = deps.clone();
+            tokio::spawn(async move {
+                while let Some(incoming) = receiver.recv().await {
+                    let started = std::time::Instant::now();
+                    process(&relay, incoming).await;
+                    relay.metrics.validation_seconds.observe(started.elapsed().as_secs_f64());
+                    relay
+                        .metrics
+                        .queue_bytes
+                        .with_label_values(&["validation"])
+                        .set(relay.intake.queued_bytes() as i64);
+                }
+            })
+        })
+        .collect()
 }
 
-fn reject(relay: &Relay, reason: &str) {
+fn reject(relay: &ValidationDeps, reason: &str) {
     relay.metrics.rejections.with_label_values(&[reason]).inc();
 }
 
-async fn process(relay: &Arc<Relay>, incoming: Incoming) {
+async fn process(relay: &ValidationDeps, incoming: Incoming) {
     let Incoming { host_id, hostname, mut event, in_flight, .. } = incoming;
     // Shape first: nothing is looked up or stored for a malformed event.
     if let Err(rejection) = super::verdict::check_fields(&event) {
@@ -107,7 +170,7 @@ async fn process(relay: &Arc<Relay>, incoming: Incoming) {
     // Database trouble holds the event (and slows intake), it never drops it.
     let mut store_retry = StoreRetry::new(&did);
     let known = loop {
-        match relay.known_account(&did).await {
+        match relay.accounts.known(&did).await {
             Ok(known) => break known,
             Err(error) => store_retry.wait(relay, "loading account state", error).await,
         }
@@ -115,7 +178,7 @@ async fn process(relay: &Arc<Relay>, incoming: Incoming) {
     // A new account costs a row: refuse it here when its host is full, before any lookup.
     if known.is_none() {
         let room = loop {
-            match relay.host_has_room(host_id).await {
+            match relay.accounts.host_has_room(host_id).await {
                 Ok(room) => break room,
                 Err(error) => store_retry.wait(relay, "counting the host's accounts", error).await,
             }
@@ -141,10 +204,10 @@ async fn process(relay: &Arc<Relay>, incoming: Incoming) {
     // #account carries the upstream's status; judge the event itself as active.
     let active = matches!(event, Event::Account(_)) || known.as_ref().is_none_or(|a| a.is_active());
     let known_on_source = known.as_ref().is_some_and(|a| a.host_id == Some(host_id));
-    let now = super::verdict::now_micros();
+    let now = crate::clock::now_micros();
     // Lenient validation per host (RELAY_LENIENT_HOSTS) for upstreams not yet on Sync 1.1.
     let policy = match relay.config.is_lenient_host(&hostname) {
-        true => super::verdict::Policy { lenient: true, ..relay.policy },
+        true => Policy { lenient: true, ..relay.policy },
         false => relay.policy,
     };
     let judge = |identity: Option<&crate::identity::Identity>| {
@@ -177,7 +240,7 @@ async fn process(relay: &Arc<Relay>, incoming: Incoming) {
     let account = match known {
         Some(account) => account,
         None => loop {
-            match relay.create_account(&did, host_id).await {
+            match relay.accounts.create(&did, host_id).await {
                 Ok(Some(account)) => break account,
                 Ok(None) => return reject(relay, "host_account_limit"),
                 Err(error) => store_retry.wait(relay, "storing a new account", error).await,
@@ -192,9 +255,13 @@ async fn process(relay: &Arc<Relay>, incoming: Incoming) {
     };
     step.done("apply");
     relay.metrics.events_accepted.with_label_values(&[event.type_name()]).inc();
-    relay.note_accepted();
+    relay.activity.note_accepted();
     let outgoing = Outgoing { did, event, in_flight: Some(in_flight), state };
-    let _ = relay.sequencer.input.send(outgoing).await;
+    if relay.sequencer.send(outgoing).await.is_err() {
+        // Only at shutdown, after ingest stopped: the sequencer closes after these workers
+        // end, so this does not happen; if it did, the host re-sends the event.
+        tracing::warn!("sequencer closed before the validation stage drained");
+    }
     step.done("sequencer_queue");
 }
 
@@ -210,7 +277,7 @@ const HOLD_MAX_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 /// treated as having no working identity (`identity_unavailable`); the PLC directory is
 /// waited for as long as it takes.
 async fn resolve_holding(
-    relay: &Relay,
+    relay: &ValidationDeps,
     did: &str,
     fresh: bool,
 ) -> Result<Option<Arc<crate::identity::Identity>>, Rejection> {
@@ -244,7 +311,7 @@ async fn resolve_holding(
 
 /// One lookup: `Err` only for a transient failure.
 async fn lookup(
-    relay: &Relay,
+    relay: &ValidationDeps,
     did: &str,
     fresh: bool,
 ) -> Result<Option<Arc<crate::identity::Identity>>, crate::identity::ResolveError> {
@@ -269,7 +336,7 @@ impl<'d> StoreRetry<'d> {
         StoreRetry { did, failures: 0, delay: HOLD_FIRST_RETRY }
     }
 
-    async fn wait(&mut self, relay: &Relay, what: &str, error: crate::storage::StoreError) {
+    async fn wait(&mut self, relay: &ValidationDeps, what: &str, error: crate::storage::StoreError) {
         self.failures += 1;
         if self.failures == 1 || self.failures % 10 == 0 {
             tracing::error!(%error, did = %self.did, failures = self.failures, "{what} failed; holding the event and retrying");
@@ -281,10 +348,10 @@ impl<'d> StoreRetry<'d> {
 }
 
 /// Counts an account in `relay_identity_held_accounts` while it waits.
-struct HeldAccount<'r>(&'r Relay);
+struct HeldAccount<'r>(&'r ValidationDeps);
 
 impl<'r> HeldAccount<'r> {
-    fn new(relay: &'r Relay) -> Self {
+    fn new(relay: &'r ValidationDeps) -> Self {
         relay.metrics.identity_held_accounts.inc();
         HeldAccount(relay)
     }
@@ -298,12 +365,12 @@ impl Drop for HeldAccount<'_> {
 
 /// Observes the time since the previous step into `relay_validation_step_seconds`.
 struct StepTimer<'r> {
-    relay: &'r Relay,
+    relay: &'r ValidationDeps,
     last: std::time::Instant,
 }
 
 impl<'r> StepTimer<'r> {
-    fn new(relay: &'r Relay) -> Self {
+    fn new(relay: &'r ValidationDeps) -> Self {
         StepTimer { relay, last: std::time::Instant::now() }
     }
 
@@ -317,7 +384,7 @@ impl<'r> StepTimer<'r> {
 
 /// Persists what an accepted event changes, and adjusts the outgoing event.
 async fn apply(
-    relay: &Relay,
+    relay: &ValidationDeps,
     account: &crate::storage::Account,
     host_id: i64,
     event: &mut Event,
@@ -331,11 +398,7 @@ async fn apply(
     // (`#identity` needs nothing here: it was judged on a freshly fetched document, which
     // is now cached.)
     if let Event::Account(upstream) = event {
-        let status = if upstream.active {
-            "active".to_string()
-        } else {
-            upstream.status.clone().unwrap_or_else(|| "deactivated".into())
-        };
+        let status = AccountStatus::from_event(upstream.active, upstream.status.as_deref());
         relay.store.set_upstream_status(&account.did, &status).await?;
         updated.upstream_status = status;
         // Hop by hop: consumers see the status at this relay (a local takedown wins).
@@ -358,6 +421,6 @@ async fn apply(
         }
         update = Some(crate::sequence::StateUpdate { rev: state.rev.clone(), data, commit: commit_cid });
     }
-    relay.cache_account(updated);
+    relay.accounts.remember(updated);
     Ok(update)
 }

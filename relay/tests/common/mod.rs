@@ -71,28 +71,31 @@ pub struct Running {
     pub internal: std::net::SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
+    /// The started relay's tasks, for the ordered shutdown.
+    wiring: relay::wiring::Running,
 }
 
 pub async fn start_relay(config: relay::config::ServeConfig) -> Running {
-    let relay = relay::app::Relay::start(config).await.expect("relay starts");
+    let wiring = relay::wiring::start(config).await.expect("relay starts");
+    let relay = wiring.relay.clone();
     let (public, internal) = relay::server::bind(&relay).await.expect("bind");
     let (public_addr, internal_addr) =
         (public.local_addr().expect("addr"), internal.local_addr().expect("addr"));
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = relay.clone();
     let task = tokio::spawn(async move {
-        serving.resume_hosts().await.expect("resume");
+        serving.hosts.resume_hosts().await.expect("resume");
         relay::server::serve(serving, public, internal, async {
             let _ = stop_rx.await;
         })
         .await
         .expect("serve");
     });
-    Running { relay, public: public_addr, internal: internal_addr, stop, task }
+    Running { relay, public: public_addr, internal: internal_addr, stop, task, wiring }
 }
 
 pub async fn stop_relay(running: Running) {
-    running.relay.shutdown().await;
+    running.wiring.shutdown().await;
     let _ = running.stop.send(());
     let _ = running.task.await;
 }
@@ -111,8 +114,7 @@ pub async fn wait_for(what: &str, deadline: std::time::Duration, mut done: impl 
 
 /// Waits until the relay has an open subscription to at least `hosts` hosts.
 pub async fn wait_connected(relay: &relay::app::Relay, hosts: usize) {
-    let connected =
-        || relay.hosts.lock().map(|h| h.values().filter(|x| x.is_connected()).count()).unwrap_or(0);
+    let connected = || relay.hosts.connected();
     wait_for("hosts to connect", std::time::Duration::from_secs(20), || connected() >= hosts).await;
 }
 
