@@ -45,6 +45,22 @@ python3 config/dashboards/generate.py --check
 python3 scripts/lib/monitoring.py dashboards config/dashboards > "$work/dashboard-exprs.json"
 echo "config/dashboards: generated files up to date; $(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "$work/dashboard-exprs.json") queries in valid dashboard JSON"
 
+step "kustomize"
+kubectl_bin=$(command -v kubectl || true)
+if [[ -z $kubectl_bin ]]; then
+    for candidate in "${KUBEBUILDER_ASSETS:-/nonexistent}/kubectl" "${RELAY_CACHE_DIR:-$HOME/.cache/atproto-relay}"/kubebuilder-assets/*/kubectl; do
+        [[ -x $candidate ]] && { kubectl_bin=$candidate; break; }
+    done
+fi
+if [[ -n $kubectl_bin ]]; then
+    for dir in config/dashboards config/prometheus; do
+        objects=$("$kubectl_bin" kustomize "$dir" | grep -c '^kind:')
+        echo "$dir: renders $objects objects"
+    done
+else
+    echo "SKIPPED: no kubectl (PATH, KUBEBUILDER_ASSETS or the e2e control plane cache) to render the kustomizations"
+fi
+
 step "rules: promtool check rules"
 rule_files=()
 for source in config/prometheus/*.yaml; do
@@ -98,12 +114,7 @@ if [[ -z $metrics_file ]]; then
         exit 1
     fi
     # The expressions still have to parse.
-    python3 -c '
-import json, sys
-bad = [r for r in json.load(open(sys.argv[1])) if r.get("error")]
-for r in bad:
-    print(f"{r[\"source\"]}: PromQL does not parse: {r[\"error\"]}", file=sys.stderr)
-sys.exit(1 if bad else 0)' "$work/selectors.json"
+    python3 scripts/lib/monitoring.py check-parse "$work/selectors.json"
     echo "SKIPPED: no relay metrics file (argument or RELAY_METRICS_FILE); all queries parse"
 else
     [[ -s $metrics_file ]] || { echo "$metrics_file: missing or empty" >&2; exit 1; }

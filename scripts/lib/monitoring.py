@@ -6,6 +6,7 @@
     monitoring.py dashboards DIR                            check the ConfigMaps; print their exprs (JSON)
     monitoring.py rule-exprs RULES.yaml...                  print the rules' exprs (JSON)
     monitoring.py check-names METRICS_FILE SELECTORS.json   every metric used exists in METRICS_FILE
+    monitoring.py check-parse SELECTORS.json                every expression parsed
 
 Needs PyYAML (Debian: python3-yaml; check-monitoring.sh installs it when missing).
 """
@@ -270,6 +271,14 @@ def check_names(metrics_file, selectors_file):
     )
 
 
+def check_parse(selectors_file):
+    bad = [r for r in json.loads(Path(selectors_file).read_text()) if r.get("error")]
+    for result in bad:
+        print(f"{result['source']}: PromQL does not parse: {result['error']}", file=sys.stderr)
+    if bad:
+        sys.exit(1)
+
+
 def main():
     if len(sys.argv) < 2:
         fail(__doc__)
@@ -282,6 +291,8 @@ def main():
         print(json.dumps(dashboards(args[0]), indent=1))
     elif command == "rule-exprs" and args:
         print(json.dumps(rule_exprs(args), indent=1))
+    elif command == "check-parse" and len(args) == 1:
+        check_parse(*args)
     elif command == "check-names" and len(args) == 2:
         check_names(*args)
     else:
