@@ -334,16 +334,35 @@ spec:
           x-kubernetes-preserve-unknown-fields: true
 "#;
 
+/// config/prometheus also ships PrometheusRules (the relay alerts).
+const PROMETHEUS_RULE_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: prometheusrules.monitoring.coreos.com
+spec:
+  group: monitoring.coreos.com
+  names: {kind: PrometheusRule, listKind: PrometheusRuleList, plural: prometheusrules, singular: prometheusrule}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          x-kubernetes-preserve-unknown-fields: true
+"#;
+
 async fn install(env: &mut Env) -> anyhow::Result<()> {
-    // The prometheus-operator CRD first, so the operator's first reconcile sees it.
-    env.kubectl_stdin(&["apply", "-f", "-"], Some(SERVICE_MONITOR_CRD)).await?;
-    env.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/servicemonitors.monitoring.coreos.com",
-        "--timeout=60s",
-    ])
-    .await?;
+    // The prometheus-operator CRDs first, so the operator's first reconcile sees them.
+    for (crd, name) in [
+        (SERVICE_MONITOR_CRD, "crd/servicemonitors.monitoring.coreos.com"),
+        (PROMETHEUS_RULE_CRD, "crd/prometheusrules.monitoring.coreos.com"),
+    ] {
+        env.kubectl_stdin(&["apply", "-f", "-"], Some(crd)).await?;
+        env.kubectl(&["wait", "--for=condition=Established", name, "--timeout=60s"]).await?;
+    }
     env.kubectl(&["apply", "-k", "config/default"]).await?;
     env.kubectl(&["wait", "--for=condition=Established", "crd/relays.atrelay.dev", "--timeout=60s"]).await?;
     env.kubectl(&["apply", "-k", "config/prometheus"]).await?;

@@ -1,17 +1,24 @@
 //! Status: conditions and observed state computed from what was applied (or why
-//! nothing could be), written only when it differs from what is already there.
+//! nothing could be), written only when it differs from what is already there. The
+//! conditions come from per-subsystem builders in [`conditions`]; the workload state they
+//! read from [`workload`].
+
+pub mod conditions;
+pub mod workload;
 
 use super::build::{internal_service_name, MANAGER};
 use super::Context;
-use crate::crd::conditions::{self as cond, Desired, Status};
+use crate::crd::conditions::{self as cond, Desired};
 use crate::crd::{Endpoints, Relay, RelayStatus};
 use crate::Error;
+use conditions::{Observed, Stall};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
+pub use workload::{workload, Workload};
 
 /// How this reconcile ended, as far as status is concerned.
 pub enum Outcome<'a> {
@@ -23,133 +30,19 @@ pub enum Outcome<'a> {
     Stalled { reason: &'static str, message: String, statefulset: Option<&'a StatefulSet> },
 }
 
-/// State of the relay workload as read from its StatefulSet.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Workload {
-    pub available: bool,
-    pub ready_replicas: i32,
-    pub reason: &'static str,
-    pub message: String,
-}
-
-pub fn workload(statefulset: Option<&StatefulSet>, stopped: bool) -> Workload {
-    let Some(statefulset) = statefulset else {
-        return Workload {
-            available: false,
-            ready_replicas: 0,
-            reason: "StatefulSetMissing",
-            message: "the StatefulSet does not exist yet".into(),
-        };
-    };
-    let status = statefulset.status.clone().unwrap_or_default();
-    let ready = status.ready_replicas.unwrap_or(0);
-    let wanted = statefulset.spec.replicas.unwrap_or(1);
-    let generation = statefulset.metadata.generation.unwrap_or(0);
-    let unavailable =
-        |reason, message: String| Workload { available: false, ready_replicas: ready, reason, message };
-    if stopped {
-        return unavailable("Stopped", "the relay is stopped (spec.operation.stopped)".into());
-    }
-    if status.observed_generation.unwrap_or(0) < generation {
-        return unavailable(
-            "RolloutPending",
-            "the StatefulSet controller has not seen the latest spec yet".into(),
-        );
-    }
-    if status.update_revision.is_some() && status.current_revision != status.update_revision {
-        let updated = status.updated_replicas.unwrap_or(0);
-        return unavailable(
-            "RollingOut",
-            format!("rolling out: {updated}/{wanted} pods updated, {ready} ready"),
-        );
-    }
-    if ready < wanted {
-        return unavailable("PodsNotReady", format!("{ready}/{wanted} relay pods ready"));
-    }
-    Workload {
-        available: true,
-        ready_replicas: ready,
-        reason: "StatefulSetReady",
-        message: format!("{ready}/{wanted} relay pods ready"),
-    }
-}
-
-/// The conditions this operator owns, for an outcome.
+/// The conditions this operator owns, for an outcome, and the workload they were read from.
 pub fn desired_conditions(relay: &Relay, outcome: &Outcome) -> (Vec<Desired>, Workload) {
-    let stopped = relay.spec.operation.stopped;
     let (statefulset, stall, paused) = match outcome {
         Outcome::Applied(sts) => (Some(*sts), None, false),
         Outcome::Paused(sts) => (*sts, None, true),
         Outcome::Stalled { reason, message, statefulset } => {
-            (*statefulset, Some((*reason, message.clone())), false)
+            (*statefulset, Some(Stall { reason, message: message.as_str() }), false)
         }
     };
+    let stopped = relay.spec.operation.stopped;
     let work = workload(statefulset, stopped);
-    let mut conditions = Vec::new();
-    let workload_condition = Desired::new(
-        cond::WORKLOAD_AVAILABLE,
-        Status::from_bool(work.available),
-        work.reason,
-        work.message.clone(),
-    );
-    match (&stall, paused) {
-        (Some((reason, message)), _) => {
-            conditions.push(Desired::new(cond::READY, Status::False, reason, message.clone()));
-            conditions.push(Desired::new(
-                cond::RECONCILING,
-                Status::False,
-                reason,
-                "waiting for a change to the Relay",
-            ));
-            conditions.push(Desired::new(cond::STALLED, Status::True, reason, message.clone()));
-        }
-        (None, true) => {
-            conditions.push(Desired::new(
-                cond::READY,
-                Status::from_bool(work.available),
-                if work.available { "RelayReady" } else { work.reason },
-                work.message.clone(),
-            ));
-            conditions.push(Desired::new(
-                cond::RECONCILING,
-                Status::False,
-                "Paused",
-                "reconciliation is paused",
-            ));
-            conditions.push(Desired::new(cond::STALLED, Status::False, "Paused", ""));
-        }
-        (None, false) => {
-            let (ready_reason, ready_message) = if work.available {
-                ("RelayReady", format!("relay serving; {}", work.message))
-            } else {
-                (work.reason, work.message.clone())
-            };
-            conditions.push(Desired::new(
-                cond::READY,
-                Status::from_bool(work.available),
-                ready_reason,
-                ready_message,
-            ));
-            let converging = !work.available && !stopped;
-            conditions.push(Desired::new(
-                cond::RECONCILING,
-                Status::from_bool(converging),
-                if converging { work.reason } else { "ReconcileSucceeded" },
-                if converging { work.message.clone() } else { String::new() },
-            ));
-            conditions.push(Desired::new(cond::STALLED, Status::False, "ReconcileSucceeded", ""));
-        }
-    }
-    conditions.push(workload_condition);
-    if paused {
-        conditions.push(Desired::new(
-            cond::RECONCILIATION_PAUSED,
-            Status::True,
-            "Paused",
-            "spec.operation.reconciliationPaused is true: the operator changes nothing",
-        ));
-    }
-    (conditions, work)
+    let observed = Observed { workload: &work, stopped, paused, stall };
+    (conditions::assemble(&observed), work)
 }
 
 /// The full status for an outcome, keeping transition times of unchanged conditions.
@@ -237,4 +130,47 @@ pub fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     text[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::fixtures::relay_from_yaml;
+
+    fn relay(operation: &str) -> Relay {
+        relay_from_yaml(&format!(
+            "apiVersion: atrelay.dev/v1alpha1\nkind: Relay\nmetadata: {{name: r}}\nspec:\n  image: x:1\n  operation: {operation}\n"
+        ))
+    }
+
+    fn summary(conditions: &[Desired]) -> Vec<(&str, &str, &str)> {
+        conditions.iter().map(|c| (c.type_, c.status.as_str(), c.reason)).collect()
+    }
+
+    #[test]
+    fn outcomes_map_onto_the_builders() {
+        let stalled = Outcome::Stalled { reason: "InvalidSpec", message: "bad".into(), statefulset: None };
+        let (conditions, work) = desired_conditions(&relay("{}"), &stalled);
+        assert_eq!(work.reason, "StatefulSetMissing");
+        assert_eq!(
+            summary(&conditions),
+            [
+                ("Ready", "False", "InvalidSpec"),
+                ("Reconciling", "False", "InvalidSpec"),
+                ("Stalled", "True", "InvalidSpec"),
+                ("WorkloadAvailable", "False", "StatefulSetMissing"),
+            ]
+        );
+        let (conditions, _) = desired_conditions(&relay("{stopped: true}"), &Outcome::Paused(None));
+        assert_eq!(
+            summary(&conditions),
+            [
+                ("Ready", "False", "StatefulSetMissing"),
+                ("Reconciling", "False", "Paused"),
+                ("Stalled", "False", "Paused"),
+                ("WorkloadAvailable", "False", "StatefulSetMissing"),
+                ("ReconciliationPaused", "True", "Paused"),
+            ]
+        );
+    }
 }
