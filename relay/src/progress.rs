@@ -68,6 +68,11 @@ impl HostProgress {
         }
     }
 
+    /// Events received and not yet durable nor dropped.
+    pub fn in_flight_count(&self) -> usize {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// The cursor last stored in the database.
     pub fn saved(&self) -> i64 {
         self.saved.load(Ordering::Relaxed)

@@ -195,6 +195,7 @@ impl Running {
         let started = std::time::Instant::now();
         background.shutdown().await;
         let progress = relay.hosts.progress_of_all();
+        let in_flight: usize = progress.iter().map(|(_, host)| host.in_flight_count()).sum();
         relay.hosts.stop_all().await;
         relay.validation.close();
         for worker in validation {
@@ -220,6 +221,7 @@ impl Running {
         }
         tracing::info!(
             seconds = started.elapsed().as_secs_f64(),
+            events_in_flight_at_stop = in_flight,
             head = relay.sequencer.current_head(),
             "shutdown complete: queues drained, log and indexes closed"
         );

@@ -91,10 +91,10 @@ async fn run(
         if *stop.borrow() {
             break;
         }
-        let outcome = tokio::select! {
-            outcome = subscribe_once(&hosts, &host, &connected, &progress, use_cursor) => outcome,
-            _ = stop.changed() => break,
-        };
+        // Not raced against `stop`: the subscription watches it itself, at points where no
+        // event is half handed over (dropping it while it waits to queue an event would mark
+        // that event done without it ever reaching the log).
+        let outcome = subscribe_once(&hosts, &host, &connected, &progress, use_cursor, &mut stop).await;
         connected.store(false, Ordering::Relaxed);
         hosts.metrics.hosts_connected.set(count_connected(&hosts));
         save_cursor(&hosts, &host, &progress).await;
@@ -107,6 +107,7 @@ async fn run(
                 failures = 0;
             }
             Ended::Clean => failures = 0,
+            Ended::Stopped => break,
             Ended::Failed(error) => {
                 failures += 1;
                 tracing::info!(host = %host.hostname, failures, %error, "upstream subscription ended");
@@ -193,6 +194,8 @@ pub(crate) async fn save_moved_cursors(hosts: &HostRegistry, progress: Vec<(i64,
 
 enum Ended {
     Clean,
+    /// The registry stopped this subscription (unsubscribed, or the relay is shutting down).
+    Stopped,
     FutureCursor,
     Failed(String),
 }
@@ -203,6 +206,7 @@ async fn subscribe_once(
     connected: &AtomicBool,
     progress: &Arc<HostProgress>,
     use_cursor: bool,
+    stop: &mut watch::Receiver<bool>,
 ) -> Ended {
     let scheme = if host.ssl { "wss" } else { "ws" };
     // Events still in the pipeline will be processed: resume after the last one received.
@@ -231,7 +235,11 @@ async fn subscribe_once(
             .await
             .map_err(|e| e.to_string())
     };
-    let (mut socket, _) = match tokio::time::timeout(connect_timeout, connect).await {
+    let connecting = tokio::select! {
+        connecting = tokio::time::timeout(connect_timeout, connect) => connecting,
+        _ = stop.changed() => return Ended::Stopped,
+    };
+    let (mut socket, _) = match connecting {
         Ok(Ok(pair)) => pair,
         Ok(Err(error)) => return Ended::Failed(format!("connect: {error}")),
         Err(_) => return Ended::Failed("connect timed out".into()),
@@ -269,6 +277,7 @@ async fn subscribe_once(
     loop {
         let next = tokio::select! {
             next = socket.next() => next,
+            _ = stop.changed() => return Ended::Stopped,
             _ = &mut idle_check => {
                 idle_check.as_mut().reset(tokio::time::Instant::now() + check_period);
                 if last_read.elapsed() > idle_timeout {
@@ -318,7 +327,11 @@ async fn subscribe_once(
         };
         // Every frame, relayed or not, goes through the host's event rate: a flood of
         // `#info` or unknown frames slows the host down like any other.
-        if limiter.take().await {
+        let throttled = tokio::select! {
+            throttled = limiter.take() => throttled,
+            _ = stop.changed() => return Ended::Stopped,
+        };
+        if throttled {
             hosts.metrics.host_throttled.inc();
         }
         let seq = match &event {
@@ -346,9 +359,16 @@ async fn subscribe_once(
             hosts.metrics.rejections.with_label_values(&["seq_not_increasing"]).inc();
             continue;
         }
-        if needs_identity_lookup(hosts, &event) && lookups.take().await {
-            hosts.metrics.host_identity_throttled.inc();
+        if needs_identity_lookup(hosts, &event) {
+            let throttled = tokio::select! {
+                throttled = lookups.take() => throttled,
+                _ = stop.changed() => return Ended::Stopped,
+            };
+            if throttled {
+                hosts.metrics.host_identity_throttled.inc();
+            }
         }
+        // From here the event is in flight: nothing below returns before it is queued.
         let in_flight = progress.start(seq);
         if progress.idle.swap(false, Ordering::Relaxed) {
             let _ = hosts.store.set_host_status(host.id, HostStatus::Active).await;
