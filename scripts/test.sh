@@ -124,9 +124,16 @@ if [ -n "$fuzz_forbidden" ]; then
   exit 1
 fi
 
+step "relay architecture: stages take handles from the wiring function, never the wiring module"
+scripts/check-architecture.sh
+
 step "cargo test (the e2e suite runs the relay and operator binaries as pods)"
 cargo build --workspace --locked --bins
 cargo test --workspace --locked
+
+step "dashboards and alerts (promtool, and every metric they name in a busy relay's /metrics)"
+# relay/tests/coverage.rs saved that /metrics output during the test run above.
+CHECK_MONITORING_REQUIRE_METRICS=1 scripts/check-monitoring.sh "$CARGO_TARGET_DIR/tmp/relay-metrics.prom"
 
 step "benchmark builds"
 cargo bench -p relay --benches --locked --no-run

@@ -110,7 +110,7 @@ impl Metrics {
             let _ = registry.register(Box::new(process));
         }
         let fast = vec![0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
-        Metrics {
+        let metrics = Metrics {
             events_in: counter_vec(
                 &registry,
                 "relay_events_received_total",
@@ -287,6 +287,35 @@ impl Metrics {
                 &["reference", "result"],
             ),
             registry,
+        };
+        metrics.initialise_series();
+        metrics
+    }
+
+    /// Puts a zero series of each labelled counter in `/metrics` from the start: a counter
+    /// vector with no series prints nothing, so a rate over it (and the check that
+    /// dashboards and alerts name real metrics) would find no metric until first used.
+    fn initialise_series(&self) {
+        for kind in ["commit", "sync", "identity", "account"] {
+            self.events_in.with_label_values(&[kind]);
+            self.events_accepted.with_label_values(&[kind]);
+        }
+        // The reasons ingest and the validation stage give themselves; the verdict's own
+        // reasons appear as they happen.
+        for reason in [
+            "bad_frame",
+            "oversize",
+            "oversize_frame",
+            "seq_not_increasing",
+            "unknown_type",
+            "upstream_error",
+            "upstream_info",
+            "host_account_limit",
+        ] {
+            self.rejections.with_label_values(&[reason]);
+        }
+        for limit in ["total", "per_ip"] {
+            self.consumers_refused.with_label_values(&[limit]);
         }
     }
 

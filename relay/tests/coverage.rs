@@ -595,6 +595,22 @@ fn metric(running: &Running, line_start: &str) -> Option<f64> {
     text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// Where a busy relay's `/metrics` (with a coverage sample, events and the collection index)
+/// is saved for `scripts/check-monitoring.sh`, which checks that every metric the dashboards
+/// and alerts name exists (scripts/test.sh runs it after the tests).
+const MONITORING_METRICS_FILE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/relay-metrics.prom");
+
+async fn save_metrics_for_the_monitoring_check(running: &Running) {
+    let text = reqwest::get(format!("http://{}/metrics", running.internal))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    assert!(text.contains("relay_coverage_ratio{"), "a coverage sample is in /metrics");
+    std::fs::write(MONITORING_METRICS_FILE, text).expect("saving /metrics");
+}
+
 /// A relay checking itself against a reference that sees all ten hosts: ready while it sees
 /// them too, not ready (with the reason) two samples after half its hosts are cut, ready
 /// again once they are back.
@@ -629,6 +645,7 @@ async fn the_self_check_flips_readiness_when_hosts_are_cut_and_back() {
         }
     })
     .await;
+    save_metrics_for_the_monitoring_check(&checked).await;
 
     let client = reqwest::Client::new();
     let cut: Vec<String> = sim.hosts[..5].iter().map(|h| h.hostname()).collect();

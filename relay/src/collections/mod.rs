@@ -98,7 +98,7 @@ impl CollectionMetrics {
             register(registry, IntCounterVec::new(Opts::new(name, help), labels).expect("metric"))
         };
         let gauge = |name: &str, help: &str| register(registry, IntGauge::new(name, help).expect("metric"));
-        CollectionMetrics {
+        let metrics = CollectionMetrics {
             pairs: gauge("relay_collections_pairs", "Listed (DID, collection) pairs (RocksDB estimate)"),
             changes: counter_vec(
                 "relay_collections_changes_total",
@@ -166,6 +166,30 @@ impl CollectionMetrics {
                 )
                 .expect("metric"),
             ),
+        };
+        metrics.initialise_series();
+        metrics
+    }
+
+    /// Puts a zero series of each labelled counter in `/metrics` from the start: a counter
+    /// vector with no series prints nothing, so rates and alerts over it (and the check
+    /// that dashboards name real metrics) would see no metric at all until first used.
+    fn initialise_series(&self) {
+        for kind in ["import", "crawl"] {
+            self.backfill_dids.with_label_values(&[kind]);
+            self.backfill_pages.with_label_values(&[kind]);
+        }
+        for kind in ["import", "crawl", "describe"] {
+            self.backfill_errors.with_label_values(&[kind]);
+        }
+        for result in ["listed", "deleted", "deferred"] {
+            self.verified.with_label_values(&[result]);
+        }
+        for change in ["added", "removed"] {
+            self.changes.with_label_values(&[change]);
+        }
+        for reason in ["inactive", "host_gone", "no_pds", "tombstoned", "unknown_host"] {
+            self.pruned.with_label_values(&[reason]);
         }
     }
 

@@ -159,6 +159,13 @@ pub fn spawn(deps: SelfCheckDeps, config: SelfCheckConfig) -> Option<tokio::task
     if config.references.is_empty() {
         return None;
     }
+    // Every (reference, result) series exists from the start at zero, so "no sample for an
+    // hour" can be told from "never measured" (alerts compare increases).
+    for reference in &config.references {
+        for result in ["ok", "low", "too_few", "truncated", "failed"] {
+            deps.metrics.coverage_samples.with_label_values(&[&reference.label, result]);
+        }
+    }
     Some(tokio::spawn(run(deps, config)))
 }
 
