@@ -485,6 +485,35 @@ async fn collections_mode_reports_exact_counts_and_missing_dids_under_429s() {
     assert!(output.status.success(), "{output:?}");
     assert!(stdout.starts_with("# Relay coverage: collections, "), "{stdout}");
     assert!(stdout.contains("| `com.example.a` | **12** |"), "{stdout}");
+
+    // The summary the operator's CronJob hands back: integers per relay, within 4 KiB.
+    let summary_path = tempdir("collections-summary").join("summary.json");
+    let url_b = format!("http://{}", b.public);
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(["coverage", "--summary-file"])
+        .arg(&summary_path)
+        .args(["collections", "--relay", &url_a, "--relay", &url_b, "--nsids", "com.example.a,com.example.b"])
+        .output()
+        .await
+        .expect("run the binary");
+    assert!(output.status.success(), "{output:?}");
+    let text = std::fs::read_to_string(&summary_path).expect("summary written");
+    assert!(text.len() <= relay::coverage::summary::MAX_SUMMARY_BYTES);
+    let summary: relay::coverage::summary::Summary = serde_json::from_str(&text).expect("summary JSON");
+    assert_eq!((summary.mode.as_str(), summary.error.as_deref()), ("collections", None), "{text}");
+    let counts: Vec<(u64, u64, u64)> = summary
+        .relays
+        .iter()
+        .map(|r| {
+            (
+                r.collections_complete.unwrap_or(9),
+                r.collections_behind.unwrap_or(9),
+                r.collections_zero.unwrap_or(9),
+            )
+        })
+        .collect();
+    assert_eq!(counts.len(), 2, "{text}");
+    assert_eq!(counts[0].0 + counts[0].1 + counts[0].2, 2, "each NSID counted once for a: {text}");
     stop_relay(a).await;
     stop_relay(b).await;
 }
@@ -732,4 +761,20 @@ async fn a_failed_run_exits_non_zero() {
     let (code, stderr, _) =
         run(vec!["collections", "--relay", "http://127.0.0.1:9", "--nsids", "/no/such/list"]).await;
     assert_eq!(code, Some(2), "{stderr}");
+
+    // A failed run still leaves a summary saying why (the CronJob's termination message).
+    let summary_path = tempdir("failed-summary").join("summary.json");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(["coverage", "--summary-file"])
+        .arg(&summary_path)
+        .args(["collections", "--relay", "http://127.0.0.1:9", "--nsids", "/no/such/list"])
+        .output()
+        .await
+        .expect("run the binary");
+    assert_eq!(output.status.code(), Some(2));
+    let summary: relay::coverage::summary::Summary =
+        serde_json::from_str(&std::fs::read_to_string(&summary_path).expect("summary written"))
+            .expect("JSON");
+    assert_eq!(summary.mode, "collections");
+    assert!(summary.error.as_deref().is_some_and(|e| e.contains("/no/such/list")), "{summary:?}");
 }

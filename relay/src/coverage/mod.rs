@@ -20,6 +20,7 @@ pub mod firehose;
 pub mod http;
 pub mod report;
 pub mod selfcheck;
+pub mod summary;
 pub mod wire;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -41,6 +42,10 @@ pub struct CoverageArgs {
     /// Write the report to this file instead of stdout.
     #[arg(long, env = "RELAY_COVERAGE_OUTPUT", global = true)]
     pub output: Option<PathBuf>,
+    /// Also write a compact JSON summary (integers per relay, at most 4,096 bytes) here, also
+    /// when the run fails: `/dev/termination-log` in the operator's coverage CronJob.
+    #[arg(long, env = "RELAY_COVERAGE_SUMMARY_FILE", global = true)]
+    pub summary_file: Option<PathBuf>,
     #[command(subcommand)]
     pub mode: CoverageMode,
 }
@@ -59,6 +64,17 @@ pub enum CoverageMode {
     Collections(collections::CollectionsArgs),
     /// Follow sampled repos to their PDS and compare the relay's commit and status answers.
     Correctness(correctness::CorrectnessArgs),
+}
+
+impl CoverageMode {
+    /// The mode's name, as reports and summaries spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CoverageMode::Firehose(_) => "firehose",
+            CoverageMode::Collections(_) => "collections",
+            CoverageMode::Correctness(_) => "correctness",
+        }
+    }
 }
 
 /// Why a run failed (one variant per stage). Low coverage is never an error.
@@ -201,8 +217,16 @@ pub fn run_blocking(args: CoverageArgs) -> anyhow::Result<bool> {
         .enable_all()
         .build()
         .map_err(|e| CoverageError::Runtime(e.to_string()))?;
-    let report = runtime.block_on(run(&args, progress))?;
-    write_report(&report, args.format, args.output.as_deref())?;
+    let outcome = runtime.block_on(run(&args, progress));
+    if let Some(path) = &args.summary_file {
+        let summary = match &outcome {
+            Ok(report) => summary::Summary::of(report),
+            Err(error) => summary::Summary::failed(args.mode.name(), now_rfc3339(), &error.to_string()),
+        };
+        std::fs::write(path, summary.to_json())
+            .map_err(|e| CoverageError::Output { path: path.display().to_string(), reason: e.to_string() })?;
+    }
+    write_report(&outcome?, args.format, args.output.as_deref())?;
     Ok(true)
 }
 
