@@ -31,6 +31,7 @@ pub fn internal_router(relay: Arc<Relay>) -> Router {
         .route("/metrics", get(metrics))
         .route("/_health", get(crate::xrpc::health))
         .route("/_ready", get(ready))
+        .route("/_serving", get(serving))
         .with_state(relay.clone())
         .merge(crate::admin::router(relay))
         .merge(crawl)
@@ -55,6 +56,22 @@ async fn ready(State(relay): State<Arc<Relay>>) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not ready", "reason": reason})))
                 .into_response()
         }
+    }
+}
+
+/// Serving: the firehose (live and replay) and XRPC can be answered now — the log is open
+/// and the database answers. Unlike `/_ready` it does not wait for upstream hosts to connect
+/// (replays do not need them), so a restarted relay is back in its public Service within
+/// seconds while thousands of hosts are still being dialled. `/_ready` stays the "caught up"
+/// signal: hosts connected, events flowing, coverage good.
+async fn serving(State(relay): State<Arc<Relay>>) -> Response {
+    match relay.store.ping().await {
+        Ok(()) => Json(json!({"status": "serving", "head": relay.sequencer.current_head()})).into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not serving", "reason": "database unavailable"})),
+        )
+            .into_response(),
     }
 }
 

@@ -2,7 +2,8 @@
 //! stopped with SIGTERM) while a simulated fleet writes, and restarted. A consumer that
 //! reconnects with its last cursor must see every relay seq exactly once, and every commit
 //! the fleet made must arrive exactly once in the end (host cursors resume where the log
-//! ended). A SIGTERM must also end the process cleanly and in bounded time.
+//! ended). A SIGTERM must also end the process cleanly and in bounded time, and a (re)start
+//! must be serving within seconds however many hosts it still has to dial.
 
 use futures_util::StreamExt;
 use relay::atproto::frame::{self, Event};
@@ -272,3 +273,51 @@ async fn sigterm_under_load_drains_everything_and_exits_in_bounded_time() {
 
 /// Commits the fleet holds before the relay first connects.
 const BACKLOG_COMMITS: usize = 4000;
+
+/// Hosts stored before the start that the relay has to dial (none of them answers).
+const HOSTS_TO_DIAL: usize = 3000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_starts_within_seconds_while_thousands_of_hosts_are_dialled() {
+    let dir = std::env::temp_dir().join(format!("relay-start-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).expect("dir");
+    {
+        let url = format!("sqlite://{}", data.join("relay.sqlite").display());
+        let store = relay::storage::Store::connect(&url, 1).await.expect("database");
+        for n in 0..HOSTS_TO_DIAL {
+            // Closed loopback ports: each dial is refused, as for hosts that are down.
+            let hostname = format!("127.0.0.{}:{}", 1 + n / 1000, 1 + n % 1000);
+            store.upsert_host(&hostname, false, 100, false).await.expect("host");
+        }
+    }
+    let (public, internal) = (free_port(), free_port());
+    let started = Instant::now();
+    let mut child = relay_command(&data, "http://127.0.0.1:9", public, internal)
+        .env("RELAY_LOG_LEVEL", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("relay binary starts");
+    let client = reqwest::Client::new();
+    let serving_after = loop {
+        let url = format!("http://127.0.0.1:{internal}/_serving");
+        if let Ok(response) = client.get(&url).send().await {
+            if response.status().is_success() {
+                break started.elapsed();
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "not serving 10 s after start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // A consumer replaying from the start is answered now.
+    let url = format!("ws://127.0.0.1:{public}/xrpc/com.atproto.sync.subscribeRepos?cursor=0");
+    let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("replay accepted while dialling");
+    drop(socket);
+    // Meanwhile the relay is not caught up: most hosts are still to be dialled.
+    let ready = client.get(format!("http://127.0.0.1:{internal}/_ready")).send().await.expect("ready");
+    assert_eq!(ready.status().as_u16(), 503, "not caught up with {HOSTS_TO_DIAL} hosts down");
+    terminate(&mut child, Duration::from_secs(30));
+    eprintln!("serving {:.2} s after start with {HOSTS_TO_DIAL} hosts to dial", serving_after.as_secs_f64());
+    let _ = std::fs::remove_dir_all(&dir);
+}
