@@ -26,6 +26,11 @@ use std::time::{Duration, Instant};
 const NS: &str = "e2e";
 const OPERATOR_NS: &str = "relay-operator-system";
 const RELAY: &str = "relay";
+/// The test node agent's node (its default name).
+const NODE: &str = "e2e-node-1";
+/// `OPERATOR_RUNTIME_INTERVAL` in the suite (60 s by default): short, so several samples
+/// and the write bound fit in a few minutes.
+const RUNTIME_INTERVAL: Duration = Duration::from_secs(10);
 
 struct Env {
     repo: PathBuf,
@@ -101,13 +106,16 @@ async fn run_steps(env: &mut Env) -> bool {
         spec_change_ready(env)
     );
     step!("the relay pod serves the simulated network", relay_serves(env));
+    step!("status.runtime: hosts, events/s, last seq and node read from the relay", runtime_status(env));
     step!(
         "a Postgres Relay: Stalled while its URL Secret is missing, Ready once it exists",
         postgres_relay(env)
     );
-    step!("kubectl get relays prints the columns", printer_columns(env));
+    step!("a Relay naming a missing admin Secret is Stalled", missing_admin_secret(env));
+    step!("kubectl get relays prints the fleet columns", printer_columns(env));
     step!("a ServiceMonitor is created when the prometheus-operator CRD exists", service_monitor(env));
     step!("an unchanged Relay causes zero writes (re-reconcile and operator restart)", zero_writes(env));
+    step!("an idle relay's status is written at most once per runtime interval", runtime_write_bound(env));
     step!("the operator restarted mid-reconcile converges", restart_mid_reconcile(env));
     step!("stopped and reconciliationPaused switches", stop_and_pause(env));
     step!("two operator replicas: exactly one leader", leader_election(env));
@@ -126,7 +134,7 @@ async fn run_steps(env: &mut Env) -> bool {
             Err(_) => println!("{name:<80} {:>9}", "FAILED"),
         }
     }
-    results.len() == 16 && results.iter().all(|(_, r)| r.is_ok())
+    results.len() == 19 && results.iter().all(|(_, r)| r.is_ok())
 }
 
 impl Env {
@@ -306,6 +314,27 @@ fn current(relay: &Value) -> bool {
     relay["status"]["observedGeneration"] == relay["metadata"]["generation"]
 }
 
+/// API writes of the reconcile: every kind but `RelayRuntime`, the runtime sampler's
+/// `status.runtime`, whose own bound `runtime_write_bound` checks.
+fn reconcile_writes(body: &str) -> f64 {
+    metric_sum(body, "relay_operator_api_writes_total") - metric_sum(body, RUNTIME_WRITES)
+}
+
+const RUNTIME_WRITES: &str = "relay_operator_api_writes_total{kind=\"RelayRuntime\"}";
+
+/// Saves a Relay object (without managedFields) for the Argo CD health check's test
+/// (e2e/argocd/test.sh reads `<work>/argocd-fixtures`; e2e/argocd/fixtures are copies).
+fn save_fixture(env: &Env, name: &str, relay: &Value) -> anyhow::Result<()> {
+    let mut relay = relay.clone();
+    if let Some(metadata) = relay["metadata"].as_object_mut() {
+        metadata.remove("managedFields");
+    }
+    let dir = env.work.join("argocd-fixtures");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(format!("{name}.json")), serde_json::to_string_pretty(&relay)? + "\n")?;
+    Ok(())
+}
+
 fn metric_sum(body: &str, name: &str) -> f64 {
     body.lines()
         .filter(|line| line.starts_with(name) && !line.starts_with('#'))
@@ -364,11 +393,33 @@ async fn install(env: &mut Env) -> anyhow::Result<()> {
         env.kubectl(&["wait", "--for=condition=Established", name, "--timeout=60s"]).await?;
     }
     env.kubectl(&["apply", "-k", "config/default"]).await?;
+    grant_pod_reads_if_missing(env).await?;
+    let interval = format!("OPERATOR_RUNTIME_INTERVAL={}s", RUNTIME_INTERVAL.as_secs());
+    // The sampler's debug lines land in the kept pod logs.
+    let log = "RUST_LOG=info,kube=warn,relay_operator::runtime=debug";
+    env.kubectl(&["set", "env", "deployment/relay-operator", "-n", OPERATOR_NS, &interval, log]).await?;
     env.kubectl(&["wait", "--for=condition=Established", "crd/relays.atrelay.dev", "--timeout=60s"]).await?;
     env.kubectl(&["apply", "-k", "config/prometheus"]).await?;
     env.kubectl(&["-n", OPERATOR_NS, "rollout", "status", "deployment/relay-operator", "--timeout=180s"])
         .await?;
     env.kubectl(&["create", "namespace", NS]).await?;
+    Ok(())
+}
+
+/// The runtime sampler reads a relay's pod (its node and IP). Until config/rbac/role.yaml
+/// grants `pods: get`, the suite binds that one rule itself and says so, so the rest of
+/// the operator still runs under exactly the shipped permissions.
+async fn grant_pod_reads_if_missing(env: &Env) -> anyhow::Result<()> {
+    let role: Value =
+        serde_json::from_str(&env.kubectl(&["get", "clusterrole", "relay-operator", "-o", "json"]).await?)?;
+    let grants = role["rules"].as_array().into_iter().flatten().any(|rule| {
+        let has = |key: &str, value: &str| rule[key].as_array().is_some_and(|l| l.iter().any(|v| v == value));
+        has("resources", "pods") && has("verbs", "get")
+    });
+    if !grants {
+        println!("   note: config/rbac/role.yaml lacks `pods: get`; binding e2e/manifests/relay-operator-pod-reader.yaml");
+        env.kubectl(&["apply", "-f", "e2e/manifests/relay-operator-pod-reader.yaml"]).await?;
+    }
     Ok(())
 }
 
@@ -436,6 +487,7 @@ async fn example_not_ready(env: &mut Env) -> anyhow::Result<()> {
         Ok((current(&relay) && condition_is(&relay, "Ready", "False", Some("PodsNotReady"))).then_some(relay))
     })
     .await?;
+    save_fixture(env, "progressing-pods-not-ready", &relay)?;
     for (type_, status) in [("Reconciling", "True"), ("Stalled", "False"), ("WorkloadAvailable", "False")] {
         if !condition_is(&relay, type_, status, None) {
             bail!("expected {type_}={status}: {}", relay["status"]);
@@ -540,6 +592,54 @@ async fn relay_serves(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `status.runtime` shows the simulated network as the relay sees it.
+fn runtime_filled(runtime: &Value) -> bool {
+    runtime["hosts"] == "2/2"
+        && runtime["hostsConnected"] == 2
+        && runtime["hostsKnown"] == 2
+        && runtime["lastSeq"].as_i64().is_some_and(|seq| seq > 0)
+        // A rate needs two samples, one interval apart.
+        && runtime["eventsPerSecond"].as_i64().is_some_and(|rate| rate > 0)
+        && runtime["node"] == NODE
+        && runtime["collections"].is_string()
+        && runtime["sampledAt"].is_string()
+        && runtime.get("error").is_none()
+}
+
+async fn runtime_status(env: &mut Env) -> anyhow::Result<()> {
+    let what = "status.runtime filled from the relay's /metrics";
+    let relay = eventually(what, Duration::from_secs(90), || async {
+        let relay = env.relay().await?;
+        let runtime = &relay["status"]["runtime"];
+        if runtime_filled(runtime) {
+            Ok(Some(relay))
+        } else {
+            Err(anyhow!("status.runtime is {runtime}"))
+        }
+    })
+    .await?;
+    save_fixture(env, "healthy-ready", &relay)?;
+    Ok(())
+}
+
+async fn missing_admin_secret(env: &mut Env) -> anyhow::Result<()> {
+    let manifest = format!(
+        "apiVersion: atrelay.dev/v1alpha1\nkind: Relay\nmetadata:\n  name: stalled\n  namespace: {NS}\nspec:\n  \
+         image: ghcr.io/atrelay/relay:0.1.0\n  admin: {{tokenSecretRef: {{name: no-such-secret, key: token}}}}\n"
+    );
+    env.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest)).await?;
+    let relays = env.relays();
+    let stalled = eventually("Stalled=True/SecretNotFound", Duration::from_secs(30), || async {
+        let relay = serde_json::to_value(relays.get("stalled").await?)?;
+        Ok((current(&relay) && condition_is(&relay, "Stalled", "True", Some("SecretNotFound")))
+            .then_some(relay))
+    })
+    .await?;
+    save_fixture(env, "degraded-secret-not-found", &stalled)?;
+    env.kubectl(&["delete", "relay", "stalled", "-n", NS, "--wait=true", "--timeout=60s"]).await?;
+    Ok(())
+}
+
 /// The PostgreSQL server scripts/test.sh starts; required under CI.
 fn postgres_server() -> anyhow::Result<Option<String>> {
     match std::env::var("RELAY_TEST_POSTGRES_URL") {
@@ -624,24 +724,66 @@ async fn postgres_relay(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A `kubectl get` table: its column names and, per row, the cell under each name. Cells
+/// are cut at their header's offset (kubectl pads columns with at least three spaces and
+/// prints an absent value as nothing), so an empty cell stays in its column.
+fn kubectl_table(text: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let header = text.lines().next().unwrap_or_default();
+    let mut starts = Vec::new();
+    let mut previous = ' ';
+    let mut gap = 2;
+    for (offset, c) in header.char_indices() {
+        if c != ' ' && (offset == 0 || (previous == ' ' && gap >= 2)) {
+            starts.push(offset);
+        }
+        gap = if c == ' ' { gap + 1 } else { 0 };
+        previous = c;
+    }
+    let cell = |line: &str, index: usize| {
+        let end = starts.get(index + 1).copied().unwrap_or(line.len()).min(line.len());
+        line.get(starts[index].min(end)..end).unwrap_or_default().trim().to_string()
+    };
+    let names = (0..starts.len()).map(|i| cell(header, i)).collect();
+    let rows = text.lines().skip(1).map(|line| (0..starts.len()).map(|i| cell(line, i)).collect()).collect();
+    (names, rows)
+}
+
+/// The cell of `column` in the row of `name`.
+fn table_cell<'a>(table: &'a (Vec<String>, Vec<Vec<String>>), name: &str, column: &str) -> Option<&'a str> {
+    let index = table.0.iter().position(|c| c == column)?;
+    table.1.iter().find(|row| row.first().map(String::as_str) == Some(name))?.get(index).map(String::as_str)
+}
+
 async fn printer_columns(env: &mut Env) -> anyhow::Result<()> {
-    let table = env.kubectl(&["get", "relays", "-n", NS]).await?;
-    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
-    if header != ["NAME", "READY", "REASON", "UPSTREAM", "AGE"] {
-        bail!("kubectl get relays header: {header:?}");
+    let text = env.kubectl(&["get", "relays", "-n", NS]).await?;
+    let table = kubectl_table(&text);
+    if table.0 != ["NAME", "READY", "HOSTS", "EVENTS/S", "COVERAGE", "COLLECTIONS", "AGE"] {
+        bail!("kubectl get relays header: {:?}", table.0);
     }
-    let row: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
-    if row.first() != Some(&RELAY) || row.get(1) != Some(&"True") || row.get(2) != Some(&"RelayReady") {
-        bail!("kubectl get relays row: {row:?}");
+    let cell = |column| table_cell(&table, RELAY, column);
+    let number = |value: Option<&str>| value.is_some_and(|v| v.parse::<u64>().is_ok());
+    // No coverage self-check is configured, so that cell is empty; the collection count may
+    // still be 0 (the relay refreshes it every 30 s).
+    if cell("READY") != Some("True")
+        || cell("HOSTS") != Some("2/2")
+        || !number(cell("EVENTS/S"))
+        || cell("COVERAGE") != Some("")
+        || !(number(cell("COLLECTIONS")) || cell("COLLECTIONS") == Some("20+"))
+    {
+        bail!("kubectl get relays row of {RELAY}: {:?}\n{text}", table.1);
     }
-    let wide = env.kubectl(&["get", "rly", "-n", NS, "-o", "wide"]).await?;
-    for column in ["REPLICAS", "IMAGE", "FIREHOSE"] {
-        if !wide.lines().next().unwrap_or_default().contains(column) {
-            bail!("-o wide lacks {column}: {wide}");
+    let wide_text = env.kubectl(&["get", "rly", "-n", NS, "-o", "wide"]).await?;
+    let wide = kubectl_table(&wide_text);
+    for column in ["NODE", "IMAGE", "FIREHOSE URL"] {
+        if !wide.0.iter().any(|c| c == column) {
+            bail!("-o wide lacks {column}: {wide_text}");
         }
     }
-    if !wide.contains("ws://relay.e2e.svc:2470/xrpc/com.atproto.sync.subscribeRepos") {
-        bail!("-o wide lacks the firehose endpoint: {wide}");
+    let firehose = "ws://relay.e2e.svc:2470/xrpc/com.atproto.sync.subscribeRepos";
+    if table_cell(&wide, RELAY, "NODE") != Some(NODE)
+        || table_cell(&wide, RELAY, "FIREHOSE URL") != Some(firehose)
+    {
+        bail!("-o wide lacks the node {NODE} or the firehose endpoint: {wide_text}");
     }
     let category = env.kubectl(&["get", "atproto", "-n", NS]).await?;
     if !category.contains(RELAY) {
@@ -687,8 +829,12 @@ async fn owned_versions(env: &Env) -> anyhow::Result<Vec<(String, String)>> {
         let service = Api::<Service>::namespaced(env.client.clone(), NS).get(name).await?;
         versions.push((format!("service/{name}"), service.resource_version().unwrap_or_default()));
     }
-    let relay = env.relay().await?;
-    versions.push(("relay status".into(), relay["status"].to_string()));
+    let mut status = env.relay().await?["status"].clone();
+    // status.runtime follows the relay's traffic; its writes are bounded, not zero.
+    if let Some(fields) = status.as_object_mut() {
+        fields.remove("runtime");
+    }
+    versions.push(("relay status".into(), status.to_string()));
     Ok(versions)
 }
 
@@ -698,8 +844,7 @@ async fn zero_writes(env: &mut Env) -> anyhow::Result<()> {
     let before_metrics = env.operator_metrics().await?;
     let reconciles_before: f64 =
         before_metrics.iter().map(|(_, m)| metric_sum(m, "relay_operator_reconciles_total")).sum();
-    let writes_before: f64 =
-        before_metrics.iter().map(|(_, m)| metric_sum(m, "relay_operator_api_writes_total")).sum();
+    let writes_before: f64 = before_metrics.iter().map(|(_, m)| reconcile_writes(m)).sum();
     let versions = owned_versions(env).await?;
     env.kubectl(&["annotate", "relay", RELAY, "-n", NS, "e2e.atrelay.dev/touch=1"]).await?;
     eventually("a reconcile after the annotation", Duration::from_secs(30), || async {
@@ -713,12 +858,7 @@ async fn zero_writes(env: &mut Env) -> anyhow::Result<()> {
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let writes_after: f64 = env
-        .operator_metrics()
-        .await?
-        .iter()
-        .map(|(_, m)| metric_sum(m, "relay_operator_api_writes_total"))
-        .sum();
+    let writes_after: f64 = env.operator_metrics().await?.iter().map(|(_, m)| reconcile_writes(m)).sum();
     if writes_after != writes_before {
         bail!("re-reconcile wrote {} times", writes_after - writes_before);
     }
@@ -743,7 +883,7 @@ async fn zero_writes(env: &mut Env) -> anyhow::Result<()> {
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     for (name, metrics) in env.operator_metrics().await? {
-        let writes = metric_sum(&metrics, "relay_operator_api_writes_total");
+        let writes = reconcile_writes(&metrics);
         if !old.contains(&name) && writes != 0.0 {
             bail!("the restarted operator {name} made {writes} writes for an unchanged Relay");
         }
@@ -793,6 +933,41 @@ fn template_image(statefulset: &StatefulSet) -> String {
         .unwrap_or_default()
 }
 
+/// The documented bound: with the relay's values moving (the simulated network keeps
+/// publishing), an otherwise idle Relay costs one status write and one relay request per
+/// runtime interval, and the reconcile writes nothing.
+async fn runtime_write_bound(env: &mut Env) -> anyhow::Result<()> {
+    let env: &Env = env;
+    let window = RUNTIME_INTERVAL * 6;
+    let seq = |relay: &Value| relay["status"]["runtime"]["lastSeq"].as_i64().unwrap_or(0);
+    let seq_before = seq(&env.relay().await?);
+    let runtime_before = operator_metric(env, RUNTIME_WRITES).await?;
+    let reconcile_before = operator_reconcile_writes(env).await?;
+    let scrapes_before = operator_metric(env, "relay_operator_runtime_scrapes_total").await?;
+    tokio::time::sleep(window).await;
+    let runtime = operator_metric(env, RUNTIME_WRITES).await? - runtime_before;
+    let reconcile = operator_reconcile_writes(env).await? - reconcile_before;
+    let scrapes = operator_metric(env, "relay_operator_runtime_scrapes_total").await? - scrapes_before;
+    let seq_after = seq(&env.relay().await?);
+    let bound = (window.as_secs() / RUNTIME_INTERVAL.as_secs() + 1) as f64;
+    println!(
+        "   {window:?}: {runtime} runtime writes, {reconcile} reconcile writes, {scrapes} relay requests (bound {bound}); lastSeq {seq_before} → {seq_after}"
+    );
+    if reconcile != 0.0 {
+        bail!("the reconcile wrote {reconcile} times for an unchanged Relay");
+    }
+    if runtime > bound || scrapes > bound {
+        bail!("{runtime} runtime writes and {scrapes} relay requests in {window:?}: more than one per {RUNTIME_INTERVAL:?}");
+    }
+    // The values did move, so the bound was tested, not met by writing nothing.
+    if seq_after <= seq_before || runtime < 1.0 {
+        bail!(
+            "status.runtime did not follow the relay (lastSeq {seq_before} → {seq_after}, {runtime} writes)"
+        );
+    }
+    Ok(())
+}
+
 async fn restart_mid_reconcile(env: &mut Env) -> anyhow::Result<()> {
     let patch = r#"{"spec":{"image":"ghcr.io/atrelay/relay:0.1.1"}}"#;
     patch_relay(env, patch).await?;
@@ -811,9 +986,10 @@ async fn stop_and_pause(env: &mut Env) -> anyhow::Result<()> {
         let relay = env.relay().await?;
         let stopped = current(&relay) && condition_is(&relay, "Ready", "False", Some("Stopped"));
         let pod_gone = env.pod("relay-0", NS).await?.is_none();
-        Ok((stopped && pod_gone && env.statefulset().await?.spec.replicas == Some(0)).then_some(()))
+        Ok((stopped && pod_gone && env.statefulset().await?.spec.replicas == Some(0)).then_some(relay))
     })
-    .await?;
+    .await
+    .and_then(|relay| save_fixture(env, "suspended-stopped", &relay))?;
     patch_relay(env, r#"{"spec":{"operation":{"stopped":false}}}"#).await?;
     wait_ready_current(env, "Ready=True after un-stopping (hosts resumed from the relay's own store)")
         .await?;
@@ -821,12 +997,13 @@ async fn stop_and_pause(env: &mut Env) -> anyhow::Result<()> {
     let pause =
         r#"{"spec":{"operation":{"reconciliationPaused":true},"image":"ghcr.io/atrelay/relay:0.1.2"}}"#;
     patch_relay(env, pause).await?;
-    eventually("ReconciliationPaused=True", Duration::from_secs(30), || async {
+    let paused = eventually("ReconciliationPaused=True", Duration::from_secs(30), || async {
         let relay = env.relay().await?;
         Ok((current(&relay) && condition_is(&relay, "ReconciliationPaused", "True", Some("Paused")))
-            .then_some(()))
+            .then_some(relay))
     })
     .await?;
+    save_fixture(env, "suspended-reconciliation-paused", &paused)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     if template_image(&env.statefulset().await?) != "ghcr.io/atrelay/relay:0.1.1" {
         bail!("the StatefulSet changed while reconciliation was paused");
@@ -873,10 +1050,10 @@ async fn leader_election(env: &mut Env) -> anyhow::Result<()> {
 /// has finished).
 async fn settled(env: &Env) -> anyhow::Result<()> {
     let until = Instant::now() + Duration::from_secs(90);
-    let mut last = operator_metric(env, "relay_operator_api_writes_total").await?;
+    let mut last = operator_reconcile_writes(env).await?;
     loop {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let now = operator_metric(env, "relay_operator_api_writes_total").await?;
+        let now = operator_reconcile_writes(env).await?;
         if now == last {
             return Ok(());
         }
@@ -885,6 +1062,11 @@ async fn settled(env: &Env) -> anyhow::Result<()> {
         }
         last = now;
     }
+}
+
+/// Reconcile writes (see `reconcile_writes`) over every running operator pod.
+async fn operator_reconcile_writes(env: &Env) -> anyhow::Result<f64> {
+    Ok(env.operator_metrics().await?.iter().map(|(_, m)| reconcile_writes(m)).sum())
 }
 
 /// Total of a metric over every running operator pod.
@@ -920,7 +1102,7 @@ async fn drift_repaired(env: &mut Env) -> anyhow::Result<()> {
     // settle (its status changes are reported, which are writes), then the Relay is idle.
     settled(env).await?;
     // Repaired, and idle again: a re-reconcile of the unchanged Relay writes nothing.
-    let writes = operator_metric(env, "relay_operator_api_writes_total").await?;
+    let writes = operator_reconcile_writes(env).await?;
     let reconciles = operator_metric(env, "relay_operator_reconciles_total").await?;
     env.kubectl(&["annotate", "relay", RELAY, "-n", NS, "--overwrite", "e2e.atrelay.dev/touch=2"]).await?;
     eventually("a reconcile after the annotation", Duration::from_secs(30), || async {
@@ -928,7 +1110,7 @@ async fn drift_repaired(env: &mut Env) -> anyhow::Result<()> {
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = operator_metric(env, "relay_operator_api_writes_total").await?;
+    let after = operator_reconcile_writes(env).await?;
     if after != writes {
         bail!("an idle re-reconcile after the repair wrote {} times", after - writes);
     }

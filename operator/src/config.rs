@@ -42,6 +42,12 @@ pub struct RunConfig {
     #[arg(long, env = "OPERATOR_MISSING_SECRET_POLL", default_value = "30s", value_parser = parse_seconds)]
     pub missing_secret_poll: Duration,
 
+    /// How often each relay's own state (hosts, events/s, seq, coverage, collections) is read
+    /// from its internal listener into `status.runtime`: one request per relay per interval,
+    /// and at most one status write per relay per interval. `0` turns it off.
+    #[arg(long, env = "OPERATOR_RUNTIME_INTERVAL", default_value = "60s", value_parser = parse_seconds)]
+    pub runtime_interval: Duration,
+
     /// How long the answer "does the cluster have ServiceMonitors" is cached.
     #[arg(long, env = "OPERATOR_DISCOVERY_TTL", default_value = "60s", value_parser = parse_seconds)]
     pub discovery_ttl: Duration,

@@ -7,6 +7,7 @@ pub mod crd;
 pub mod leader;
 pub mod metrics;
 pub mod reference;
+pub mod runtime;
 pub mod web;
 
 /// Errors of one reconcile. `is_spec_error` decides between a backoff retry and

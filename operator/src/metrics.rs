@@ -15,6 +15,8 @@ pub struct Metrics {
     pub invalid_objects: prometheus::IntCounter,
     /// 1 while this replica holds the leader Lease (or leader election is off).
     pub leader: IntGauge,
+    /// Requests to relays' internal listeners for `status.runtime`, by result.
+    pub runtime_scrapes: IntCounterVec,
 }
 
 impl Metrics {
@@ -51,6 +53,14 @@ impl Metrics {
             "Relay objects that could not be read as a Relay (skipped; the others are reconciled)",
         )
         .expect("valid metric");
+        let runtime_scrapes = IntCounterVec::new(
+            Opts::new(
+                "relay_operator_runtime_scrapes_total",
+                "GET /metrics requests to relays for status.runtime (one per relay per interval), by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         let leader = IntGauge::new("relay_operator_leader", "1 while this replica is the active leader")
             .expect("valid metric");
         for collector in [
@@ -60,10 +70,20 @@ impl Metrics {
             Box::new(api_dry_runs.clone()),
             Box::new(invalid_objects.clone()),
             Box::new(leader.clone()),
+            Box::new(runtime_scrapes.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
-        Metrics { registry, reconciles, reconcile_seconds, api_writes, api_dry_runs, invalid_objects, leader }
+        Metrics {
+            registry,
+            reconciles,
+            reconcile_seconds,
+            api_writes,
+            api_dry_runs,
+            invalid_objects,
+            leader,
+            runtime_scrapes,
+        }
     }
 
     pub fn render(&self) -> String {

@@ -281,7 +281,10 @@ pub async fn run(
     let owned = watcher::Config::default().labels(&format!("{}={}", build::LABEL_MANAGED_BY, build::MANAGER));
     let statefulsets: Api<StatefulSet> = scoped(&client, &ctx.config.watch_namespace);
     let services: Api<Service> = scoped(&client, &ctx.config.watch_namespace);
-    Controller::new(relays, watcher::Config::default().any_semantic())
+    let controller = Controller::new(relays, watcher::Config::default().any_semantic());
+    // The runtime sampler reads the controller's cache of Relays, and lives as long as it.
+    let sampler = tokio::spawn(crate::runtime::run(ctx.clone(), controller.store()));
+    controller
         .owns(statefulsets, owned.clone())
         .owns(services, owned)
         .with_config(ControllerConfig::default().concurrency(ctx.config.concurrency))
@@ -293,6 +296,7 @@ pub async fn run(
             }
         })
         .await;
+    sampler.abort();
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! server rejects a bad spec before the operator ever sees it.
 
 pub mod conditions;
+pub mod runtime;
 
 use k8s_openapi::api::core::v1::Toleration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -32,16 +33,14 @@ pub const GROUP: &str = "atrelay.dev";
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Ready")].status"#
     ),
-    printcolumn(
-        name = "Reason",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#
-    ),
-    printcolumn(name = "Upstream", type_ = "string", json_path = ".spec.upstream.host"),
-    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.readyReplicas", priority = "1"),
-    printcolumn(name = "Image", type_ = "string", json_path = ".spec.image", priority = "1"),
-    printcolumn(name = "Firehose", type_ = "string", json_path = ".status.endpoints.firehose", priority = "1"),
+    printcolumn(name = "Hosts", type_ = "string", json_path = ".status.runtime.hosts"),
+    printcolumn(name = "Events/s", type_ = "integer", json_path = ".status.runtime.eventsPerSecond"),
+    printcolumn(name = "Coverage", type_ = "string", json_path = ".status.runtime.coverage"),
+    printcolumn(name = "Collections", type_ = "string", json_path = ".status.runtime.collections"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Node", type_ = "string", json_path = ".status.runtime.node", priority = "1"),
+    printcolumn(name = "Image", type_ = "string", json_path = ".spec.image", priority = "1"),
+    printcolumn(name = "Firehose URL", type_ = "string", json_path = ".status.endpoints.firehose", priority = "1"),
     cel
 )]
 #[x_kube(
@@ -458,6 +457,10 @@ pub struct RelayStatus {
     /// Name of the Secret holding the admin token (never the token itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_secret_name: Option<String>,
+    /// What the relay itself reports, read from its internal listener (at most once per
+    /// `OPERATOR_RUNTIME_INTERVAL`, written only when a shown value changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<runtime::RuntimeStatus>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]

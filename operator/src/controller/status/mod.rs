@@ -58,6 +58,9 @@ pub fn compute(relay: &Relay, outcome: &Outcome, admin_secret: Option<String>, n
         ready_replicas: work.ready_replicas,
         endpoints: Some(endpoints(relay)),
         admin_secret_name: admin_secret.or(existing.admin_secret_name),
+        // Written by the runtime sampler under its own field manager; carried here only
+        // so the comparison below sees no difference.
+        runtime: existing.runtime,
     }
 }
 
@@ -91,7 +94,8 @@ pub async fn write(relay: &Relay, status: RelayStatus, ctx: &Context) -> Result<
     let body = json!({
         "apiVersion": Relay::api_version(&()),
         "kind": Relay::kind(&()),
-        "status": status,
+        // Without `runtime`: this field manager never owns it, so applying cannot remove it.
+        "status": RelayStatus { runtime: None, ..status.clone() },
     });
     api.patch_status(&relay.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
     ctx.metrics.api_writes.with_label_values(&["RelayStatus"]).inc();
