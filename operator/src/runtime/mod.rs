@@ -55,8 +55,10 @@ pub async fn run(ctx: Arc<Context>, store: Store<DeserializeGuard<Relay>>) {
         return;
     }
     info!(?interval, "sampling each relay's runtime state");
-    // No waiting for the cache to fill: a first round that finds it empty samples nothing,
-    // and the next one, an interval later, finds the Relays.
+    // No `store.wait_until_ready()`: the controller waits on the same store, and that
+    // readiness wakes only its last waiter (a oneshot underneath), so a second waiter can
+    // hang for good. A first round that finds the cache empty samples nothing, and the
+    // next one, an interval later, finds the Relays.
     let mut ticks = tokio::time::interval(interval);
     // A slow round delays the next one instead of bunching requests up.
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
