@@ -126,6 +126,7 @@ async fn run_steps(env: &mut Env) -> bool {
     );
     step!("a malformed Relay object does not stop the others", malformed_relay_skipped(env));
     step!("deleting the Relay garbage-collects everything", delete_collects(env));
+    step!("the Argo CD health check reads this run's Relays as their names say", argocd_health(env));
 
     println!("\n{:<80} {:>9}", "step", "result");
     for (name, result) in &results {
@@ -134,7 +135,7 @@ async fn run_steps(env: &mut Env) -> bool {
             Err(_) => println!("{name:<80} {:>9}", "FAILED"),
         }
     }
-    results.len() == 19 && results.iter().all(|(_, r)| r.is_ok())
+    results.len() == 20 && results.iter().all(|(_, r)| r.is_ok())
 }
 
 impl Env {
@@ -1223,6 +1224,25 @@ async fn delete_collects(env: &mut Env) -> anyhow::Result<()> {
         }
     })
     .await
+}
+
+/// Runs e2e/argocd/test.sh on the Relay objects this run saved, when Lua 5.4 is installed
+/// (the script installs it itself when run alone; the suite does not install packages).
+async fn argocd_health(env: &mut Env) -> anyhow::Result<()> {
+    let lua = std::process::Command::new("lua5.4").arg("-v").output();
+    if !lua.is_ok_and(|output| output.status.success()) {
+        println!("   skipped: lua5.4 is not installed (e2e/argocd/test.sh installs it)");
+        return Ok(());
+    }
+    let output = tokio::process::Command::new(env.repo.join("e2e/argocd/test.sh"))
+        .arg(env.work.join("argocd-fixtures"))
+        .output()
+        .await
+        .context("running e2e/argocd/test.sh")?;
+    if !output.status.success() {
+        bail!("e2e/argocd/test.sh: {}", String::from_utf8_lossy(&output.stdout));
+    }
+    Ok(())
 }
 
 /// The package directory: cargo sets it at run time too, which stays right when a
