@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks the Helm chart in config/helm/relay-operator against the kustomize install:
 #   1. the chart's files/ are verbatim copies of their sources (crds/relays.atrelay.dev.yaml,
-#      config/prometheus/relay-alerts.yaml, config/dashboards/*-dashboard.yaml);
+#      config/rbac/role.yaml, config/prometheus/relay-alerts.yaml, config/dashboards/*-dashboard.yaml);
 #   2. `helm lint --strict` with the default values and with each ci/*-values.yaml;
 #   3. `helm template` with the default values renders the same objects as
 #      `kubectl kustomize config/default` (but the Namespace, which the chart leaves to
@@ -25,6 +25,7 @@ cache=${RELAY_CACHE_DIR:-$HOME/.cache/atproto-relay}
 
 # Verbatim copies: chart file <- source.
 copies=("$chart/files/crds/relays.atrelay.dev.yaml:crds/relays.atrelay.dev.yaml"
+        "$chart/files/rbac/role.yaml:config/rbac/role.yaml"
         "$chart/files/prometheus/relay-alerts.yaml:config/prometheus/relay-alerts.yaml")
 for source in config/dashboards/*-dashboard.yaml; do
     copies+=("$chart/files/dashboards/$(basename "$source"):$source")

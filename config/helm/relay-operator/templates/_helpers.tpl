@@ -78,37 +78,14 @@ Arguments: (dict "ctx" $ "file" PATH "namespace" NS-or-"" "labels" DICT "annotat
 {{- toYaml $object }}
 {{- end }}
 
-{{/* The operator's permissions (config/rbac/role.yaml), as a ClusterRole or, with watchNamespace, a Role. */}}
+{{/*
+The operator's permissions: the rules of files/rbac/role.yaml, a verbatim copy of
+config/rbac/role.yaml (its comments say why each rule is there).
+*/}}
 {{- define "relay-operator.rules" -}}
-# Watch Relays (the controller's primary resource); the operator never edits a spec.
-# `patch` only adds and removes the operator's finalizer (Relays owning external resources).
-- apiGroups: ["atrelay.dev"]
-  resources: ["relays"]
-  verbs: ["get", "list", "watch", "patch"]
-# Write status: conditions, observedGeneration, endpoints (server-side apply).
-- apiGroups: ["atrelay.dev"]
-  resources: ["relays/status"]
-  verbs: ["get", "patch", "update"]
-# The relay workload: applied, and watched so pod readiness reaches the Relay's status.
-- apiGroups: ["apps"]
-  resources: ["statefulsets"]
-  verbs: ["get", "list", "watch", "create", "patch"]
-# Public and internal Services: applied and watched (drift is re-applied).
-- apiGroups: [""]
-  resources: ["services"]
-  verbs: ["get", "list", "watch", "create", "patch"]
-# Secrets: read the ones a Relay names (admin token, Postgres URL) and create the generated
-# admin Secret; `delete` prunes the generated one once the Relay names its own. No list/watch.
-- apiGroups: [""]
-  resources: ["secrets"]
-  verbs: ["get", "create", "patch", "delete"]
-# ServiceMonitors, only used when the prometheus-operator CRD exists; `delete` prunes a Relay's
-# own when spec.monitoring.serviceMonitor is turned off.
-- apiGroups: ["monitoring.coreos.com"]
-  resources: ["servicemonitors"]
-  verbs: ["get", "create", "patch", "delete"]
-# Events about Relays (Applied, RelayReady, RelayStalled ...).
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+{{- $role := .Files.Get "files/rbac/role.yaml" | fromYaml }}
+{{- if not $role.rules }}
+{{- fail "files/rbac/role.yaml has no rules" }}
+{{- end }}
+{{- toYaml $role.rules }}
 {{- end }}
