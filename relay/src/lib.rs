@@ -36,6 +36,7 @@ pub mod sequence;
 pub mod server;
 pub mod simulate;
 pub mod storage;
+pub mod summary;
 pub mod validate;
 pub mod wiring;
 pub mod xrpc;

@@ -32,6 +32,7 @@ pub fn internal_router(relay: Arc<Relay>) -> Router {
         .route("/_health", get(crate::xrpc::health))
         .route("/_ready", get(ready))
         .route("/_serving", get(serving))
+        .route("/_summary", get(summary))
         .with_state(relay.clone())
         .merge(crate::admin::router(relay))
         .merge(crawl)
@@ -57,6 +58,10 @@ async fn ready(State(relay): State<Arc<Relay>>) -> Response {
                 .into_response()
         }
     }
+}
+
+async fn summary(State(relay): State<Arc<Relay>>) -> Response {
+    Json(crate::summary::summary(&relay).await).into_response()
 }
 
 /// Serving: the firehose (live and replay) and XRPC can be answered now — the log is open

@@ -149,6 +149,16 @@ async fn relays_a_simulated_fleet_with_cursor_replay_and_restart(database_url: O
         .expect("listRepos");
     assert_eq!(bad.status(), 400);
 
+    // The operator's one request per relay: the state as integers.
+    let summary: serde_json::Value = get_json(&client, format!("{admin}/_summary")).await;
+    assert_eq!(summary["hosts"]["known"], 3, "{summary}");
+    assert_eq!(summary["hosts"]["connected"], 3, "{summary}");
+    assert_eq!(summary["hosts"]["byStatus"]["active"], 3, "{summary}");
+    assert_eq!(summary["events"]["lastSeq"], running.relay.sequencer.current_head(), "{summary}");
+    assert!(summary["events"]["sequencedTotal"].as_u64() >= Some(12), "{summary}");
+    assert_eq!(summary["collections"]["enabled"], true, "{summary}");
+    assert_eq!(summary["ready"]["ready"], true, "{summary}");
+
     // Admin takedown: #account emitted, getRepoStatus reports it, events purged from replay.
     let takedown = client
         .post(format!("{admin}/admin/repo/takeDown"))

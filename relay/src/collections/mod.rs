@@ -82,6 +82,8 @@ pub struct CollectionMetrics {
     pub pending: IntGauge,
     pub pruned: IntCounterVec,
     pub top_collections: IntGaugeVec,
+    /// Distinct collections with at least one listed DID.
+    pub collections: IntGauge,
     pub list_seconds: prometheus::Histogram,
 }
 
@@ -144,6 +146,7 @@ impl CollectionMetrics {
                 "Accounts hidden by pruning, by reason",
                 &["reason"],
             ),
+            collections: gauge("relay_collections", "Distinct collections with at least one listed DID"),
             top_collections: register(
                 registry,
                 IntGaugeVec::new(
@@ -261,6 +264,7 @@ impl Collections {
             after = Some(last.0.clone());
             all.extend(page);
         }
+        self.metrics.collections.set(all.len() as i64);
         all.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
         self.metrics.top_collections.reset();
         for (collection, count) in all.iter().take(20) {

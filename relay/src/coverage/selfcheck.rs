@@ -103,6 +103,18 @@ impl CoverageStatus {
         ))
     }
 
+    /// (reference, last judged ratio, low samples in a row) of every reference sampled so far,
+    /// in reference order.
+    pub fn snapshot(&self) -> Vec<(String, Option<f64>, u32)> {
+        let references = self.references.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = references
+            .iter()
+            .map(|(name, state)| (name.clone(), state.last_ratio, state.low_streak))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
     /// The last judged ratio against a reference.
     pub fn last_ratio(&self, reference: &str) -> Option<f64> {
         self.references.lock().unwrap_or_else(|p| p.into_inner()).get(reference).and_then(|s| s.last_ratio)
