@@ -127,6 +127,10 @@ fi
 step "relay architecture: stages take handles from the wiring function, never the wiring module"
 scripts/check-architecture.sh
 
+step "Argo CD health check of Relays (Lua 5.4 against saved Relay objects)"
+# Before the e2e suite, which also runs it on the objects of its own run once lua5.4 is here.
+e2e/argocd/test.sh
+
 step "cargo test (the e2e suite runs the relay and operator binaries as pods)"
 cargo build --workspace --locked --bins
 cargo test --workspace --locked
