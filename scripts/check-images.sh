@@ -85,7 +85,7 @@ done
 if [[ $(stat -c %u:%g "$work/relay/rootfs/data") == 65532:65532 ]]; then ok "relay: /data belongs to 65532"; else bad "relay: /data belongs to $(stat -c %u:%g "$work/relay/rootfs/data")"; fi
 
 if ! command -v umoci >/dev/null; then
-    apt-get install -y -qq umoci >/dev/null 2>&1 || true
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq umoci; } >/dev/null 2>&1 || true
 fi
 if command -v umoci >/dev/null; then
     echo "== umoci agrees"
