@@ -71,6 +71,9 @@ if [ -z "${KUBEBUILDER_ASSETS:-}" ]; then
 fi
 echo "KUBEBUILDER_ASSETS: $KUBEBUILDER_ASSETS"
 
+step "Helm chart: helm lint, helm template against kubectl kustomize (helm from its Go module, cached)"
+scripts/check-helm.sh
+
 step "real ATProto peers for the conformance test (npm ci, cached)"
 # The reference PDS/PLC (@atproto/dev-env) and validating client (@atproto/sync), pinned
 # by relay/tests/peers/package-lock.json; better-sqlite3 builds from source (no network
@@ -141,6 +144,10 @@ CHECK_MONITORING_REQUIRE_METRICS=1 scripts/check-monitoring.sh "$CARGO_TARGET_DI
 
 step "benchmark builds"
 cargo bench -p relay --benches --locked --no-run
+
+step "images: release binaries, OCI archives built with buildah, run from the image"
+# After the benchmark build, whose release-profile dependencies the image build reuses.
+scripts/check-images.sh
 
 step "fuzz smoke (${fuzz_seconds}s per target)"
 if [ "$fuzz_seconds" -gt 0 ]; then
