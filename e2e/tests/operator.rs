@@ -394,7 +394,6 @@ async fn install(env: &mut Env) -> anyhow::Result<()> {
         env.kubectl(&["wait", "--for=condition=Established", name, "--timeout=60s"]).await?;
     }
     env.kubectl(&["apply", "-k", "config/default"]).await?;
-    grant_pod_reads_if_missing(env).await?;
     let interval = format!("OPERATOR_RUNTIME_INTERVAL={}s", RUNTIME_INTERVAL.as_secs());
     // The sampler's debug lines land in the kept pod logs.
     let log = "RUST_LOG=info,kube=warn,relay_operator::runtime=debug";
@@ -404,23 +403,6 @@ async fn install(env: &mut Env) -> anyhow::Result<()> {
     env.kubectl(&["-n", OPERATOR_NS, "rollout", "status", "deployment/relay-operator", "--timeout=180s"])
         .await?;
     env.kubectl(&["create", "namespace", NS]).await?;
-    Ok(())
-}
-
-/// The runtime sampler reads a relay's pod (its node and IP). Until config/rbac/role.yaml
-/// grants `pods: get`, the suite binds that one rule itself and says so, so the rest of
-/// the operator still runs under exactly the shipped permissions.
-async fn grant_pod_reads_if_missing(env: &Env) -> anyhow::Result<()> {
-    let role: Value =
-        serde_json::from_str(&env.kubectl(&["get", "clusterrole", "relay-operator", "-o", "json"]).await?)?;
-    let grants = role["rules"].as_array().into_iter().flatten().any(|rule| {
-        let has = |key: &str, value: &str| rule[key].as_array().is_some_and(|l| l.iter().any(|v| v == value));
-        has("resources", "pods") && has("verbs", "get")
-    });
-    if !grants {
-        println!("   note: config/rbac/role.yaml lacks `pods: get`; binding e2e/manifests/relay-operator-pod-reader.yaml");
-        env.kubectl(&["apply", "-f", "e2e/manifests/relay-operator-pod-reader.yaml"]).await?;
-    }
     Ok(())
 }
 
@@ -758,7 +740,7 @@ fn table_cell<'a>(table: &'a (Vec<String>, Vec<Vec<String>>), name: &str, column
 async fn printer_columns(env: &mut Env) -> anyhow::Result<()> {
     let text = env.kubectl(&["get", "relays", "-n", NS]).await?;
     let table = kubectl_table(&text);
-    if table.0 != ["NAME", "READY", "HOSTS", "EVENTS/S", "COVERAGE", "COLLECTIONS", "AGE"] {
+    if table.0 != ["NAME", "READY", "HOSTS", "EVENTS/S", "COVERAGE", "COMPARED", "COLLECTIONS", "AGE"] {
         bail!("kubectl get relays header: {:?}", table.0);
     }
     let cell = |column| table_cell(&table, RELAY, column);

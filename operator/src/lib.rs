@@ -4,6 +4,7 @@
 pub mod config;
 pub mod controller;
 pub mod crd;
+pub mod cron;
 pub mod leader;
 pub mod metrics;
 pub mod reference;

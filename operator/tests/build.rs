@@ -21,6 +21,9 @@ fn render(name: &str, inputs: &BuildInputs) -> String {
     if let Some(monitor) = &objects.service_monitor {
         docs.push(serde_saphyr::to_string(monitor).expect("yaml"));
     }
+    if let Some(cronjob) = &objects.coverage_cronjob {
+        docs.push(serde_saphyr::to_string(cronjob).expect("yaml"));
+    }
     docs.iter().map(|doc| format!("---\n{doc}")).collect()
 }
 
@@ -43,6 +46,7 @@ fn minimal_relay_builds_the_expected_objects() {
             admin: AdminToken::Generated { token: "fixture-token-not-secret".into() },
             service_monitor_supported: false,
             service_monitor_wanted: true,
+            coverage_references: Vec::new(),
         },
     );
 }
@@ -59,8 +63,41 @@ fn production_relay_builds_the_expected_objects() {
             },
             service_monitor_supported: true,
             service_monitor_wanted: true,
+            coverage_references: Vec::new(),
         },
     );
+}
+
+#[test]
+fn a_relay_with_coverage_builds_its_cronjob() {
+    check(
+        "coverage",
+        BuildInputs {
+            admin: AdminToken::Generated { token: "fixture-token-not-secret".into() },
+            service_monitor_supported: false,
+            service_monitor_wanted: true,
+            // As the read stage resolves `relay: relay-b` and the URL reference.
+            coverage_references: vec!["http://relay-b.relays.svc:2470".into(), "wss://bsky.network".into()],
+        },
+    );
+}
+
+#[test]
+fn without_coverage_there_is_no_cronjob_and_no_self_check() {
+    let dir = manifest_dir().join("tests/fixtures");
+    let mut relay = relay_from_yaml(&std::fs::read_to_string(dir.join("coverage.yaml")).expect("fixture"));
+    relay.spec.coverage = None;
+    let inputs = BuildInputs {
+        admin: AdminToken::Generated { token: "t".into() },
+        service_monitor_supported: false,
+        service_monitor_wanted: true,
+        coverage_references: Vec::new(),
+    };
+    let built = build::build(&validate(&relay).expect("valid"), &inputs);
+    assert!(built.coverage_cronjob.is_none());
+    let env =
+        built.statefulset.spec.template.spec.and_then(|s| s.containers[0].env.clone()).unwrap_or_default();
+    assert!(!env.iter().any(|v| v.name == "RELAY_COVERAGE_REFERENCES"));
 }
 
 #[test]
@@ -71,6 +108,7 @@ fn stopping_scales_to_zero_and_keeps_everything_else() {
         admin: AdminToken::Generated { token: "t".into() },
         service_monitor_supported: false,
         service_monitor_wanted: true,
+        coverage_references: Vec::new(),
     };
     let running = build::build(&validate(&relay).expect("valid"), &inputs);
     relay.spec.operation.stopped = true;
@@ -91,6 +129,7 @@ fn a_new_admin_token_changes_the_pod_template() {
             admin: AdminToken::Generated { token: token.into() },
             service_monitor_supported: false,
             service_monitor_wanted: true,
+            coverage_references: Vec::new(),
         };
         build::build(&validated, &inputs).statefulset.spec.template
     };

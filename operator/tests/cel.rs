@@ -72,3 +72,32 @@ fn backfill_collections_need_a_source() {
     relay.spec.backfill.collections_url = None;
     assert_eq!(errors(relay.validate_cel()), "", "a crawl alone needs no source");
 }
+
+fn with_coverage() -> Relay {
+    relay_from_yaml(include_str!("fixtures/coverage.yaml"))
+}
+
+#[test]
+fn coverage_rules() {
+    assert_eq!(errors(with_coverage().validate_cel()), "");
+    let mut inverted = with_coverage();
+    if let Some(coverage) = inverted.spec.coverage.as_mut() {
+        coverage.critical_below_basis_points = 9500;
+    }
+    assert!(errors(inverted.validate_cel()).contains("must not be above"));
+    let mut empty = with_coverage();
+    if let Some(coverage) = empty.spec.coverage.as_mut() {
+        coverage.references.clear();
+    }
+    assert!(errors(empty.validate_cel()).contains("at least one reference"));
+    let mut both = with_coverage();
+    if let Some(coverage) = both.spec.coverage.as_mut() {
+        coverage.references[0].url = Some("wss://bsky.network".into());
+    }
+    assert!(errors(both.validate_cel()).contains("exactly one of relay and url"));
+    let mut itself = with_coverage();
+    if let Some(coverage) = itself.spec.coverage.as_mut() {
+        coverage.references[0].relay = Some("relay-a".into());
+    }
+    assert!(errors(itself.validate_cel()).contains("may not name this Relay itself"));
+}

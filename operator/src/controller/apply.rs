@@ -10,10 +10,12 @@
 //! the server normalises some values (quantities, defaults) and only it knows what an apply
 //! would change. Nothing changed → no write: an idle Relay costs reads only.
 
+use super::build::coverage::cronjob_name;
 use super::build::{DesiredObjects, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER};
 use super::Context;
 use crate::Error;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
@@ -25,6 +27,8 @@ use std::fmt::Debug;
 /// The result of applying: the live StatefulSet and what was written.
 pub struct Applied {
     pub statefulset: StatefulSet,
+    /// The live coverage CronJob (with `spec.coverage`).
+    pub cronjob: Option<CronJob>,
     /// `Kind/name` of every object that was created, changed or deleted.
     pub changed: Vec<String>,
 }
@@ -44,8 +48,14 @@ pub struct Owned<'a> {
 pub async fn apply(desired: DesiredObjects, owned: &Owned<'_>, ctx: &Context) -> Result<Applied, Error> {
     // Destructured without `..`: an owned kind added to `DesiredObjects` does not compile
     // until this stage applies (and, if optional, prunes) it.
-    let DesiredObjects { admin_secret, statefulset, public_service, internal_service, service_monitor } =
-        desired;
+    let DesiredObjects {
+        admin_secret,
+        statefulset,
+        public_service,
+        internal_service,
+        service_monitor,
+        coverage_cronjob,
+    } = desired;
     let namespace = owned.namespace;
     let mut changed = Vec::new();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
@@ -70,7 +80,15 @@ pub async fn apply(desired: DesiredObjects, owned: &Owned<'_>, ctx: &Context) ->
             None => prune(&monitors, owned.relay_name, "ServiceMonitor", owned, ctx, &mut changed).await?,
         }
     }
-    Ok(Applied { statefulset, changed })
+    let cronjobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), namespace);
+    let cronjob = match coverage_cronjob {
+        Some(cronjob) => Some(apply_object(&cronjobs, cronjob, "CronJob", ctx, &mut changed).await?),
+        None => {
+            prune(&cronjobs, &cronjob_name(owned.relay_name), "CronJob", owned, ctx, &mut changed).await?;
+            None
+        }
+    };
+    Ok(Applied { statefulset, cronjob, changed })
 }
 
 /// Applies `object` unless the live one already holds everything it says.

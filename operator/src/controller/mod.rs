@@ -18,11 +18,13 @@ use crate::metrics::Metrics;
 use crate::{AtStage, Error, ReconcileError, Stage};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use std::collections::HashMap;
@@ -167,7 +169,7 @@ async fn reconcile_inner(relay: &Relay, ctx: &Context) -> Result<Action, Reconci
 
     if relay.spec.operation.reconciliation_paused {
         let live = statefulsets.get_opt(&name).await.at(Stage::Read)?;
-        let status = status::compute(relay, &status::Outcome::Paused(live.as_ref()), None, &now());
+        let status = status::compute(relay, &status::Outcome::Paused(live.as_ref()), None, None, &now());
         status::write(relay, status, ctx).await.at(Stage::Status)?;
         return Ok(Action::await_change());
     }
@@ -195,6 +197,7 @@ async fn reconcile_inner(relay: &Relay, ctx: &Context) -> Result<Action, Reconci
         admin: observed.admin.clone(),
         service_monitor_supported: observed.service_monitor_supported,
         service_monitor_wanted: relay.spec.monitoring.service_monitor,
+        coverage_references: observed.coverage_references.clone(),
     };
     let admin_secret = observed.admin.secret_name(&validated);
     let desired = build::build(&validated, &inputs);
@@ -218,10 +221,51 @@ async fn reconcile_inner(relay: &Relay, ctx: &Context) -> Result<Action, Reconci
         };
         ctx.publish(relay, event).await;
     }
-    let status =
-        status::compute(relay, &status::Outcome::Applied(&applied.statefulset), Some(admin_secret), &now());
+    let coverage =
+        observe_coverage(relay, &validated, &observed.coverage_references, applied.cronjob.as_ref(), ctx)
+            .await
+            .at(Stage::Read)?;
+    let outcome = status::Outcome::Applied(&applied.statefulset);
+    let status = status::compute(relay, &outcome, Some(admin_secret), coverage.as_ref(), &now());
     status::write(relay, status, ctx).await.at(Stage::Status)?;
-    Ok(Action::requeue(ctx.config.resync_interval))
+    Ok(Action::requeue(requeue_after(ctx.config.resync_interval, coverage.as_ref())))
+}
+
+/// The coverage runs' results, read after apply (the CronJob's live state is known then).
+async fn observe_coverage(
+    relay: &Relay,
+    validated: &validate::ValidatedRelay,
+    references: &[String],
+    cronjob: Option<&CronJob>,
+    ctx: &Context,
+) -> Result<Option<status::coverage::CoverageObserved>, crate::Error> {
+    let Some(spec) = &relay.spec.coverage else { return Ok(None) };
+    let run = read::coverage_run(&validated.namespace, &validated.name, ctx).await?;
+    let own_url = build::coverage::own_url(validated);
+    let inputs = status::coverage::CoverageInputs {
+        spec,
+        own_url: &own_url,
+        references,
+        cronjob_created: cronjob.and_then(|c| c.metadata.creation_timestamp.as_ref()).map(|t| t.0),
+        last_schedule: cronjob
+            .and_then(|c| c.status.as_ref())
+            .and_then(|s| s.last_schedule_time.as_ref())
+            .map(|t| t.0),
+        run: run.as_ref(),
+        existing: relay.status.as_ref().and_then(|s| s.coverage.as_ref()),
+        now: jiff::Timestamp::now(),
+    };
+    Ok(Some(status::coverage::observe(&inputs)))
+}
+
+/// The resync interval, or sooner when a coverage run becomes overdue before it (Job
+/// events wake the reconcile for everything else).
+fn requeue_after(resync: Duration, coverage: Option<&status::coverage::CoverageObserved>) -> Duration {
+    let until_overdue = coverage.and_then(|c| c.recheck_at).and_then(|at| {
+        let seconds = at.as_second().saturating_sub(jiff::Timestamp::now().as_second()).max(1) + 1;
+        u64::try_from(seconds).ok().map(Duration::from_secs)
+    });
+    until_overdue.map_or(resync, |d| d.min(resync))
 }
 
 async fn stall(
@@ -233,7 +277,7 @@ async fn stall(
 ) -> Result<(), Error> {
     warn!(relay = %key(relay), reason, %message, "relay stalled");
     let outcome = status::Outcome::Stalled { reason, message, statefulset };
-    let status = status::compute(relay, &outcome, None, &now());
+    let status = status::compute(relay, &outcome, None, None, &now());
     status::write(relay, status, ctx).await
 }
 
@@ -281,12 +325,23 @@ pub async fn run(
     let owned = watcher::Config::default().labels(&format!("{}={}", build::LABEL_MANAGED_BY, build::MANAGER));
     let statefulsets: Api<StatefulSet> = scoped(&client, &ctx.config.watch_namespace);
     let services: Api<Service> = scoped(&client, &ctx.config.watch_namespace);
+    let cronjobs: Api<CronJob> = scoped(&client, &ctx.config.watch_namespace);
+    let jobs: Api<Job> = scoped(&client, &ctx.config.watch_namespace);
     let controller = Controller::new(relays, watcher::Config::default().any_semantic());
     // The runtime sampler reads the controller's cache of Relays, and lives as long as it.
     let sampler = tokio::spawn(crate::runtime::run(ctx.clone(), controller.store()));
     controller
         .owns(statefulsets, owned.clone())
-        .owns(services, owned)
+        .owns(services, owned.clone())
+        .owns(cronjobs, owned.clone())
+        // Coverage Jobs belong to the CronJob, not the Relay: map them by their instance
+        // label, so a finished run updates status at once.
+        .watches(jobs, owned, |job| {
+            let labels = job.metadata.labels.as_ref()?;
+            let relay = labels.get(build::LABEL_INSTANCE)?;
+            (labels.get(build::LABEL_NAME).map(String::as_str) == Some(build::coverage::COVERAGE_APP))
+                .then(|| ObjectRef::new(relay).within(&job.namespace().unwrap_or_default()))
+        })
         .with_config(ControllerConfig::default().concurrency(ctx.config.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())

@@ -40,6 +40,7 @@ pub fn validate(relay: &Relay) -> Result<ValidatedRelay, InvalidSpec> {
     let owner =
         relay.controller_owner_ref(&()).ok_or_else(|| InvalidSpec("the Relay has no uid yet".into()))?;
     check_spec(&relay.spec)?;
+    check_coverage(&name, &relay.spec)?;
     Ok(ValidatedRelay {
         name,
         namespace,
@@ -85,6 +86,44 @@ fn check_spec(spec: &RelaySpec) -> Result<(), InvalidSpec> {
     if spec.tunables.trusted_domains.iter().any(|d| d.trim().is_empty() || d.contains(',')) {
         return Err(InvalidSpec(
             "tunables.trustedDomains entries must be non-empty and contain no commas".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// What the schema cannot say about `spec.coverage`: a schedule that parses and fires,
+/// references that are not this Relay itself and not repeated.
+fn check_coverage(name: &str, spec: &RelaySpec) -> Result<(), InvalidSpec> {
+    let Some(coverage) = &spec.coverage else { return Ok(()) };
+    let schedule = crate::cron::Schedule::parse(&coverage.schedule)
+        .map_err(|why| InvalidSpec(format!("coverage.schedule: {why}")))?;
+    if schedule.next_after(jiff::Timestamp::UNIX_EPOCH).is_none() {
+        return Err(InvalidSpec(format!("coverage.schedule {:?} never fires", coverage.schedule)));
+    }
+    if coverage.references.is_empty() || coverage.references.len() > crate::crd::coverage::MAX_REFERENCES {
+        return Err(InvalidSpec(format!(
+            "coverage.references needs 1 to {} references",
+            crate::crd::coverage::MAX_REFERENCES
+        )));
+    }
+    let mut seen = Vec::new();
+    for reference in &coverage.references {
+        let key = match (&reference.relay, &reference.url) {
+            (Some(relay), None) if relay == name => {
+                return Err(InvalidSpec("coverage.references may not name this Relay itself".into()))
+            }
+            (Some(relay), None) => format!("relay:{relay}"),
+            (None, Some(url)) => format!("url:{url}"),
+            _ => return Err(InvalidSpec("a coverage reference names exactly one of relay and url".into())),
+        };
+        if seen.contains(&key) {
+            return Err(InvalidSpec(format!("coverage.references lists {key} twice")));
+        }
+        seen.push(key);
+    }
+    if coverage.critical_below_basis_points > coverage.degraded_below_basis_points {
+        return Err(InvalidSpec(
+            "coverage.criticalBelowBasisPoints must not be above coverage.degradedBelowBasisPoints".into(),
         ));
     }
     Ok(())
@@ -150,6 +189,30 @@ mod tests {
         let mut relay = relay_from_yaml(include_str!("../../tests/fixtures/minimal.yaml"));
         relay.metadata.name = Some("r".repeat(MAX_NAME_LEN + 1));
         assert!(validate(&relay).unwrap_err().0.contains("at most 52"));
+    }
+
+    #[test]
+    fn coverage_specs_the_schema_cannot_judge() {
+        let base = relay_from_yaml(include_str!("../../tests/fixtures/minimal.yaml"));
+        let with = |coverage: serde_json::Value| {
+            let mut relay = base.clone();
+            relay.spec.coverage = Some(serde_json::from_value(coverage).expect("coverage spec"));
+            validate(&relay).err().map(|e| e.0)
+        };
+        let url = serde_json::json!({"url": "wss://bsky.network"});
+        assert_eq!(with(serde_json::json!({"references": [url]})), None);
+        let cases = [
+            (serde_json::json!({"references": [url], "schedule": "0 0 30 2 *"}), "never fires"),
+            (serde_json::json!({"references": [url], "schedule": "61 * * * *"}), "coverage.schedule: minute"),
+            (serde_json::json!({"references": [{"relay": "demo"}]}), "this Relay itself"),
+            (serde_json::json!({"references": [url, url]}), "twice"),
+            (serde_json::json!({"references": []}), "1 to 16"),
+            (serde_json::json!({"references": [url], "criticalBelowBasisPoints": 9500}), "criticalBelow"),
+        ];
+        for (coverage, says) in cases {
+            let error = with(coverage.clone()).unwrap_or_default();
+            assert!(error.contains(says), "{coverage}: {error:?}");
+        }
     }
 
     #[test]

@@ -9,9 +9,11 @@ pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 pub const WORKLOAD_AVAILABLE: &str = "WorkloadAvailable";
 pub const RECONCILIATION_PAUSED: &str = "ReconciliationPaused";
+pub const COVERAGE_OK: &str = "CoverageOK";
 
 /// The condition types this operator owns, in the order they are written.
-pub const OWNED: [&str; 5] = [READY, RECONCILING, STALLED, WORKLOAD_AVAILABLE, RECONCILIATION_PAUSED];
+pub const OWNED: [&str; 6] =
+    [READY, RECONCILING, STALLED, WORKLOAD_AVAILABLE, RECONCILIATION_PAUSED, COVERAGE_OK];
 
 /// True / False / Unknown, as the API spells them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 //! server rejects a bad spec before the operator ever sees it.
 
 pub mod conditions;
+pub mod coverage;
 pub mod runtime;
 
 use k8s_openapi::api::core::v1::Toleration;
@@ -26,6 +27,7 @@ pub const GROUP: &str = "atrelay.dev";
     status = "RelayStatus",
     doc = "An ATProto relay run by the relay operator: a StatefulSet running `relay serve`, its Services and admin Secret.",
     validation = Rule::new("size(self.metadata.name) <= 52").message("a Relay name may have at most 52 characters"),
+    validation = Rule::new("!has(self.spec.coverage) || self.spec.coverage.references.all(r, !has(r.relay) || r.relay != self.metadata.name)").message("coverage.references may not name this Relay itself"),
     shortname = "rly",
     category = "atproto",
     printcolumn(
@@ -36,6 +38,7 @@ pub const GROUP: &str = "atrelay.dev";
     printcolumn(name = "Hosts", type_ = "string", json_path = ".status.runtime.hosts"),
     printcolumn(name = "Events/s", type_ = "integer", json_path = ".status.runtime.eventsPerSecond"),
     printcolumn(name = "Coverage", type_ = "string", json_path = ".status.runtime.coverage"),
+    printcolumn(name = "Compared", type_ = "string", json_path = ".status.coverage.bestReference"),
     printcolumn(name = "Collections", type_ = "string", json_path = ".status.runtime.collections"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     printcolumn(name = "Node", type_ = "string", json_path = ".status.runtime.node", priority = "1"),
@@ -96,6 +99,11 @@ pub struct RelaySpec {
     /// Operational switches.
     #[serde(default)]
     pub operation: OperationSpec,
+
+    /// Scheduled comparisons with other relays (a CronJob running `relay coverage`), and
+    /// the relay's own coverage self-check against the same references.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<coverage::CoverageSpec>,
 }
 
 fn default_pull_policy() -> PullPolicy {
@@ -461,6 +469,9 @@ pub struct RelayStatus {
     /// `OPERATOR_RUNTIME_INTERVAL`, written only when a shown value changes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<runtime::RuntimeStatus>,
+    /// Results of the scheduled coverage comparisons (`spec.coverage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<coverage::CoverageStatus>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]

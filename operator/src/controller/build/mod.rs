@@ -2,6 +2,7 @@
 //! the Kubernetes objects the operator owns. No client here: every builder is
 //! tested against YAML fixtures.
 
+pub mod coverage;
 pub mod secret;
 pub mod service;
 pub mod service_monitor;
@@ -9,6 +10,7 @@ pub mod statefulset;
 
 use super::validate::ValidatedRelay;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DynamicObject;
@@ -74,6 +76,8 @@ pub struct BuildInputs {
     pub service_monitor_supported: bool,
     /// Whether the Relay wants one (`spec.monitoring.serviceMonitor`).
     pub service_monitor_wanted: bool,
+    /// `spec.coverage.references` as URLs: Relays by name resolved to their Service URLs.
+    pub coverage_references: Vec<String>,
 }
 
 /// Everything the operator wants to exist for one Relay.
@@ -84,6 +88,8 @@ pub struct DesiredObjects {
     pub public_service: Service,
     pub internal_service: Service,
     pub service_monitor: Option<DynamicObject>,
+    /// The coverage CronJob, only with `spec.coverage`.
+    pub coverage_cronjob: Option<CronJob>,
 }
 
 pub fn build(relay: &ValidatedRelay, inputs: &BuildInputs) -> DesiredObjects {
@@ -92,11 +98,12 @@ pub fn build(relay: &ValidatedRelay, inputs: &BuildInputs) -> DesiredObjects {
             AdminToken::Generated { token } => Some(secret::admin_secret(relay, token)),
             AdminToken::User { .. } => None,
         },
-        statefulset: statefulset::statefulset(relay, &inputs.admin),
+        statefulset: statefulset::statefulset(relay, &inputs.admin, &inputs.coverage_references),
         public_service: service::public_service(relay),
         internal_service: service::internal_service(relay),
         service_monitor: (inputs.service_monitor_supported && inputs.service_monitor_wanted)
             .then(|| service_monitor::service_monitor(relay)),
+        coverage_cronjob: coverage::cronjob(relay, &inputs.admin, &inputs.coverage_references),
     }
 }
 

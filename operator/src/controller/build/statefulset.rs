@@ -24,7 +24,11 @@ pub const DATA_MOUNT_PATH: &str = "/data";
 /// The relay image's user (distroless `nonroot`).
 pub const RUN_AS_USER: i64 = 65532;
 
-pub fn statefulset(relay: &ValidatedRelay, admin: &AdminToken) -> StatefulSet {
+pub fn statefulset(
+    relay: &ValidatedRelay,
+    admin: &AdminToken,
+    coverage_references: &[String],
+) -> StatefulSet {
     let replicas = if relay.spec.operation.stopped { 0 } else { 1 };
     StatefulSet {
         metadata: owned_meta(relay, relay.name.clone()),
@@ -43,7 +47,7 @@ pub fn statefulset(relay: &ValidatedRelay, admin: &AdminToken) -> StatefulSet {
                 type_: Some("RollingUpdate".into()),
                 ..StatefulSetUpdateStrategy::default()
             }),
-            template: pod_template(relay, admin),
+            template: pod_template(relay, admin, coverage_references),
             volume_claim_templates: Some(vec![data_claim(relay)]),
             ..StatefulSetSpec::default()
         },
@@ -51,7 +55,11 @@ pub fn statefulset(relay: &ValidatedRelay, admin: &AdminToken) -> StatefulSet {
     }
 }
 
-fn pod_template(relay: &ValidatedRelay, admin: &AdminToken) -> PodTemplateSpec {
+fn pod_template(
+    relay: &ValidatedRelay,
+    admin: &AdminToken,
+    coverage_references: &[String],
+) -> PodTemplateSpec {
     let mut labels = selector_labels(relay);
     labels.insert(super::LABEL_COMPONENT.into(), "relay".into());
     let annotations = BTreeMap::from([
@@ -66,7 +74,7 @@ fn pod_template(relay: &ValidatedRelay, admin: &AdminToken) -> PodTemplateSpec {
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
-            containers: vec![container(relay, admin)],
+            containers: vec![container(relay, admin, coverage_references)],
             // The relay never talks to the Kubernetes API.
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
@@ -94,14 +102,14 @@ fn pod_template(relay: &ValidatedRelay, admin: &AdminToken) -> PodTemplateSpec {
     }
 }
 
-fn container(relay: &ValidatedRelay, admin: &AdminToken) -> Container {
+fn container(relay: &ValidatedRelay, admin: &AdminToken, coverage_references: &[String]) -> Container {
     let ports = &relay.spec.ports;
     Container {
         name: CONTAINER_NAME.into(),
         image: Some(relay.spec.image.clone()),
         image_pull_policy: Some(relay.spec.image_pull_policy.as_str().into()),
         args: Some(vec!["serve".into()]),
-        env: Some(env(relay, admin)),
+        env: Some(env(relay, admin, coverage_references)),
         ports: Some(vec![
             ContainerPort {
                 name: Some(PUBLIC_PORT_NAME.into()),
@@ -155,7 +163,7 @@ fn probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
     }
 }
 
-fn env(relay: &ValidatedRelay, admin: &AdminToken) -> Vec<EnvVar> {
+fn env(relay: &ValidatedRelay, admin: &AdminToken, coverage_references: &[String]) -> Vec<EnvVar> {
     let spec = &relay.spec;
     let mut vars = vec![
         value("RELAY_DATA_DIR", DATA_MOUNT_PATH),
@@ -172,6 +180,11 @@ fn env(relay: &ValidatedRelay, admin: &AdminToken) -> Vec<EnvVar> {
     }
     vars.extend(tunable_env(&spec.tunables));
     vars.extend(backfill_env(&spec.backfill));
+    // The relay's own self-check measures against the same references as the CronJob, so
+    // `/_summary` and `relay_coverage_ratio` show coverage between the scheduled runs.
+    if !coverage_references.is_empty() {
+        vars.push(value("RELAY_COVERAGE_REFERENCES", &coverage_references.join(",")));
+    }
     // Size the async runtime to the CPU limit (rounded up), not the node's core count.
     vars.push(EnvVar {
         name: "TOKIO_WORKER_THREADS".into(),

@@ -23,6 +23,23 @@ pub struct Observed<'a> {
     /// `spec.operation.reconciliationPaused`.
     pub paused: bool,
     pub stall: Option<Stall<'a>>,
+    /// The coverage comparisons' newest result; none without `spec.coverage`.
+    pub coverage: Option<CoverageCheck<'a>>,
+}
+
+/// What `CoverageOK` judges: the thresholds and the newest comparison run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoverageCheck<'a> {
+    pub degraded_below: i64,
+    pub critical_below: i64,
+    /// This relay's firehose coverage relative to the best reference, in basis points.
+    pub best: Option<i64>,
+    /// Whether any run has finished.
+    pub ran: bool,
+    /// Why the newest run failed (the Job failed, or a summary carries `error`).
+    pub run_error: Option<&'a str>,
+    /// No run finished within two schedule periods after the first expected one.
+    pub overdue: Option<&'a str>,
 }
 
 /// `WorkloadAvailable`: the StatefulSet has its ready, updated pod.
@@ -93,6 +110,51 @@ pub fn ready(observed: &Observed) -> Desired {
     Desired::new(cond::READY, Status::True, "RelayReady", message)
 }
 
+/// `CoverageOK`: present only with `spec.coverage`. A run that is overdue or failed says
+/// so before any figure does (an old figure would claim more than is known); then the
+/// relay's firehose coverage relative to the best reference against the thresholds.
+/// `Ready` does not read it: a relay serving 80 % of the network still serves.
+pub fn coverage_ok(check: Option<&CoverageCheck>) -> Option<Desired> {
+    let check = check?;
+    let desired =
+        |status, reason, message: String| Some(Desired::new(cond::COVERAGE_OK, status, reason, message));
+    if let Some(overdue) = check.overdue {
+        return desired(Status::False, "NoRecentRun", overdue.to_string());
+    }
+    if let Some(error) = check.run_error {
+        return desired(Status::False, "RunFailed", error.to_string());
+    }
+    let Some(best) = check.best else {
+        return if check.ran {
+            desired(
+                Status::False,
+                "RunFailed",
+                "the newest run has no firehose figure for this relay and a reference".into(),
+            )
+        } else {
+            desired(Status::Unknown, "AwaitingFirstRun", "no coverage run has finished yet".into())
+        };
+    };
+    let shown = crate::runtime::summary::percent(best);
+    if best < check.critical_below {
+        let limit = crate::runtime::summary::percent(check.critical_below);
+        return desired(
+            Status::False,
+            "Critical",
+            format!("firehose coverage {shown} of the best reference's, below {limit}"),
+        );
+    }
+    if best < check.degraded_below {
+        let limit = crate::runtime::summary::percent(check.degraded_below);
+        return desired(
+            Status::False,
+            "Degraded",
+            format!("firehose coverage {shown} of the best reference's, below {limit}"),
+        );
+    }
+    desired(Status::True, "CoverageOK", format!("firehose coverage {shown} of the best reference's"))
+}
+
 /// Every condition the operator owns for this observation, in the order they are written.
 pub fn assemble(observed: &Observed) -> Vec<Desired> {
     let mut conditions = vec![
@@ -102,6 +164,7 @@ pub fn assemble(observed: &Observed) -> Vec<Desired> {
         workload_available(observed.workload),
     ];
     conditions.extend(reconciliation_paused(observed.paused));
+    conditions.extend(coverage_ok(observed.coverage.as_ref()));
     conditions
 }
 
@@ -164,7 +227,7 @@ mod tests {
         (&'static str, Workload, bool, bool, Option<Stall<'static>>, Status, &'static str, &'static str);
 
     fn observed(row: &Row) -> Observed<'_> {
-        Observed { workload: &row.1, stopped: row.2, paused: row.3, stall: row.4 }
+        Observed { workload: &row.1, stopped: row.2, paused: row.3, stall: row.4, coverage: None }
     }
 
     #[test]
@@ -294,11 +357,97 @@ mod tests {
     #[test]
     fn assemble_writes_every_owned_type_in_order() {
         let available = work(true, "StatefulSetReady");
-        let running = Observed { workload: &available, stopped: false, paused: false, stall: None };
+        let running =
+            Observed { workload: &available, stopped: false, paused: false, stall: None, coverage: None };
         let types: Vec<&str> = assemble(&running).iter().map(|c| c.type_).collect();
         assert_eq!(types, [cond::READY, cond::RECONCILING, cond::STALLED, cond::WORKLOAD_AVAILABLE]);
-        let paused = Observed { paused: true, ..running };
+        let check = CoverageCheck {
+            degraded_below: 9000,
+            critical_below: 7000,
+            best: None,
+            ran: false,
+            run_error: None,
+            overdue: None,
+        };
+        let paused = Observed { paused: true, coverage: Some(check), ..running };
         let types: Vec<&str> = assemble(&paused).iter().map(|c| c.type_).collect();
         assert_eq!(types, cond::OWNED);
+    }
+
+    #[test]
+    fn coverage_ok_by_run_and_thresholds() {
+        let base = CoverageCheck {
+            degraded_below: 9000,
+            critical_below: 7000,
+            best: Some(9500),
+            ran: true,
+            run_error: None,
+            overdue: None,
+        };
+        let rows: [(&str, CoverageCheck, Status, &str, &str); 9] = [
+            ("healthy", base, Status::True, "CoverageOK", "firehose coverage 95.00% of the best reference's"),
+            (
+                "at the degraded line",
+                CoverageCheck { best: Some(9000), ..base },
+                Status::True,
+                "CoverageOK",
+                "firehose coverage 90.00% of the best reference's",
+            ),
+            (
+                "degraded",
+                CoverageCheck { best: Some(8999), ..base },
+                Status::False,
+                "Degraded",
+                "firehose coverage 89.99% of the best reference's, below 90.00%",
+            ),
+            (
+                "critical",
+                CoverageCheck { best: Some(5000), ..base },
+                Status::False,
+                "Critical",
+                "firehose coverage 50.00% of the best reference's, below 70.00%",
+            ),
+            (
+                "failed run",
+                CoverageCheck { run_error: Some("job x: BackoffLimitExceeded"), ..base },
+                Status::False,
+                "RunFailed",
+                "job x: BackoffLimitExceeded",
+            ),
+            (
+                "overdue wins",
+                CoverageCheck { overdue: Some("no run since 10:00"), run_error: Some("x"), ..base },
+                Status::False,
+                "NoRecentRun",
+                "no run since 10:00",
+            ),
+            (
+                "no figure",
+                CoverageCheck { best: None, ..base },
+                Status::False,
+                "RunFailed",
+                "the newest run has no firehose figure for this relay and a reference",
+            ),
+            (
+                "first run pending",
+                CoverageCheck { best: None, ran: false, ..base },
+                Status::Unknown,
+                "AwaitingFirstRun",
+                "no coverage run has finished yet",
+            ),
+            (
+                "critical equals degraded",
+                CoverageCheck { best: Some(8000), critical_below: 9000, ..base },
+                Status::False,
+                "Critical",
+                "firehose coverage 80.00% of the best reference's, below 90.00%",
+            ),
+        ];
+        for (case, input, status, reason, message) in rows {
+            let got = coverage_ok(Some(&input)).expect("present with spec.coverage");
+            assert_eq!(got.type_, cond::COVERAGE_OK);
+            check(case, &got, status, reason, message);
+        }
+        assert!(coverage_ok(None).is_none(), "absent without spec.coverage");
     }
 }

@@ -4,6 +4,7 @@
 //! read from [`workload`].
 
 pub mod conditions;
+pub mod coverage;
 pub mod workload;
 
 use super::build::{internal_service_name, MANAGER};
@@ -11,7 +12,8 @@ use super::Context;
 use crate::crd::conditions::{self as cond, Desired};
 use crate::crd::{Endpoints, Relay, RelayStatus};
 use crate::Error;
-use conditions::{Observed, Stall};
+use conditions::{CoverageCheck, Observed, Stall};
+use coverage::CoverageObserved;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
@@ -31,7 +33,11 @@ pub enum Outcome<'a> {
 }
 
 /// The conditions this operator owns, for an outcome, and the workload they were read from.
-pub fn desired_conditions(relay: &Relay, outcome: &Outcome) -> (Vec<Desired>, Workload) {
+pub fn desired_conditions(
+    relay: &Relay,
+    outcome: &Outcome,
+    coverage: Option<&CoverageObserved>,
+) -> (Vec<Desired>, Workload) {
     let (statefulset, stall, paused) = match outcome {
         Outcome::Applied(sts) => (Some(*sts), None, false),
         Outcome::Paused(sts) => (*sts, None, true),
@@ -41,20 +47,47 @@ pub fn desired_conditions(relay: &Relay, outcome: &Outcome) -> (Vec<Desired>, Wo
     };
     let stopped = relay.spec.operation.stopped;
     let work = workload(statefulset, stopped);
-    let observed = Observed { workload: &work, stopped, paused, stall };
+    let check = relay.spec.coverage.as_ref().zip(coverage).map(|(spec, found)| CoverageCheck {
+        degraded_below: spec.degraded_below_basis_points,
+        critical_below: spec.critical_below_basis_points,
+        best: found.status.best_reference_basis_points,
+        ran: found.status.last_run_time.is_some(),
+        run_error: found.run_error.as_deref(),
+        overdue: found.overdue.as_deref(),
+    });
+    let observed = Observed { workload: &work, stopped, paused, stall, coverage: check };
     (conditions::assemble(&observed), work)
 }
 
 /// The full status for an outcome, keeping transition times of unchanged conditions.
-pub fn compute(relay: &Relay, outcome: &Outcome, admin_secret: Option<String>, now: &Time) -> RelayStatus {
+/// `coverage` is what this reconcile found about the coverage runs; none when it did not
+/// look (paused, stalled), and then the shown coverage and `CoverageOK` stay as they were.
+pub fn compute(
+    relay: &Relay,
+    outcome: &Outcome,
+    admin_secret: Option<String>,
+    coverage: Option<&CoverageObserved>,
+    now: &Time,
+) -> RelayStatus {
     let generation = relay.metadata.generation.unwrap_or(0);
     let existing = relay.status.clone().unwrap_or_default();
-    let (desired, work) = desired_conditions(relay, outcome);
+    let (desired, work) = desired_conditions(relay, outcome, coverage);
     let owned: Vec<_> =
         existing.conditions.iter().filter(|c| cond::OWNED.contains(&c.type_.as_str())).cloned().collect();
+    let mut conditions = cond::merge(&owned, &desired, generation, now);
+    let wanted = relay.spec.coverage.is_some();
+    if wanted && coverage.is_none() {
+        conditions.extend(cond::find(&owned, cond::COVERAGE_OK).cloned());
+    }
+    let coverage_status = match coverage {
+        Some(found) if wanted => Some(found.status.clone()),
+        None if wanted => existing.coverage.clone(),
+        _ => None,
+    };
     RelayStatus {
         observed_generation: Some(generation),
-        conditions: cond::merge(&owned, &desired, generation, now),
+        conditions,
+        coverage: coverage_status,
         ready_replicas: work.ready_replicas,
         endpoints: Some(endpoints(relay)),
         admin_secret_name: admin_secret.or(existing.admin_secret_name),
@@ -100,7 +133,34 @@ pub async fn write(relay: &Relay, status: RelayStatus, ctx: &Context) -> Result<
     api.patch_status(&relay.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
     ctx.metrics.api_writes.with_label_values(&["RelayStatus"]).inc();
     announce_ready_change(relay, &status, ctx).await;
+    announce_coverage_change(relay, &status, ctx).await;
     Ok(())
+}
+
+/// An Event when `CoverageOK` changes status or reason: Normal on recovery, Warning when
+/// coverage turns bad or runs stop or fail. The first-run wait (Unknown) is not news.
+async fn announce_coverage_change(relay: &Relay, status: &RelayStatus, ctx: &Context) {
+    let before = relay
+        .status
+        .as_ref()
+        .and_then(|s| cond::find(&s.conditions, cond::COVERAGE_OK))
+        .map(|c| (c.status.clone(), c.reason.clone()));
+    let Some(now) = cond::find(&status.conditions, cond::COVERAGE_OK) else { return };
+    if before.as_ref() == Some(&(now.status.clone(), now.reason.clone())) || now.status == "Unknown" {
+        return;
+    }
+    let (type_, reason) = match now.reason.as_str() {
+        "CoverageOK" => (EventType::Normal, "CoverageOK".to_string()),
+        other => (EventType::Warning, format!("Coverage{other}")),
+    };
+    let event = Event {
+        type_,
+        reason,
+        note: Some(truncate(&now.message, 1000)),
+        action: "CompareCoverage".into(),
+        secondary: None,
+    };
+    ctx.publish(relay, event).await;
 }
 
 async fn announce_ready_change(relay: &Relay, status: &RelayStatus, ctx: &Context) {
@@ -154,7 +214,7 @@ mod tests {
     #[test]
     fn outcomes_map_onto_the_builders() {
         let stalled = Outcome::Stalled { reason: "InvalidSpec", message: "bad".into(), statefulset: None };
-        let (conditions, work) = desired_conditions(&relay("{}"), &stalled);
+        let (conditions, work) = desired_conditions(&relay("{}"), &stalled, None);
         assert_eq!(work.reason, "StatefulSetMissing");
         assert_eq!(
             summary(&conditions),
@@ -165,7 +225,7 @@ mod tests {
                 ("WorkloadAvailable", "False", "StatefulSetMissing"),
             ]
         );
-        let (conditions, _) = desired_conditions(&relay("{stopped: true}"), &Outcome::Paused(None));
+        let (conditions, _) = desired_conditions(&relay("{stopped: true}"), &Outcome::Paused(None), None);
         assert_eq!(
             summary(&conditions),
             [
