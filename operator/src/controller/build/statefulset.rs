@@ -55,6 +55,11 @@ pub fn statefulset(
     }
 }
 
+/// How long the kubelet waits after SIGTERM before SIGKILL.
+const TERMINATION_GRACE_SECONDS: i64 = 30;
+/// What the relay's own shutdown bound (`RELAY_SHUTDOWN_TIMEOUT`) leaves of the grace period.
+const SHUTDOWN_MARGIN_SECONDS: i64 = 5;
+
 fn pod_template(
     relay: &ValidatedRelay,
     admin: &AdminToken,
@@ -78,7 +83,7 @@ fn pod_template(
             // The relay never talks to the Kubernetes API.
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
-            termination_grace_period_seconds: Some(30),
+            termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
                 run_as_user: Some(RUN_AS_USER),
@@ -171,6 +176,9 @@ fn env(relay: &ValidatedRelay, admin: &AdminToken, coverage_references: &[String
         value("RELAY_METRICS_LISTEN", &format!("0.0.0.0:{}", spec.ports.internal)),
         value("RELAY_UPSTREAM", &spec.upstream.host),
         value("RELAY_PLC_HOST", &spec.upstream.plc_directory),
+        // The relay's ordered shutdown must end before the kubelet's SIGKILL, or a log write
+        // could be cut off: bound it by the grace period less a margin.
+        value("RELAY_SHUTDOWN_TIMEOUT", &format!("{}s", TERMINATION_GRACE_SECONDS - SHUTDOWN_MARGIN_SECONDS)),
         secret("RELAY_ADMIN_PASSWORD", admin.secret_name(relay), admin.secret_key()),
     ];
     if spec.storage.database.kind == DatabaseType::Postgres {
