@@ -101,3 +101,16 @@ fn coverage_rules() {
     }
     assert!(errors(itself.validate_cel()).contains("may not name this Relay itself"));
 }
+
+#[test]
+fn the_fleet_example_is_valid() {
+    let text = include_str!("../../examples/fleet.yaml");
+    let relays: Vec<Relay> = text.split("\n---\n").map(relay_from_yaml).collect();
+    assert_eq!(relays.len(), 3);
+    for relay in &relays {
+        assert_eq!(errors(relay.validate_cel()), "", "{:?}", relay.metadata.name);
+        let validated = relay_operator::controller::validate::validate(relay);
+        assert!(validated.is_ok(), "{:?}: {:?}", relay.metadata.name, validated.err());
+        assert!(relay.spec.coverage.is_some());
+    }
+}

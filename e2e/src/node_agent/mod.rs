@@ -20,7 +20,7 @@
 //!
 //! One file per concern: `node` (registration, heartbeat), `volumes`, `pods` (admission,
 //! sync, status), `processes`, `probes`, `env` (env and downward-API resolution) and
-//! `rewrite` (listen addresses and mount paths).
+//! `rewrite` (listen addresses and mount paths), `services` (Service names).
 
 mod env;
 mod node;
@@ -28,6 +28,7 @@ mod pods;
 mod probes;
 mod processes;
 mod rewrite;
+mod services;
 mod volumes;
 
 pub use rewrite::rewrite;

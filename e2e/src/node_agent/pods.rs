@@ -5,6 +5,7 @@
 use super::env::resolve_env;
 use super::probes::{probe_all, ProbeState};
 use super::processes::{reap, start, stop_all};
+use super::services::service_hosts;
 use super::AgentConfig;
 use anyhow::{anyhow, bail};
 use jiff::Timestamp;
@@ -46,6 +47,13 @@ pub(super) struct ContainerRuntime {
     pub(super) started_at: Option<String>,
     pub(super) waiting: Option<(String, String)>,
     pub(super) last_termination: Option<Value>,
+    /// The final state of a container that will not be restarted (restartPolicy Never,
+    /// or OnFailure after a success).
+    pub(super) terminated: Option<Value>,
+    /// `Always`, `OnFailure` or `Never`, from the pod.
+    pub(super) restart_policy: String,
+    /// The host file standing in for the container's `terminationMessagePath`.
+    pub(super) termination_log: PathBuf,
     pub(super) started: bool,
     pub(super) ready: bool,
     pub(super) next_start: Instant,
@@ -97,10 +105,14 @@ impl Agent {
         let dir = self.config.work_dir.join("pods").join(&uid);
         std::fs::create_dir_all(&dir)?;
         let spec = pod.spec.clone().unwrap_or_default();
+        let restart_policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
         let containers = spec
             .containers
             .iter()
             .map(|container| ContainerRuntime {
+                terminated: None,
+                restart_policy: restart_policy.clone(),
+                termination_log: dir.join(format!("{}.termination-log", container.name)),
                 binary: self.binary_for(container.image.as_deref().unwrap_or_default()),
                 spec: container.clone(),
                 child: None,
@@ -157,7 +169,10 @@ impl Agent {
                 ));
                 continue;
             }
-            if container.child.is_none() && Instant::now() >= container.next_start {
+            if container.child.is_none()
+                && container.terminated.is_none()
+                && Instant::now() >= container.next_start
+            {
                 match &mounts {
                     Err(message) => {
                         container.waiting = Some(("CreateContainerConfigError".into(), message.clone()))
@@ -170,7 +185,12 @@ impl Agent {
                                     Some(("CreateContainerConfigError".into(), error.to_string()));
                                 container.next_start = Instant::now() + Duration::from_secs(2);
                             }
-                            Ok(env) => start(container, &env, ip, mounts, &dir, pod)?,
+                            Ok(env) => {
+                                let texts = container.spec.args.iter().flatten().map(String::as_str);
+                                let texts = texts.chain(env.iter().map(|(_, v)| v.as_str()));
+                                let hosts = service_hosts(&self.client, texts).await;
+                                start(container, &env, &hosts, ip, mounts, &dir, pod)?
+                            }
                         }
                     }
                 }
@@ -185,6 +205,17 @@ impl Agent {
         let now = Timestamp::now().to_string();
         let all_ready = runtime.containers.iter().all(|c| c.ready);
         let any_running = runtime.containers.iter().any(|c| c.child.is_some());
+        let all_terminated = runtime.containers.iter().all(|c| c.terminated.is_some());
+        let all_succeeded = runtime
+            .containers
+            .iter()
+            .all(|c| c.terminated.as_ref().is_some_and(|t| t["terminated"]["exitCode"] == 0));
+        let phase = match (all_terminated, all_succeeded, any_running) {
+            (true, true, _) => "Succeeded",
+            (true, false, _) => "Failed",
+            (false, _, true) => "Running",
+            _ => "Pending",
+        };
         let mut set = |type_: &'static str, status: bool| {
             let entry = runtime.conditions.entry(type_).or_insert((status, now.clone()));
             if entry.0 != status {
@@ -206,7 +237,7 @@ impl Agent {
         let statuses: Vec<Value> = runtime.containers.iter().map(container_status).collect();
         let ip = runtime.ip.to_string();
         let status = json!({"status": {
-            "phase": if any_running { "Running" } else { "Pending" },
+            "phase": phase,
             "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}],
             "podIP": ip, "podIPs": [{"ip": ip}],
             "startTime": runtime.start_time,
@@ -245,6 +276,7 @@ impl Agent {
 
 pub(super) fn container_status(container: &ContainerRuntime) -> Value {
     let state = match (&container.child, &container.started_at, &container.waiting) {
+        _ if container.terminated.is_some() => container.terminated.clone().unwrap_or_default(),
         (Some(_), Some(started_at), _) => json!({"running": {"startedAt": started_at}}),
         (_, _, Some((reason, message))) => json!({"waiting": {"reason": reason, "message": message}}),
         _ => json!({"waiting": {"reason": "ContainerCreating"}}),

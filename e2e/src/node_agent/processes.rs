@@ -4,6 +4,7 @@
 use super::pods::{ContainerRuntime, PodRuntime};
 use super::probes::ProbeState;
 use super::rewrite::{mount_map, rewrite};
+use super::services::replace_hosts;
 use anyhow::{anyhow, Context};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, Probe};
@@ -16,43 +17,79 @@ use std::time::{Duration, Instant};
 use tokio::process::Command;
 use tracing::{info, warn};
 
-/// Notices an exited process and schedules its restart with backoff.
+/// The kubelet keeps at most this much of a termination message.
+const TERMINATION_MESSAGE_LIMIT: usize = 4096;
+
+/// Notices an exited process: under its pod's restart policy it either stays terminated
+/// (with its termination message) or is restarted with backoff.
 pub(super) fn reap(container: &mut ContainerRuntime) {
     let Some(child) = container.child.as_mut() else { return };
     let Ok(Some(status)) = child.try_wait() else { return };
     let code = status.code().unwrap_or(137);
     warn!(container = %container.spec.name, code, "container exited");
-    container.last_termination = Some(json!({"terminated": {
+    let mut terminated = json!({
         "exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
         "startedAt": container.started_at, "finishedAt": Timestamp::now().to_string(),
-    }}));
+    });
+    if let Some(message) = termination_message(&container.termination_log) {
+        terminated["message"] = json!(message);
+    }
     container.child = None;
     container.started = false;
     container.ready = false;
+    let restart = match container.restart_policy.as_str() {
+        "Never" => false,
+        "OnFailure" => code != 0,
+        _ => true,
+    };
+    if !restart {
+        container.terminated = Some(json!({"terminated": terminated}));
+        container.waiting = None;
+        return;
+    }
+    container.last_termination = Some(json!({"terminated": terminated}));
     container.restart_count += 1;
     container.waiting = Some(("CrashLoopBackOff".into(), format!("exited with code {code}; restarting")));
     container.next_start = Instant::now() + container.backoff;
     container.backoff = (container.backoff * 2).min(Duration::from_secs(10));
 }
 
+/// The file's content, cut at the kubelet's limit (on a character boundary); none when
+/// the process wrote nothing.
+fn termination_message(path: &Path) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(TERMINATION_MESSAGE_LIMIT)]).to_string();
+    let text = text.trim_end_matches('\u{FFFD}').to_string();
+    (!text.is_empty()).then_some(text)
+}
+
 pub(super) fn start(
     container: &mut ContainerRuntime,
     env: &[(String, String)],
+    hosts: &[(String, String)],
     ip: Ipv4Addr,
     mounts: &HashMap<String, PathBuf>,
     dir: &Path,
     pod: &Pod,
 ) -> anyhow::Result<()> {
     let binary = container.binary.clone().ok_or_else(|| anyhow!("no binary"))?;
-    let mount_map = mount_map(&container.spec, mounts);
+    let mut mount_map = mount_map(&container.spec, mounts);
+    // The termination message file: a real file the process can write, as the kubelet's
+    // bind mount would be; empty at each start.
+    let message_path =
+        container.spec.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into());
+    std::fs::write(&container.termination_log, b"")?;
+    mount_map.insert(0, (message_path, container.termination_log.clone()));
     let args: Vec<String> = container
         .spec
         .args
         .clone()
         .unwrap_or_default()
         .iter()
-        .map(|arg| rewrite(arg, ip, &mount_map))
+        .map(|arg| replace_hosts(&rewrite(arg, ip, &mount_map), hosts))
         .collect();
+    let env: Vec<(String, String)> =
+        env.iter().map(|(k, v)| (k.clone(), replace_hosts(&rewrite(v, ip, &mount_map), hosts))).collect();
     let log = dir.join(format!("{}.log", container.spec.name));
     let out = std::fs::File::options().create(true).append(true).open(&log)?;
     let mut command = Command::new(&binary);

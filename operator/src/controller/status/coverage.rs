@@ -139,12 +139,16 @@ pub fn run_of(job: &Job, finished: Timestamp, pods: &[Pod]) -> Run {
     Run { job: job.metadata.name.clone().unwrap_or_default(), finished, errors, summaries }
 }
 
-/// The figures of one relay across the modes' summaries.
-fn figures(relay: &str, summaries: &[Summary]) -> CoverageFigures {
+/// The figures of one relay across the modes' summaries. Summaries list the relays in the
+/// order of the `--relay` flags (this relay first), so a relay is found by its position:
+/// the URL a summary names is the one the process was given, which need not be the one
+/// the operator wrote (a proxy or a DNS rewrite may stand between).
+fn figures(relay: &str, position: usize, summaries: &[Summary]) -> CoverageFigures {
     let mut figures = CoverageFigures { relay: relay.to_string(), ..CoverageFigures::default() };
     let mut errors = Vec::new();
     for summary in summaries {
-        let Some(found) = summary.relays.iter().find(|r| r.relay == relay) else { continue };
+        // Relays left out for size are the last ones: positions of the others hold.
+        let Some(found) = summary.relays.get(position) else { continue };
         if let Some(error) = &found.error {
             errors.push(format!("{}: {error}", summary.mode));
         }
@@ -190,8 +194,9 @@ pub fn coverage_status(
     let Some(run) = run else {
         return CoverageStatus { next_run_time: next_run.map(Time), history, ..CoverageStatus::default() };
     };
-    let own = figures(own_url, &run.summaries);
-    let others: Vec<CoverageFigures> = references.iter().map(|r| figures(r, &run.summaries)).collect();
+    let own = figures(own_url, 0, &run.summaries);
+    let others: Vec<CoverageFigures> =
+        references.iter().enumerate().map(|(i, r)| figures(r, i + 1, &run.summaries)).collect();
     let best = relative_to_best(&own, &others);
     if history.last().is_none_or(|last| last.time.0 < run.finished) {
         history.push(CoverageHistoryEntry { time: Time(run.finished), basis_points: best });
