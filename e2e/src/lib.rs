@@ -3,5 +3,6 @@
 //! in for the kubelet (`node_agent`).
 
 pub mod controlplane;
+pub mod hcloud_fake;
 pub mod node_agent;
 pub mod process;

@@ -1,6 +1,7 @@
 //! The Relay operator: a kube-rs controller that runs ATProto relays from `Relay`
 //! custom resources.
 
+pub mod cloud;
 pub mod config;
 pub mod controller;
 pub mod crd;
