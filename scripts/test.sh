@@ -130,6 +130,14 @@ fi
 step "relay architecture: stages take handles from the wiring function, never the wiring module"
 scripts/check-architecture.sh
 
+step "cloud-init user data for Hetzner nodes: golden fixtures against Debian's cloud-init schema"
+# Exit 3: cloud-init could not be installed or run here (the script says why); not a failure.
+cloud_init_rc=0
+e2e/hcloud/check-cloud-init.sh || cloud_init_rc=$?
+if [ "$cloud_init_rc" -ne 0 ] && [ "$cloud_init_rc" -ne 3 ]; then
+  exit "$cloud_init_rc"
+fi
+
 step "Argo CD health check of Relays (Lua 5.4 against saved Relay objects)"
 # Before the e2e suite, which also runs it on the objects of its own run once lua5.4 is here.
 e2e/argocd/test.sh
