@@ -1,5 +1,6 @@
 //! Runtime status: the operator reads each relay's own state from its internal listener
-//! (`GET /metrics`, one request per relay per interval) and writes it to `status.runtime`
+//! (`GET /_summary`, one request per relay per interval; `GET /metrics` only when a relay
+//! too old to serve `/_summary` answers 404) and writes it to `status.runtime`
 //! only when a shown value changed, and never more than once per interval per Relay.
 //!
 //! This runs beside the reconcile loop, not in it: a reconcile reads and compares every
@@ -11,6 +12,7 @@
 pub mod exposition;
 pub mod gate;
 pub mod http;
+pub mod relay_summary;
 pub mod summary;
 
 use crate::controller::Context;
@@ -37,6 +39,8 @@ use tracing::{debug, info, warn};
 pub const FIELD_MANAGER: &str = "relay-operator-runtime";
 /// A relay's `/metrics` is a few tens of KiB; anything far beyond is not read.
 const METRICS_LIMIT: u64 = 8 << 20;
+/// `/_summary` is well under a KiB (a few more bytes per coverage reference).
+const SUMMARY_LIMIT: u64 = 256 << 10;
 /// Longest wait for one relay's answer (less when the interval is shorter).
 const MAX_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -131,20 +135,41 @@ async fn observe(
         return failed(node, format!("pod {pod_name} has no IP yet"));
     };
     let timeout = (ctx.config.runtime_interval / 2).min(MAX_TIMEOUT);
-    let scraped = http::get(address, "/metrics", timeout, METRICS_LIMIT).await;
-    let result = if scraped.is_ok() { "ok" } else { "failed" };
+    let sampled = sample(address, timeout, previous).await;
+    let result = if sampled.is_ok() { "ok" } else { "failed" };
     ctx.metrics.runtime_scrapes.with_label_values(&[result]).inc();
-    match scraped {
-        Ok(body) => {
-            let (mut status, counter) =
-                summary::summarise(&exposition::parse(&body), Instant::now(), previous);
+    match sampled {
+        Ok((mut status, counter)) => {
             status.node = node;
             (status, counter)
         }
         Err(error) => {
             debug!(relay = %key(relay), %error, "runtime sample failed");
-            failed(node, format!("GET /metrics on the internal port: {error}"))
+            failed(node, format!("reading the relay's internal listener: {error}"))
         }
+    }
+}
+
+/// One sample: `GET /_summary`, or, from a relay that answers it with 404 (older than the
+/// route), `GET /metrics`. Only the 404 falls back: any other failure is the relay's state.
+async fn sample(
+    address: SocketAddr,
+    timeout: Duration,
+    previous: Option<Counter>,
+) -> Result<(RuntimeStatus, Option<Counter>), String> {
+    match http::get(address, "/_summary", timeout, SUMMARY_LIMIT).await {
+        Ok(body) => {
+            let summary: relay_summary::RelaySummary = serde_json::from_str(&body)
+                .map_err(|e| format!("GET /_summary: not the relay's summary: {e}"))?;
+            Ok(relay_summary::summarise(&summary, Instant::now(), previous))
+        }
+        Err(http::FetchError::Status(404)) => {
+            let body = http::get(address, "/metrics", timeout, METRICS_LIMIT)
+                .await
+                .map_err(|e| format!("GET /metrics: {e}"))?;
+            Ok(summary::summarise(&exposition::parse(&body), Instant::now(), previous))
+        }
+        Err(error) => Err(format!("GET /_summary: {error}")),
     }
 }
 
