@@ -88,8 +88,16 @@ pub(super) fn start(
         .iter()
         .map(|arg| replace_hosts(&rewrite(arg, ip, &mount_map), hosts))
         .collect();
-    let env: Vec<(String, String)> =
-        env.iter().map(|(k, v)| (k.clone(), replace_hosts(&rewrite(v, ip, &mount_map), hosts))).collect();
+    // Env values were rewritten for mounts already (`resolve_env`); rewriting them again
+    // would map a host path under `/tmp` through a `/tmp` mount. Only the termination
+    // message path and Service names are left to do.
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| {
+            let v = if *v == mount_map[0].0 { mount_map[0].1.display().to_string() } else { v.clone() };
+            (k.clone(), replace_hosts(&v, hosts))
+        })
+        .collect();
     let log = dir.join(format!("{}.log", container.spec.name));
     let out = std::fs::File::options().create(true).append(true).open(&log)?;
     let mut command = Command::new(&binary);
