@@ -1157,8 +1157,26 @@ async fn malformed_relay_skipped(env: &mut Env) -> anyhow::Result<()> {
     let env: &Env = env;
     // The CRD's schema would refuse a malformed Relay: loosen it for the spec while the bad
     // object is stored (as an older schema or a direct etcd write could leave one behind).
-    let loosen = r#"[{"op":"replace","path":"/spec/versions/0/schema/openAPIV3Schema/properties/spec","value":{"type":"object","x-kubernetes-preserve-unknown-fields":true}}]"#;
-    env.kubectl(&["patch", "crd", "relays.atrelay.dev", "--type=json", "-p", loosen]).await?;
+    // Rules on the whole object that read spec fields would no longer compile against a
+    // schema-less spec: keep only those that do not.
+    let crd: Value =
+        serde_json::from_str(&env.kubectl(&["get", "crd", "relays.atrelay.dev", "-o", "json"]).await?)?;
+    let root = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let rules: Vec<Value> = root["x-kubernetes-validations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|rule| !rule["rule"].as_str().unwrap_or_default().contains("self.spec"))
+        .cloned()
+        .collect();
+    let loosen = serde_json::json!([
+        {"op": "replace", "path": "/spec/versions/0/schema/openAPIV3Schema/properties/spec",
+         "value": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
+        {"op": "replace", "path": "/spec/versions/0/schema/openAPIV3Schema/x-kubernetes-validations",
+         "value": rules},
+    ])
+    .to_string();
+    env.kubectl(&["patch", "crd", "relays.atrelay.dev", "--type=json", "-p", &loosen]).await?;
     let bad = r#"apiVersion: atrelay.dev/v1alpha1
 kind: Relay
 metadata:
