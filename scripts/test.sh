@@ -10,6 +10,11 @@ cd "$(dirname "$0")/.."
 cache_dir="${RELAY_CACHE_DIR:-$HOME/.cache/atproto-relay}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache_dir/target}"
 mkdir -p "$CARGO_TARGET_DIR"
+# Incremental state is keyed by the checkout's path, and every CI run is a fresh clone in a new
+# folder: it would only pile up (gigabytes a run) on a shared target directory. Dependencies
+# are reused either way.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+rm -rf "$CARGO_TARGET_DIR/debug/incremental" "$CARGO_TARGET_DIR/release/incremental"
 fuzz_seconds="${RELAY_FUZZ_SMOKE_SECONDS:-15}"
 
 step() { printf '\n==> %s\n' "$*"; }
