@@ -75,4 +75,53 @@ pub struct RunConfig {
     /// This replica's identity (Events and the Lease holder); the pod name in a cluster.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+
+    /// Hetzner Cloud API base URL (`spec.node.hetzner`); tests point it at a fake.
+    #[arg(long, env = "OPERATOR_HETZNER_API_URL", default_value = "https://api.hetzner.cloud/v1")]
+    pub hetzner_api_url: String,
+
+    /// Steady state: how often a Relay's Hetzner server is checked (one `GET /servers/{id}`).
+    /// The Node's state comes from the Kubernetes API and costs no Hetzner call.
+    #[arg(long, env = "OPERATOR_HETZNER_CHECK_INTERVAL", default_value = "10m", value_parser = parse_seconds)]
+    pub hetzner_check_interval: Duration,
+
+    /// While a server is being created or boots: how often its action or state is polled.
+    #[arg(long, env = "OPERATOR_HETZNER_POLL_INTERVAL", default_value = "5s", value_parser = parse_seconds)]
+    pub hetzner_poll_interval: Duration,
+
+    /// While waiting for a joined Node: how often the Node is looked at (Kubernetes API only).
+    #[arg(long, env = "OPERATOR_HETZNER_JOIN_POLL", default_value = "10s", value_parser = parse_seconds)]
+    pub hetzner_join_poll: Duration,
+
+    /// Longest wait for the create action (phase `Creating`) before `CreateTimeout`.
+    #[arg(long, env = "OPERATOR_HETZNER_CREATE_TIMEOUT", default_value = "10m", value_parser = parse_seconds)]
+    pub hetzner_create_timeout: Duration,
+
+    /// Longest wait for the server to be `running` (phase `WaitingForBoot`) before `BootTimeout`.
+    #[arg(long, env = "OPERATOR_HETZNER_BOOT_TIMEOUT", default_value = "10m", value_parser = parse_seconds)]
+    pub hetzner_boot_timeout: Duration,
+
+    /// Longest wait for the Node to join and be Ready (phase `WaitingForJoin`) before `JoinTimeout`.
+    #[arg(long, env = "OPERATOR_HETZNER_JOIN_TIMEOUT", default_value = "15m", value_parser = parse_seconds)]
+    pub hetzner_join_timeout: Duration,
+
+    /// Longest wait for a delete action and the 404 after it, within one reconcile.
+    #[arg(long, env = "OPERATOR_HETZNER_DELETE_WAIT", default_value = "6m", value_parser = parse_seconds)]
+    pub hetzner_delete_wait: Duration,
+
+    /// Requests per second the operator-wide Hetzner budget refills (Hetzner: 3,600/h = 1/s).
+    #[arg(long, env = "OPERATOR_HETZNER_REFILL_PER_SECOND", default_value_t = 1.0)]
+    pub hetzner_refill_per_second: f64,
+
+    /// Burst of the Hetzner budget (the project's 3,600/h is shared with the CCM and people).
+    #[arg(long, env = "OPERATOR_HETZNER_BURST", default_value_t = 120)]
+    pub hetzner_burst: u32,
+
+    /// Pause after the first 429 from Hetzner (doubled per further 429, up to the max).
+    #[arg(long, env = "OPERATOR_HETZNER_BACKOFF", default_value = "1m", value_parser = parse_seconds)]
+    pub hetzner_backoff: Duration,
+
+    /// Longest pause after repeated 429s.
+    #[arg(long, env = "OPERATOR_HETZNER_BACKOFF_MAX", default_value = "15m", value_parser = parse_seconds)]
+    pub hetzner_backoff_max: Duration,
 }

@@ -17,6 +17,14 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// Requests to relays' internal listeners for `status.runtime`, by result.
     pub runtime_scrapes: IntCounterVec,
+    /// Hetzner Cloud API requests sent, by operation (from the operator-wide budget).
+    pub hetzner_requests: IntCounterVec,
+    /// Hetzner calls refused locally because the budget was spent or paused after a 429.
+    pub hetzner_throttled: prometheus::IntCounter,
+    /// 429 answers from the Hetzner API.
+    pub hetzner_rate_limited: prometheus::IntCounter,
+    /// 1 while the last Hetzner answer was not a 429, 401/403 or transport failure.
+    pub hetzner_api_healthy: IntGauge,
 }
 
 impl Metrics {
@@ -61,6 +69,29 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let hetzner_requests = IntCounterVec::new(
+            Opts::new(
+                "relay_operator_hetzner_requests_total",
+                "Hetzner Cloud API requests sent, by operation (retries count again)",
+            ),
+            &["operation"],
+        )
+        .expect("valid metric");
+        let hetzner_throttled = prometheus::IntCounter::new(
+            "relay_operator_hetzner_throttled_total",
+            "Hetzner calls refused locally by the operator-wide rate budget (no request sent)",
+        )
+        .expect("valid metric");
+        let hetzner_rate_limited = prometheus::IntCounter::new(
+            "relay_operator_hetzner_rate_limited_total",
+            "429 answers from the Hetzner API (each pauses all calls for minutes)",
+        )
+        .expect("valid metric");
+        let hetzner_api_healthy = IntGauge::new(
+            "relay_operator_hetzner_api_healthy",
+            "1 while the Hetzner API answers normally; 0 after a 429, a refused token or a transport failure",
+        )
+        .expect("valid metric");
         let leader = IntGauge::new("relay_operator_leader", "1 while this replica is the active leader")
             .expect("valid metric");
         for collector in [
@@ -71,6 +102,10 @@ impl Metrics {
             Box::new(invalid_objects.clone()),
             Box::new(leader.clone()),
             Box::new(runtime_scrapes.clone()),
+            Box::new(hetzner_requests.clone()),
+            Box::new(hetzner_throttled.clone()),
+            Box::new(hetzner_rate_limited.clone()),
+            Box::new(hetzner_api_healthy.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
@@ -83,6 +118,10 @@ impl Metrics {
             invalid_objects,
             leader,
             runtime_scrapes,
+            hetzner_requests,
+            hetzner_throttled,
+            hetzner_rate_limited,
+            hetzner_api_healthy,
         }
     }
 

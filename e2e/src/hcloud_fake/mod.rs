@@ -249,6 +249,10 @@ async fn handle(
     };
     match outcome {
         Outcome::Reply(reply, headers) => Ok(respond(reply, Some(headers))),
+        Outcome::Delayed(reply, headers, delay) => {
+            tokio::time::sleep(delay).await;
+            Ok(respond(reply, Some(headers)))
+        }
         Outcome::Reset => {
             reset.notify_one();
             // Never answer: the connection task resets the socket.
@@ -260,6 +264,8 @@ async fn handle(
 
 enum Outcome {
     Reply(routes::Reply, RateHeaders),
+    /// Done, answered late (`Fault::SlowReply`).
+    Delayed(routes::Reply, RateHeaders, std::time::Duration),
     Reset,
 }
 
@@ -295,13 +301,20 @@ fn decide(
             "resource_unavailable",
             "we are unable to provision servers for this location, try with a different location or try later",
         ),
-        Some(Fault::ConnectionReset) | None => routes::handle(state, route, path, query, body),
+        Some(Fault::ConnectionReset | Fault::SlowReply { .. }) | None => {
+            routes::handle(state, route, path, query, body)
+        }
     };
     let mut headers = rate_headers(state);
     if reply.status == 429 {
         headers.remaining = 0;
     }
-    Outcome::Reply(reply, headers)
+    match fault {
+        Some(Fault::SlowReply { millis }) => {
+            Outcome::Delayed(reply, headers, std::time::Duration::from_millis(millis))
+        }
+        _ => Outcome::Reply(reply, headers),
+    }
 }
 
 fn rate_limited(_state: &mut State) -> routes::Reply {

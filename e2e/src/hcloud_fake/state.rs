@@ -85,6 +85,9 @@ pub enum Fault {
     ResourceUnavailable,
     /// The connection is reset (RST) after the request is read: no response at all.
     ConnectionReset,
+    /// The request is carried out, then the answer is held back this many milliseconds
+    /// (a create that succeeded while its caller was killed before it read the answer).
+    SlowReply { millis: u64 },
 }
 
 /// `count` faults for requests matching `route` (None: any route).

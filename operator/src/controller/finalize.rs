@@ -18,9 +18,10 @@ use serde_json::json;
 /// The finalizer this operator puts on Relays that own external resources.
 pub const FINALIZER: &str = "atrelay.dev/cleanup";
 
-/// Whether this Relay owns something outside the cluster that must be cleaned up.
-pub fn needs_finalizer(_relay: &Relay) -> bool {
-    false
+/// Whether this Relay owns something outside the cluster that must be cleaned up: a
+/// Hetzner server (`spec.node.hetzner`).
+pub fn needs_finalizer(relay: &Relay) -> bool {
+    relay.spec.node.as_ref().is_some_and(|n| n.hetzner.is_some())
 }
 
 /// Adds the finalizer when the Relay needs one and lacks it (before anything external is
@@ -39,7 +40,11 @@ pub async fn on_delete(relay: &Relay, ctx: &Context) -> Result<Action, Error> {
     if !has_finalizer(relay) {
         return Ok(Action::await_change());
     }
-    let outcome = cleanup_external(relay, ctx).await;
+    let outcome = match cleanup_external(relay, ctx).await {
+        Ok(super::node::Cleanup::Pending(wait)) => return Ok(Action::requeue(wait)),
+        Ok(super::node::Cleanup::Done) => Ok(()),
+        Err(error) => Err(error),
+    };
     if !cleanup_done(&outcome) {
         return outcome.map(|()| Action::await_change());
     }
@@ -52,9 +57,9 @@ fn has_finalizer(relay: &Relay) -> bool {
     relay.finalizers().iter().any(|f| f == FINALIZER)
 }
 
-/// Deletes what the Relay owns outside the cluster (nothing yet).
-async fn cleanup_external(_relay: &Relay, _ctx: &Context) -> Result<(), Error> {
-    Ok(())
+/// Deletes what the Relay owns outside the cluster: its node (`node::cleanup`).
+async fn cleanup_external(relay: &Relay, ctx: &Context) -> Result<super::node::Cleanup, Error> {
+    super::node::cleanup(relay, ctx).await
 }
 
 /// Whether cleanup reached its goal. "Not found" counts as done: the thing is gone, whoever

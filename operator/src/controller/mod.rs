@@ -8,6 +8,7 @@ pub mod build;
 pub mod finalize;
 /// Helpers for tests and fixtures (Relays from YAML).
 pub mod fixtures;
+pub mod node;
 pub mod read;
 pub mod status;
 pub mod validate;
@@ -38,6 +39,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub config: RunConfig,
+    /// The Hetzner rate budget and clients, shared by every Relay (`node.rs`).
+    pub hetzner: node::Hetzner,
     service_monitor_cache: Mutex<Option<(Instant, bool)>>,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -47,6 +50,7 @@ impl Context {
         let reporter = Reporter { controller: build::MANAGER.into(), instance: config.pod_name.clone() };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
+            hetzner: node::Hetzner::new(&config),
             client,
             metrics,
             config,
@@ -200,7 +204,15 @@ async fn reconcile_inner(relay: &Relay, ctx: &Context) -> Result<Action, Reconci
         coverage_references: observed.coverage_references.clone(),
     };
     let admin_secret = observed.admin.secret_name(&validated);
-    let desired = build::build(&validated, &inputs);
+    // The Relay's own node (spec.node): found or created, and where the relay may run.
+    let node = match relay.spec.node.as_ref().and_then(|n| n.hetzner.as_ref()) {
+        Some(spec) => Some(node::reconcile(relay, spec, ctx).await.at(Stage::Read)?),
+        None => None,
+    };
+    let mut desired = build::build(&validated, &inputs);
+    if let Some(node) = &node {
+        build::pin_to_node(&mut desired.statefulset, node.pin());
+    }
     let uid = relay.uid().unwrap_or_default();
     let owned = apply::Owned {
         relay_name: &name,
@@ -226,9 +238,15 @@ async fn reconcile_inner(relay: &Relay, ctx: &Context) -> Result<Action, Reconci
             .await
             .at(Stage::Read)?;
     let outcome = status::Outcome::Applied(&applied.statefulset);
-    let status = status::compute(relay, &outcome, Some(admin_secret), coverage.as_ref(), &now());
+    let mut status = status::compute(relay, &outcome, Some(admin_secret), coverage.as_ref(), &now());
+    if let Some(node) = &node {
+        let stored = relay.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+        let generation = relay.metadata.generation.unwrap_or(0);
+        status::node::apply(&mut status, stored, node.status.clone(), &node.state, node.scheduled, generation, &now());
+    }
     status::write(relay, status, ctx).await.at(Stage::Status)?;
-    Ok(Action::requeue(requeue_after(ctx.config.resync_interval, coverage.as_ref())))
+    let requeue = requeue_after(ctx.config.resync_interval, coverage.as_ref());
+    Ok(Action::requeue(node.map_or(requeue, |n| n.requeue.min(requeue))))
 }
 
 /// The coverage runs' results, read after apply (the CronJob's live state is known then).

@@ -10,10 +10,12 @@ pub const STALLED: &str = "Stalled";
 pub const WORKLOAD_AVAILABLE: &str = "WorkloadAvailable";
 pub const RECONCILIATION_PAUSED: &str = "ReconciliationPaused";
 pub const COVERAGE_OK: &str = "CoverageOK";
+/// The relay's own node (`spec.node`) is created, joined and Ready.
+pub const NODE_PROVISIONED: &str = "NodeProvisioned";
 
 /// The condition types this operator owns, in the order they are written.
-pub const OWNED: [&str; 6] =
-    [READY, RECONCILING, STALLED, WORKLOAD_AVAILABLE, RECONCILIATION_PAUSED, COVERAGE_OK];
+pub const OWNED: [&str; 7] =
+    [READY, RECONCILING, STALLED, WORKLOAD_AVAILABLE, RECONCILIATION_PAUSED, COVERAGE_OK, NODE_PROVISIONED];
 
 /// True / False / Unknown, as the API spells them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

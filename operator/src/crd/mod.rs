@@ -4,6 +4,7 @@
 
 pub mod conditions;
 pub mod coverage;
+pub mod node;
 pub mod runtime;
 
 use k8s_openapi::api::core::v1::Toleration;
@@ -28,6 +29,7 @@ pub const GROUP: &str = "atrelay.dev";
     doc = "An ATProto relay run by the relay operator: a StatefulSet running `relay serve`, its Services and admin Secret.",
     validation = Rule::new("size(self.metadata.name) <= 52").message("a Relay name may have at most 52 characters"),
     validation = Rule::new("!has(self.spec.coverage) || self.spec.coverage.references.all(r, !has(r.relay) || r.relay != self.metadata.name)").message("coverage.references may not name this Relay itself"),
+    validation = Rule::new("!has(self.spec.node) || !has(self.spec.node.hetzner) || size(self.metadata.name) <= 48").message("with spec.node.hetzner a Relay name may have at most 48 characters (the server name relay-<name>-<8 hex of the UID> must fit in 63)"),
     shortname = "rly",
     category = "atproto",
     printcolumn(
@@ -42,6 +44,7 @@ pub const GROUP: &str = "atrelay.dev";
     printcolumn(name = "Collections", type_ = "string", json_path = ".status.runtime.collections"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     printcolumn(name = "Node", type_ = "string", json_path = ".status.runtime.node", priority = "1"),
+    printcolumn(name = "Server", type_ = "string", json_path = ".status.node.nodeName", priority = "1"),
     printcolumn(name = "Image", type_ = "string", json_path = ".spec.image", priority = "1"),
     printcolumn(name = "Firehose URL", type_ = "string", json_path = ".status.endpoints.firehose", priority = "1"),
     cel
@@ -104,6 +107,10 @@ pub struct RelaySpec {
     /// the relay's own coverage self-check against the same references.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coverage: Option<coverage::CoverageSpec>,
+
+    /// A dedicated machine for the relay (today: a Hetzner Cloud server per Relay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<node::NodeSpec>,
 }
 
 fn default_pull_policy() -> PullPolicy {
@@ -472,6 +479,9 @@ pub struct RelayStatus {
     /// Results of the scheduled coverage comparisons (`spec.coverage`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coverage: Option<coverage::CoverageStatus>,
+    /// The relay's own node (`spec.node`): server id, addresses, node name, phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<node::NodeStatus>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]

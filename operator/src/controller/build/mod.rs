@@ -145,3 +145,37 @@ pub fn digest(bytes: &[u8]) -> String {
     let hash = Sha256::digest(bytes);
     hash.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
+
+/// Where the relay pod may run when the Relay has its own node (`spec.node`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodePin<'a> {
+    /// No own node: the spec's placement alone.
+    Anywhere,
+    /// The own node has not joined (or is not Ready) yet: no pod, so neither the pod nor
+    /// its volume lands on another node.
+    Waiting,
+    /// On the own node: selected by hostname, its reservation taint tolerated.
+    On { node: &'a str, taint_key: &'a str, taint_value: &'a str },
+}
+
+/// Applies a `NodePin` to the built StatefulSet (the node subsystem decides it).
+pub fn pin_to_node(statefulset: &mut StatefulSet, pin: NodePin) {
+    let spec = &mut statefulset.spec;
+    match pin {
+        NodePin::Anywhere => {}
+        NodePin::Waiting => spec.replicas = Some(0),
+        NodePin::On { node, taint_key, taint_value } => {
+            let Some(pod) = spec.template.spec.as_mut() else { return };
+            pod.node_selector
+                .get_or_insert_with(BTreeMap::new)
+                .insert("kubernetes.io/hostname".into(), node.to_string());
+            pod.tolerations.get_or_insert_with(Vec::new).push(k8s_openapi::api::core::v1::Toleration {
+                key: Some(taint_key.into()),
+                operator: Some("Equal".into()),
+                value: Some(taint_value.into()),
+                effect: Some("NoSchedule".into()),
+                toleration_seconds: None,
+            });
+        }
+    }
+}

@@ -5,6 +5,7 @@
 
 pub mod conditions;
 pub mod coverage;
+pub mod node;
 pub mod workload;
 
 use super::build::{internal_service_name, MANAGER};
@@ -79,6 +80,9 @@ pub fn compute(
     if wanted && coverage.is_none() {
         conditions.extend(cond::find(&owned, cond::COVERAGE_OK).cloned());
     }
+    // `NodeProvisioned` and `status.node` belong to the node subsystem (`node::apply`);
+    // carried unchanged here so a paused or stalled reconcile keeps them.
+    conditions.extend(cond::find(&owned, cond::NODE_PROVISIONED).cloned());
     let coverage_status = match coverage {
         Some(found) if wanted => Some(found.status.clone()),
         None if wanted => existing.coverage.clone(),
@@ -94,6 +98,7 @@ pub fn compute(
         // Written by the runtime sampler under its own field manager; carried here only
         // so the comparison below sees no difference.
         runtime: existing.runtime,
+        node: existing.node,
     }
 }
 
