@@ -147,7 +147,15 @@ step "Argo CD health check of Relays (Lua 5.4 against saved Relay objects)"
 # Before the e2e suite, which also runs it on the objects of its own run once lua5.4 is here.
 e2e/argocd/test.sh
 
-step "cargo test (the e2e suite runs the relay and operator binaries as pods)"
+step "images: release binaries, OCI archives built with buildah, run from the image"
+# Before cargo test: the e2e suite runs the relay and operator pods from these archives, so
+# what ships is what is tested.
+scripts/check-images.sh
+images_dir="${IMAGES_DIR:-$cache_dir/images}"
+export E2E_RELAY_IMAGE_ARCHIVE="$images_dir/relay.oci.tar"
+export E2E_OPERATOR_IMAGE_ARCHIVE="$images_dir/relay-operator.oci.tar"
+
+step "cargo test (the e2e suite runs the relay and operator pods from the images above)"
 cargo build --workspace --locked --bins
 cargo test --workspace --locked
 
@@ -157,10 +165,6 @@ CHECK_MONITORING_REQUIRE_METRICS=1 scripts/check-monitoring.sh "$CARGO_TARGET_DI
 
 step "benchmark builds"
 cargo bench -p relay --benches --locked --no-run
-
-step "images: release binaries, OCI archives built with buildah, run from the image"
-# After the benchmark build, whose release-profile dependencies the image build reuses.
-scripts/check-images.sh
 
 step "fuzz smoke (${fuzz_seconds}s per target)"
 if [ "$fuzz_seconds" -gt 0 ]; then

@@ -163,6 +163,8 @@ impl Env {
                 bail!("{} is missing: run `cargo build -p relay -p relay-operator` first", binary.display());
             }
         }
+        let relay_image = image_or_binary("E2E_RELAY_IMAGE_ARCHIVE", "relay", &relay_bin)?;
+        let operator_image = image_or_binary("E2E_OPERATOR_IMAGE_ARCHIVE", "operator", &operator_bin)?;
         let assets = match std::env::var_os("KUBEBUILDER_ASSETS") {
             Some(dir) => PathBuf::from(dir),
             None => build_control_plane(&repo)?,
@@ -176,8 +178,8 @@ impl Env {
         agent
             .arg(format!("--kubeconfig={}", plane.kubeconfig.display()))
             .arg(format!("--work-dir={}", work.join("node").display()))
-            .arg(format!("--image=ghcr.io/atrelay/relay-operator:={}", operator_bin.display()))
-            .arg(format!("--image=ghcr.io/atrelay/relay:={}", relay_bin.display()))
+            .arg(format!("--image=ghcr.io/atrelay/relay-operator:={}", operator_image.display()))
+            .arg(format!("--image=ghcr.io/atrelay/relay:={}", relay_image.display()))
             // A pod-IP range of its own, so two suites on one machine do not collide.
             .arg(format!("--subnet={}", 2 + std::process::id() % 250))
             .env("RUST_LOG", "info");
@@ -271,6 +273,26 @@ fn binary_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let deps = exe.parent().ok_or_else(|| anyhow!("test binary has no directory"))?;
     Ok(deps.parent().unwrap_or(deps).to_path_buf())
+}
+
+/// What the node agent runs for an image: the OCI archive named by `variable` (the image
+/// scripts/test.sh built in this run, so what ships is what is tested), else the host binary,
+/// said once so a run of binaries is never mistaken for a run of the images.
+fn image_or_binary(variable: &str, what: &str, binary: &Path) -> anyhow::Result<PathBuf> {
+    match std::env::var_os(variable).filter(|v| !v.is_empty()) {
+        Some(archive) => {
+            let archive = PathBuf::from(archive);
+            if !archive.is_file() {
+                bail!("{variable}={} does not exist (scripts/build-images.sh builds it)", archive.display());
+            }
+            println!("{what} pods run from the image archive {}", archive.display());
+            Ok(archive)
+        }
+        None => {
+            println!("{what} pods run the host binary {} ({variable} is not set)", binary.display());
+            Ok(binary.to_path_buf())
+        }
+    }
 }
 
 fn build_control_plane(repo: &Path) -> anyhow::Result<PathBuf> {

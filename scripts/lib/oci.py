@@ -28,7 +28,10 @@ Options for run/exec:
     --entrypoint PATH     override the Entrypoint (then Cmd is not used)
     --writable            do not mount the rootfs read-only
     --no-host-files       do not provide /proc, /dev, /etc/hosts and /etc/resolv.conf
-By default, as a container runtime does, the process gets the host's /proc and /dev and the
+    --die-with-parent     SIGKILL the entrypoint when the process that started oci.py exits
+                          (a test node agent's containers must not outlive it)
+By default, as a container runtime does, the process gets the host's /proc, a tmpfs /dev with
+the usual device nodes (null, zero, full, random, urandom, tty) and /dev/shm, and the
 host's /etc/hosts and /etc/resolv.conf (the image has no /etc; the network is the host's,
 so loopback addresses work as they are). Needs root (chroot, mounts, setuid).
 """
@@ -51,6 +54,7 @@ MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_PDEATHSIG = 1
 
 LAYER_TYPES = {
     "application/vnd.oci.image.layer.v1.tar": "r|",
@@ -269,20 +273,46 @@ def mount_point(rootfs, path, directory):
     return target
 
 
+# Device nodes a container runtime gives every container (bind-mounted from the host into a
+# tmpfs /dev, as runc does), and the /dev links programs expect.
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+             "stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx"}
+
+
+def mount_host_dev(rootfs):
+    """/dev as a fresh tmpfs holding the usual device nodes, never the host's /dev itself: a
+    bind target under /dev (a pod's /dev/termination-log) then lands in the container's /dev
+    instead of creating a file on the host's."""
+    dev = mount_point(rootfs, "/dev", True)
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755")
+    for name in DEVICES:
+        source = os.path.join("/dev", name)
+        if os.path.exists(source):
+            target = os.path.join(dev, name)
+            open(target, "a").close()
+            mount(source, target, None, MS_BIND)
+    for name, link in DEV_LINKS.items():
+        os.symlink(link, os.path.join(dev, name))
+    os.makedirs(os.path.join(dev, "shm"))
+    mount("tmpfs", os.path.join(dev, "shm"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+
+
 def enter(directory, view, options):
     """In the current process: new mount namespace, mounts, chroot, drop to the user, exec."""
     rootfs = os.path.join(directory, "rootfs")
+    parent = os.getppid()
     if libc.unshare(CLONE_NEWNS) != 0:
         fail(f"unshare(CLONE_NEWNS): {os.strerror(ctypes.get_errno())} (run as root)")
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     # The rootfs as a mount of its own, so it can be made read-only and chrooted into.
     mount(rootfs, rootfs, None, MS_BIND | MS_REC)
-    mounts = []
+    binds = []
     if not options.get("no_host_files"):
-        mounts += [("/proc", "/proc", True, False), ("/dev", "/dev", True, False)]
+        binds.append(("/proc", "/proc", True, False))
         for path in ("/etc/hosts", "/etc/resolv.conf"):
             if os.path.exists(path):
-                mounts.append((path, path, False, True))
+                binds.append((path, path, False, True))
     for spec in options.get("bind", []):
         parts = spec.split(":")
         if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "ro"):
@@ -290,22 +320,33 @@ def enter(directory, view, options):
         source = os.path.abspath(parts[0])
         if not os.path.exists(source):
             fail(f"--bind {spec}: {source} does not exist")
-        mounts.append((source, parts[1], os.path.isdir(source), len(parts) == 3))
-    targets = [(m, mount_point(rootfs, m[1], m[2])) for m in mounts]
-    tmpfs_targets = [mount_point(rootfs, path, True) for path in options.get("tmpfs", [])]
-    if not options.get("writable"):
-        mount(None, rootfs, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
-    for (source, _, _, read_only), target in targets:
+        binds.append((source, parts[1], os.path.isdir(source), len(parts) == 3))
+    if not options.get("no_host_files"):
+        mount_host_dev(rootfs)
+    # Each mount point is made just before its mount, so one under an earlier mount (a file
+    # in the tmpfs /dev) is made there; the rootfs becomes read-only last (its submounts keep
+    # their own flags).
+    for source, path, directory_, read_only in binds:
+        target = mount_point(rootfs, path, directory_)
         mount(source, target, None, MS_BIND | MS_REC)
         if read_only:
             mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
-    for target in tmpfs_targets:
-        mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    for path in options.get("tmpfs", []):
+        mount("tmpfs", mount_point(rootfs, path, True), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    if not options.get("writable"):
+        mount(None, rootfs, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
     os.chroot(rootfs)
     os.chdir("/")
     os.setgroups([])
     os.setgid(view["gid"])
     os.setuid(view["uid"])
+    if options.get("die_with_parent"):
+        # Changing credentials clears the parent-death signal a supervisor set before the
+        # exec of this script; set it again, and stop if that parent is already gone.
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            fail("prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:
+            fail("the parent process exited")
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         fail("prctl(PR_SET_NO_NEW_PRIVS) failed")
     try:
@@ -359,7 +400,7 @@ def parse(argv):
     positional, options = [], {"env": [], "bind": [], "tmpfs": [], "args": args}
     multi = {"--env": "env", "--bind": "bind", "--tmpfs": "tmpfs"}
     single = {"--ref": "ref", "--user": "user", "--workdir": "workdir", "--entrypoint": "entrypoint"}
-    flags = {"--writable": "writable", "--no-host-files": "no_host_files"}
+    flags = {"--writable": "writable", "--no-host-files": "no_host_files", "--die-with-parent": "die_with_parent"}
     i = 0
     while i < len(argv):
         a = argv[i]

@@ -2,6 +2,7 @@
 //! (fields and resources) resolved as the kubelet would, then rewritten for this node.
 
 use super::rewrite::{mount_map, rewrite};
+use super::volumes::{CONTAINER_KUBECONFIG, SERVICE_ACCOUNT_PATH};
 use super::AgentConfig;
 use anyhow::{anyhow, bail, Context};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
@@ -17,9 +18,12 @@ pub(super) async fn resolve_env(
     ip: Ipv4Addr,
     volumes: &HashMap<String, PathBuf>,
     config: &AgentConfig,
+    image: bool,
 ) -> anyhow::Result<Vec<(String, String)>> {
     let namespace = pod.namespace().unwrap_or_default();
-    let mounts = mount_map(container, volumes);
+    // A container of an image archive has its volumes mounted at their paths (`oci`): the
+    // paths in its env stay as they are.
+    let mounts = if image { Vec::new() } else { mount_map(container, volumes) };
     let mut env = Vec::new();
     if container.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
         bail!("envFrom is not supported by the test node");
@@ -67,11 +71,14 @@ pub(super) async fn resolve_env(
         };
         env.push((var.name.clone(), rewrite(&value, ip, &mounts)));
     }
-    for (container_path, host) in &mounts {
-        if container_path == "/var/run/secrets/kubernetes.io/serviceaccount"
-            && host.join("kubeconfig").exists()
-        {
-            env.push(("KUBECONFIG".into(), host.join("kubeconfig").display().to_string()));
+    for (container_path, host) in &mount_map(container, volumes) {
+        if container_path == SERVICE_ACCOUNT_PATH && host.join("kubeconfig").exists() {
+            let kubeconfig = if image {
+                format!("{SERVICE_ACCOUNT_PATH}/{CONTAINER_KUBECONFIG}")
+            } else {
+                host.join("kubeconfig").display().to_string()
+            };
+            env.push(("KUBECONFIG".into(), kubeconfig));
         }
     }
     Ok(env)

@@ -13,6 +13,9 @@
 //! - startup, liveness and readiness HTTP probes run against the process, and
 //!   the pod is Ready only while its readiness probe passes; exited or unhealthy
 //!   containers restart with backoff (restartPolicy Always);
+//! - containers whose image maps to an OCI image archive (`NAME.oci.tar`) run the image's
+//!   entrypoint as its config says (user, env, workdir), chrooted into the unpacked image
+//!   with a read-only root and the pod's volumes bind-mounted at their paths (`oci`);
 //! - containers with no local binary are reported `Waiting` (`ImageNotRunnable`),
 //!   never as running;
 //! - a deleted pod's processes get SIGTERM, then SIGKILL after the grace period,
@@ -24,6 +27,7 @@
 
 mod env;
 mod node;
+mod oci;
 mod pods;
 mod probes;
 mod processes;
@@ -45,7 +49,8 @@ use tracing::{info, warn};
 pub struct AgentConfig {
     pub node_name: String,
     pub work_dir: PathBuf,
-    /// Image reference prefixes and the local binaries that run them.
+    /// Image reference prefixes and the local binaries (or OCI image archives,
+    /// `*.tar`) that run them.
     pub images: Vec<(String, PathBuf)>,
     /// API server URL and CA, written into kubeconfigs for service-account tokens.
     pub api_server: String,

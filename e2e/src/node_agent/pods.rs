@@ -3,6 +3,7 @@
 //! changed), and their processes stopped when the pod is deleted.
 
 use super::env::resolve_env;
+use super::oci::is_archive;
 use super::probes::{probe_all, ProbeState};
 use super::processes::{reap, start, stop_all};
 use super::services::service_hosts;
@@ -178,8 +179,10 @@ impl Agent {
                         container.waiting = Some(("CreateContainerConfigError".into(), message.clone()))
                     }
                     Ok(mounts) => {
-                        match resolve_env(&self.client, pod, &container.spec, ip, mounts, &self.config).await
-                        {
+                        let image = container.binary.as_deref().is_some_and(is_archive);
+                        let env =
+                            resolve_env(&self.client, pod, &container.spec, ip, mounts, &self.config, image);
+                        match env.await {
                             Err(error) => {
                                 container.waiting =
                                     Some(("CreateContainerConfigError".into(), error.to_string()));

@@ -1,6 +1,8 @@
-//! Container processes: started with the pod's rewritten args and env, reaped and
-//! restarted with backoff when they exit, killed, and stopped with SIGTERM then SIGKILL.
+//! Container processes: started with the pod's rewritten args and env (a host binary, or
+//! an image archive's entrypoint through `oci`), reaped and restarted with backoff when
+//! they exit, killed, and stopped with SIGTERM then SIGKILL.
 
+use super::oci;
 use super::pods::{ContainerRuntime, PodRuntime};
 use super::probes::ProbeState;
 use super::rewrite::{mount_map, rewrite};
@@ -73,6 +75,9 @@ pub(super) fn start(
     pod: &Pod,
 ) -> anyhow::Result<()> {
     let binary = container.binary.clone().ok_or_else(|| anyhow!("no binary"))?;
+    // An image archive runs in a mount namespace of its own: its volumes are mounted at
+    // their paths, so only listen addresses and Service names are rewritten.
+    let image = oci::is_archive(&binary);
     let mut mount_map = mount_map(&container.spec, mounts);
     // The termination message file: a real file the process can write, as the kubelet's
     // bind mount would be; empty at each start.
@@ -86,7 +91,7 @@ pub(super) fn start(
         .clone()
         .unwrap_or_default()
         .iter()
-        .map(|arg| replace_hosts(&rewrite(arg, ip, &mount_map), hosts))
+        .map(|arg| replace_hosts(&rewrite(arg, ip, if image { &[] } else { &mount_map }), hosts))
         .collect();
     // Env values were rewritten for mounts already (`resolve_env`); rewriting them again
     // would map a host path under `/tmp` through a `/tmp` mount. Only the termination
@@ -94,18 +99,29 @@ pub(super) fn start(
     let env: Vec<(String, String)> = env
         .iter()
         .map(|(k, v)| {
-            let v = if *v == mount_map[0].0 { mount_map[0].1.display().to_string() } else { v.clone() };
+            let v =
+                if *v == mount_map[0].0 && !image { mount_map[0].1.display().to_string() } else { v.clone() };
             (k.clone(), replace_hosts(&v, hosts))
         })
         .collect();
     let log = dir.join(format!("{}.log", container.spec.name));
     let out = std::fs::File::options().create(true).append(true).open(&log)?;
-    let mut command = Command::new(&binary);
+    let path = std::env::var("PATH").unwrap_or_default();
+    let mut command = if image {
+        // oci.py hands the entrypoint only the image's env and `--env`; PATH is its own.
+        let mut command = image_command(container, &binary, &env, &args, mounts, pod, dir)?;
+        command.env_clear().env("PATH", path);
+        command
+    } else {
+        let mut command = Command::new(&binary);
+        command
+            .args(&args)
+            .env_clear()
+            .env("PATH", path)
+            .envs(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        command
+    };
     command
-        .args(&args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.iter().map(|(k, v)| (k.clone(), v.clone())))
         .current_dir(dir)
         .stdin(std::process::Stdio::null())
         .stdout(out.try_clone()?)
@@ -137,6 +153,34 @@ pub(super) fn start(
         ProbeState { next_at: Some(delay(&container.spec.readiness_probe)), ..ProbeState::default() };
     container.started = container.spec.startup_probe.is_none();
     Ok(())
+}
+
+/// The `oci.py run` command of a container of an image archive, its volumes (and
+/// termination message file) given to the user it runs as.
+fn image_command(
+    container: &ContainerRuntime,
+    archive: &Path,
+    env: &[(String, String)],
+    args: &[String],
+    mounts: &HashMap<String, PathBuf>,
+    pod: &Pod,
+    pod_dir: &Path,
+) -> anyhow::Result<Command> {
+    // Pod directories are `<work dir>/pods/<uid>` (`Agent::admit`); images are unpacked once
+    // per node under the work directory.
+    let work_dir =
+        pod_dir.ancestors().nth(2).ok_or_else(|| anyhow!("pod directory without a work directory"))?;
+    let image_dir = oci::unpacked(work_dir, archive)?;
+    let user = oci::process_user(pod, &container.spec, &image_dir)?;
+    let group = oci::fs_group(pod).unwrap_or(user.1);
+    for (_, host) in mount_map(&container.spec, mounts) {
+        oci::give_to(&host, user.0, group)?;
+    }
+    oci::give_to(&container.termination_log, user.0, group)?;
+    let message_path =
+        container.spec.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into());
+    let binds = oci::binds(&container.spec, mounts, (&message_path, &container.termination_log));
+    Ok(oci::command(&image_dir, user, &binds, env, args))
 }
 
 pub(super) async fn kill(container: &mut ContainerRuntime, why: &str) {

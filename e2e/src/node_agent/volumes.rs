@@ -14,6 +14,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tracing::{info, warn};
 
+/// Where a pod's service-account token volume is mounted.
+pub(super) const SERVICE_ACCOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// The kubeconfig of the token volume for a container of an image archive, which sees the
+/// volume at [`SERVICE_ACCOUNT_PATH`] (the `kubeconfig` beside it names host paths).
+pub(super) const CONTAINER_KUBECONFIG: &str = "kubeconfig.container";
+
 /// Binds every pending claim to a new host-directory PersistentVolume, like a
 /// local-path provisioner would.
 pub(super) async fn provision_volumes(client: Client, config: AgentConfig) {
@@ -174,6 +180,11 @@ impl Agent {
             "current-context": "in-cluster",
         });
         std::fs::write(path.join("kubeconfig"), serde_json::to_vec_pretty(&kubeconfig)?)?;
+        let mut inside = kubeconfig;
+        inside["clusters"][0]["cluster"]["certificate-authority"] =
+            json!(format!("{SERVICE_ACCOUNT_PATH}/ca.crt"));
+        inside["users"][0]["user"]["tokenFile"] = json!(format!("{SERVICE_ACCOUNT_PATH}/token"));
+        std::fs::write(path.join(CONTAINER_KUBECONFIG), serde_json::to_vec_pretty(&inside)?)?;
         Ok(())
     }
 }
