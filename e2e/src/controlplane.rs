@@ -13,6 +13,20 @@ use std::time::{Duration, Instant};
 /// Token of the `admin` user (group `system:masters`) in the static token file.
 const ADMIN_TOKEN: &str = "e2e-admin-token";
 
+/// Builds the control-plane binaries from their Go modules (`e2e/controlplane/build.sh`,
+/// cached after the first time; its progress goes to stderr) and returns the directory it
+/// prints, for when `KUBEBUILDER_ASSETS` is not set.
+pub fn build_control_plane(repo: &Path) -> anyhow::Result<PathBuf> {
+    let output = Command::new(repo.join("e2e/controlplane/build.sh"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running e2e/controlplane/build.sh")?;
+    if !output.status.success() {
+        bail!("e2e/controlplane/build.sh failed");
+    }
+    Ok(PathBuf::from(String::from_utf8(output.stdout)?.trim()))
+}
+
 pub struct ControlPlane {
     pub dir: PathBuf,
     pub assets: PathBuf,

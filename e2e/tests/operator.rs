@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Client, ResourceExt};
 use relay::simulate::{SimulateConfig, Simulation};
-use relay_e2e::controlplane::ControlPlane;
+use relay_e2e::controlplane::{build_control_plane, ControlPlane};
 use relay_e2e::process::{tail, Managed};
 use serde_json::Value;
 use std::future::Future;
@@ -87,8 +87,10 @@ async fn run_steps(env: &mut Env) -> bool {
     // E2E_ONLY=<text>: the install step and the steps whose names contain <text> (for
     // working on one step; a partial run says so and passes if those steps pass).
     let only = std::env::var("E2E_ONLY").ok();
-    let wanted =
-        |name: &str| only.as_deref().is_none_or(|text| name.starts_with("install") || name.contains(text));
+    // Several texts may be given, separated by `|`.
+    let wanted = |name: &str| {
+        only.as_deref().is_none_or(|text| name.starts_with("install") || text.split('|').any(|t| name.contains(t)))
+    };
     macro_rules! step {
         ($name:expr, $body:expr) => {
             if !wanted($name) {
@@ -108,7 +110,7 @@ async fn run_steps(env: &mut Env) -> bool {
     step!("install the operator with kubectl apply -k config/default", install(env));
     step!("the API server rejects invalid Relays with the CEL messages", invalid_specs_rejected(env));
     step!(
-        "examples/minimal.yaml: objects created, Ready=False while the relay cannot relay",
+        "examples/minimal.yaml: objects created; Ready (serving) while CaughtUp=False (no upstream)",
         example_not_ready(env)
     );
     step!(
@@ -116,7 +118,10 @@ async fn run_steps(env: &mut Env) -> bool {
         spec_change_ready(env)
     );
     step!("the relay pod serves the simulated network", relay_serves(env));
-    step!("status.runtime: hosts, events/s, last seq and node read from the relay", runtime_status(env));
+    step!(
+        "status.runtime (hosts, events/s, last seq, node) and CaughtUp=True from the relay",
+        runtime_status(env)
+    );
     step!(
         "a Postgres Relay: Stalled while its URL Secret is missing, Ready once it exists",
         postgres_relay(env)
@@ -293,17 +298,6 @@ fn image_or_binary(variable: &str, what: &str, binary: &Path) -> anyhow::Result<
             Ok(binary.to_path_buf())
         }
     }
-}
-
-fn build_control_plane(repo: &Path) -> anyhow::Result<PathBuf> {
-    let output = std::process::Command::new(repo.join("e2e/controlplane/build.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running e2e/controlplane/build.sh")?;
-    if !output.status.success() {
-        bail!("e2e/controlplane/build.sh failed");
-    }
-    Ok(PathBuf::from(String::from_utf8(output.stdout)?.trim()))
 }
 
 fn pod_logs(dir: &Path) -> Vec<PathBuf> {
@@ -494,23 +488,37 @@ async fn example_not_ready(env: &mut Env) -> anyhow::Result<()> {
         })
         .await?;
     }
+    // Before the pod serves, the Relay is not Ready (Argo CD: Progressing).
+    let relay = eventually("Ready=False while the pod starts", Duration::from_secs(30), || async {
+        let relay = env.relay().await?;
+        Ok((current(&relay) && condition_is(&relay, "Ready", "False", None)).then_some(relay))
+    })
+    .await?;
+    save_fixture(env, "progressing-pods-not-ready", &relay)?;
     eventually("pod relay-0 to run the relay process", Duration::from_secs(60), || async {
         let pod = env.pod("relay-0", NS).await?;
         Ok(pod.filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).map(|_| ()))
     })
     .await?;
-    // The example follows bsky.network, which this machine cannot reach: the relay
-    // runs but never passes readiness, and the Relay must say so.
-    let relay = eventually("Ready=False with PodsNotReady", Duration::from_secs(60), || async {
+    // The example follows bsky.network, which this machine cannot reach. The relay still
+    // serves (its log and database are up: replays work), so its pod is Ready and in the
+    // public Service; that it has not caught up is the separate CaughtUp condition, from
+    // the runtime sampler (one sample per interval).
+    let relay = eventually("Ready=True and CaughtUp=False/CatchingUp", Duration::from_secs(60), || async {
         let relay = env.relay().await?;
-        Ok((current(&relay) && condition_is(&relay, "Ready", "False", Some("PodsNotReady"))).then_some(relay))
+        let serving = current(&relay) && condition_is(&relay, "Ready", "True", Some("RelayReady"));
+        Ok((serving && condition_is(&relay, "CaughtUp", "False", Some("CatchingUp"))).then_some(relay))
     })
     .await?;
-    save_fixture(env, "progressing-pods-not-ready", &relay)?;
-    for (type_, status) in [("Reconciling", "True"), ("Stalled", "False"), ("WorkloadAvailable", "False")] {
+    save_fixture(env, "healthy-serving-catching-up", &relay)?;
+    for (type_, status) in [("Reconciling", "False"), ("Stalled", "False"), ("WorkloadAvailable", "True")] {
         if !condition_is(&relay, type_, status, None) {
             bail!("expected {type_}={status}: {}", relay["status"]);
         }
+    }
+    let message = condition(&relay, "CaughtUp").map(|c| c["message"].to_string()).unwrap_or_default();
+    if message.len() <= 2 {
+        bail!("CaughtUp=False without the relay's reason: {}", relay["status"]);
     }
     if relay["status"]["adminSecretName"] != "relay-admin" {
         bail!("status.adminSecretName: {}", relay["status"]["adminSecretName"]);
@@ -630,10 +638,11 @@ async fn runtime_status(env: &mut Env) -> anyhow::Result<()> {
     let relay = eventually(what, Duration::from_secs(90), || async {
         let relay = env.relay().await?;
         let runtime = &relay["status"]["runtime"];
-        if runtime_filled(runtime) {
+        // Connected to the simulated hosts with events flowing, the relay says it caught up.
+        if runtime_filled(runtime) && condition_is(&relay, "CaughtUp", "True", Some("CaughtUp")) {
             Ok(Some(relay))
         } else {
-            Err(anyhow!("status.runtime is {runtime}"))
+            Err(anyhow!("status.runtime is {runtime}, CaughtUp is {:?}", condition(&relay, "CaughtUp")))
         }
     })
     .await?;

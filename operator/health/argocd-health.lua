@@ -7,8 +7,11 @@
 -- (status.observedGeneration == metadata.generation), as kstatus does:
 --   Stalled=True                          -> Degraded   (only a change to the Relay helps)
 --   ReconciliationPaused=True, or stopped -> Suspended  (the operator or the relay is held on purpose)
---   Ready=True                            -> Healthy
+--   Ready=True                            -> Healthy    (the relay serves: replays and live reads;
+--                                                         CaughtUp=False only adds to the message)
 --   anything else                         -> Progressing (with Ready's reason and message)
+-- Ready follows the pod's readiness (`/_serving`), not "caught up with upstream": a restarted
+-- relay dialling thousands of hosts serves its consumers, so it is Healthy; CaughtUp tells the rest.
 local hs = { status = "Progressing", message = "Waiting for the relay operator to report on the latest spec" }
 local status = obj.status
 if status == nil or status.conditions == nil then
@@ -48,6 +51,10 @@ end
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
   hs.message = said(ready)
+  local caught_up = conditions["CaughtUp"]
+  if caught_up ~= nil and caught_up.status == "False" then
+    hs.message = hs.message .. "; not caught up yet: " .. said(caught_up)
+  end
   return hs
 end
 if ready ~= nil then

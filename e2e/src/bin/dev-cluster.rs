@@ -7,10 +7,10 @@
 
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
-use relay_e2e::controlplane::ControlPlane;
+use relay_e2e::controlplane::{build_control_plane, ControlPlane};
 use relay_e2e::process::Managed;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -51,7 +51,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let assets = match args.assets.clone() {
         Some(assets) => assets,
-        None => build_control_plane(&repo)?,
+        None => {
+            progress("building the control plane from its Go modules (cached after the first time)");
+            build_control_plane(&repo)?
+        }
     };
     let _ = std::fs::remove_dir_all(&args.work_dir);
     std::fs::create_dir_all(&args.work_dir)?;
@@ -109,18 +112,6 @@ fn progress(message: &str) {
 fn repo_root() -> anyhow::Result<PathBuf> {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().map(Path::to_path_buf).ok_or_else(|| anyhow!("no repository root"))
-}
-
-fn build_control_plane(repo: &Path) -> anyhow::Result<PathBuf> {
-    progress("building the control plane from its Go modules (cached after the first time)");
-    let output = Command::new(repo.join("e2e/controlplane/build.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running e2e/controlplane/build.sh")?;
-    if !output.status.success() {
-        bail!("e2e/controlplane/build.sh failed");
-    }
-    Ok(PathBuf::from(String::from_utf8(output.stdout)?.trim()))
 }
 
 fn run_kubectl(kubectl: &Path, kubeconfig: &Path, repo: &Path, args: &[&str]) -> anyhow::Result<()> {

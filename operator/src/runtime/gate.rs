@@ -27,8 +27,13 @@ impl WriteGate {
         interval: Duration,
     ) -> bool {
         let changed = current.is_none_or(|current| !same_shown(current, next));
-        let rested = self.last_write.is_none_or(|at| now.saturating_duration_since(at) >= interval);
-        changed && rested
+        changed && self.rested(now, interval)
+    }
+
+    /// Whether an interval has passed since the last write (a change of the `CaughtUp`
+    /// condition alone is written under the same bound).
+    pub fn rested(&self, now: Instant, interval: Duration) -> bool {
+        self.last_write.is_none_or(|at| now.saturating_duration_since(at) >= interval)
     }
 
     pub fn wrote(&mut self, at: Instant) {

@@ -1,7 +1,8 @@
 //! Runtime status: the operator reads each relay's own state from its internal listener
 //! (`GET /_summary`, one request per relay per interval; `GET /metrics` only when a relay
 //! too old to serve `/_summary` answers 404) and writes it to `status.runtime`
-//! only when a shown value changed, and never more than once per interval per Relay.
+//! only when a shown value changed, and never more than once per interval per Relay; with
+//! it the `CaughtUp` condition (the relay's own "caught up" verdict, [`caught_up`]).
 //!
 //! This runs beside the reconcile loop, not in it: a reconcile reads and compares every
 //! owned object, which is too much to repeat each minute, while sampling needs only the
@@ -9,6 +10,7 @@
 //! Relays, runs only on the leader, and writes with its own field manager, so the
 //! reconcile's status writes and these never remove each other's fields.
 
+pub mod caught_up;
 pub mod exposition;
 pub mod gate;
 pub mod http;
@@ -18,10 +20,11 @@ pub mod summary;
 use crate::controller::Context;
 use crate::crd::runtime::RuntimeStatus;
 use crate::crd::Relay;
+use caught_up::Verdict;
 use futures::StreamExt;
 use gate::WriteGate;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::Store;
@@ -93,7 +96,7 @@ fn key(relay: &Relay) -> String {
 /// One sample of one relay, written if the gate allows.
 async fn sample_one(relay: &Relay, mut state: Tracked, ctx: &Context, tick: Instant) -> Tracked {
     let interval = ctx.config.runtime_interval;
-    let (mut next, counter) = observe(relay, ctx, state.counter).await;
+    let (mut next, counter, verdict) = observe(relay, ctx, state.counter).await;
     let current = relay.status.as_ref().and_then(|s| s.runtime.as_ref());
     // A rate needs two scrapes: after an operator or relay restart the shown rate stays
     // until there is a new one, rather than blinking empty (and costing a write).
@@ -101,9 +104,15 @@ async fn sample_one(relay: &Relay, mut state: Tracked, ctx: &Context, tick: Inst
         next.events_per_second = current.and_then(|c| c.events_per_second);
     }
     state.counter = counter;
-    if state.gate.allows(current, &next, tick, interval) {
-        next.sampled_at = Some(Time(jiff::Timestamp::now()));
-        match write(relay, &next, ctx).await {
+    let conditions = relay.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let generation = relay.metadata.generation.unwrap_or(0);
+    let want = caught_up::desired(&verdict);
+    let news = caught_up::changed(conditions, &want, generation) && state.gate.rested(tick, interval);
+    if state.gate.allows(current, &next, tick, interval) || news {
+        let now = Time(jiff::Timestamp::now());
+        next.sampled_at = Some(now.clone());
+        let condition = caught_up::condition(conditions, &want, generation, &now);
+        match write(relay, &next, &condition, ctx).await {
             Ok(()) => {
                 debug!(relay = %key(relay), "runtime status written");
                 state.gate.wrote(tick)
@@ -114,14 +123,16 @@ async fn sample_one(relay: &Relay, mut state: Tracked, ctx: &Context, tick: Inst
     state
 }
 
-/// The relay's runtime state now: its pod's node and IP, then one GET of `/metrics`.
+/// The relay's runtime state now: its pod's node and IP, then one GET of `/_summary`;
+/// with the relay's own "caught up" verdict.
 async fn observe(
     relay: &Relay,
     ctx: &Context,
     previous: Option<Counter>,
-) -> (RuntimeStatus, Option<Counter>) {
+) -> (RuntimeStatus, Option<Counter>, Verdict) {
     let failed = |node: Option<String>, error: String| {
-        (RuntimeStatus { node, error: Some(error), ..RuntimeStatus::default() }, None)
+        let verdict = Verdict::Unknown(error.clone());
+        (RuntimeStatus { node, error: Some(error), ..RuntimeStatus::default() }, None, verdict)
     };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &relay.namespace().unwrap_or_default());
     let pod_name = format!("{}-0", relay.name_any());
@@ -139,9 +150,9 @@ async fn observe(
     let result = if sampled.is_ok() { "ok" } else { "failed" };
     ctx.metrics.runtime_scrapes.with_label_values(&[result]).inc();
     match sampled {
-        Ok((mut status, counter)) => {
+        Ok((mut status, counter, verdict)) => {
             status.node = node;
-            (status, counter)
+            (status, counter, verdict)
         }
         Err(error) => {
             debug!(relay = %key(relay), %error, "runtime sample failed");
@@ -156,18 +167,21 @@ async fn sample(
     address: SocketAddr,
     timeout: Duration,
     previous: Option<Counter>,
-) -> Result<(RuntimeStatus, Option<Counter>), String> {
+) -> Result<(RuntimeStatus, Option<Counter>, Verdict), String> {
     match http::get(address, "/_summary", timeout, SUMMARY_LIMIT).await {
         Ok(body) => {
             let summary: relay_summary::RelaySummary = serde_json::from_str(&body)
                 .map_err(|e| format!("GET /_summary: not the relay's summary: {e}"))?;
-            Ok(relay_summary::summarise(&summary, Instant::now(), previous))
+            let (status, counter) = relay_summary::summarise(&summary, Instant::now(), previous);
+            Ok((status, counter, relay_summary::caught_up(&summary)))
         }
         Err(http::FetchError::Status(404)) => {
             let body = http::get(address, "/metrics", timeout, METRICS_LIMIT)
                 .await
                 .map_err(|e| format!("GET /metrics: {e}"))?;
-            Ok(summary::summarise(&exposition::parse(&body), Instant::now(), previous))
+            let (status, counter) = summary::summarise(&exposition::parse(&body), Instant::now(), previous);
+            let verdict = Verdict::Unknown("the relay is too old to say (no /_summary)".into());
+            Ok((status, counter, verdict))
         }
         Err(error) => Err(format!("GET /_summary: {error}")),
     }
@@ -180,12 +194,19 @@ fn internal_address(pod: &Pod, port: i32) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, u16::try_from(port).ok()?))
 }
 
-async fn write(relay: &Relay, runtime: &RuntimeStatus, ctx: &Context) -> Result<(), kube::Error> {
+/// Applies `status.runtime` and the `CaughtUp` condition; both are in every write, since
+/// server-side apply would remove a field this manager owned and left out.
+async fn write(
+    relay: &Relay,
+    runtime: &RuntimeStatus,
+    caught_up: &Condition,
+    ctx: &Context,
+) -> Result<(), kube::Error> {
     let api: Api<Relay> = Api::namespaced(ctx.client.clone(), &relay.namespace().unwrap_or_default());
     let body = json!({
         "apiVersion": Relay::api_version(&()),
         "kind": Relay::kind(&()),
-        "status": {"runtime": runtime},
+        "status": {"runtime": runtime, "conditions": [caught_up]},
     });
     api.patch_status(&relay.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
         .await?;

@@ -2,6 +2,7 @@
 //! document of integers, docs/relay.md) to the values `status.runtime` shows. Pure, like
 //! [`super::summary`], which reads `/metrics` for relays too old to serve `/_summary`.
 
+use super::caught_up::Verdict;
 use super::summary::{percent, Counter};
 use crate::crd::runtime::{BackfillProgress, CoverageSample, RuntimeStatus};
 use serde::Deserialize;
@@ -17,6 +18,26 @@ pub struct RelaySummary {
     pub coverage: Vec<Coverage>,
     pub collections: Collections,
     pub backfill: Option<Backfill>,
+    /// The relay's own "caught up" verdict (its `/_ready`); none from a relay that does not say.
+    pub ready: Option<Readiness>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Readiness {
+    pub ready: bool,
+    pub reason: Option<String>,
+}
+
+/// The summary's readiness as the `CaughtUp` verdict.
+pub fn caught_up(summary: &RelaySummary) -> Verdict {
+    match &summary.ready {
+        Some(Readiness { ready: true, .. }) => Verdict::CaughtUp,
+        Some(Readiness { ready: false, reason }) => {
+            Verdict::Behind(reason.clone().unwrap_or_else(|| "the relay gave no reason".into()))
+        }
+        None => Verdict::Unknown("the relay's /_summary has no readiness".into()),
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -172,5 +193,16 @@ mod tests {
         assert_eq!((status.coverage, status.coverage_references.len()), (None, 0));
         assert_eq!((status.collections, status.backfill), (None, None));
         assert_eq!(status.hosts.as_deref(), Some("1/2"));
+        assert!(matches!(caught_up(&summary), Verdict::Unknown(_)), "no readiness in the summary");
+    }
+
+    #[test]
+    fn the_relays_readiness_is_the_caught_up_verdict() {
+        let summary: RelaySummary = serde_json::from_str(DOCS).expect("docs example");
+        assert_eq!(caught_up(&summary), Verdict::CaughtUp);
+        let behind: RelaySummary =
+            serde_json::from_str(r#"{"ready":{"ready":false,"reason":"no hosts connected"}}"#)
+                .expect("summary");
+        assert_eq!(caught_up(&behind), Verdict::Behind("no hosts connected".into()));
     }
 }

@@ -130,11 +130,15 @@ fn container(relay: &ValidatedRelay, admin: &AdminToken, coverage_references: &[
             },
         ]),
         resources: Some(resources(relay)),
-        // Liveness only asks "is the process serving"; readiness asks "is it relaying"
-        // (connected to enough hosts, events flowing), so a quiet network never kills it.
+        // Liveness only asks "is the process up", so a quiet network never kills it.
+        // Readiness (the public Service) asks "can it serve": the log is open and the
+        // database answers (`/_serving`), true within a second of start, since replays and
+        // live reads need no upstream host. Waiting for "caught up" (`/_ready`: hosts
+        // connected, events flowing) would keep consumers off a restarted relay while
+        // thousands of hosts are dialled; that signal is the Relay's `CaughtUp` condition.
         startup_probe: Some(probe("/_health", 2, 150)),
         liveness_probe: Some(probe("/_health", 10, 6)),
-        readiness_probe: Some(probe("/_ready", 5, 3)),
+        readiness_probe: Some(probe("/_serving", 2, 3)),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
