@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 #[path = "operator/coverage.rs"]
 mod coverage;
+#[path = "operator/expose.rs"]
+mod expose;
 
 const NS: &str = "e2e";
 const OPERATOR_NS: &str = "relay-operator-system";
@@ -144,6 +146,10 @@ async fn run_steps(env: &mut Env) -> bool {
         "coverage: three Relays compared by their CronJobs; the lagging one is Degraded",
         coverage::coverage_fleet(env)
     );
+    step!(
+        "spec.expose: the Ingress as stored, the public URL in status, a LoadBalancer instead, pruned",
+        expose::expose(env)
+    );
     step!("deleting the Relay garbage-collects everything", delete_collects(env));
     step!("the Argo CD health check reads this run's Relays as their names say", argocd_health(env));
 
@@ -154,7 +160,7 @@ async fn run_steps(env: &mut Env) -> bool {
             Err(_) => println!("{name:<80} {:>9}", "FAILED"),
         }
     }
-    (only.is_some() || results.len() == 21) && results.iter().all(|(_, r)| r.is_ok())
+    (only.is_some() || results.len() == 22) && results.iter().all(|(_, r)| r.is_ok())
 }
 
 impl Env {

@@ -11,12 +11,14 @@
 //! would change. Nothing changed → no write: an idle Relay costs reads only.
 
 use super::build::coverage::cronjob_name;
+use super::build::expose::{ingress_name, load_balancer_service_name};
 use super::build::{DesiredObjects, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER};
 use super::Context;
 use crate::Error;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -55,6 +57,8 @@ pub async fn apply(desired: DesiredObjects, owned: &Owned<'_>, ctx: &Context) ->
         internal_service,
         service_monitor,
         coverage_cronjob,
+        ingress,
+        load_balancer_service,
     } = desired;
     let namespace = owned.namespace;
     let mut changed = Vec::new();
@@ -88,6 +92,24 @@ pub async fn apply(desired: DesiredObjects, owned: &Owned<'_>, ctx: &Context) ->
             None
         }
     };
+    // `spec.expose`: at most one of the two exists; switching `via` or removing `expose`
+    // prunes the other (only the operator's own, by label and owner).
+    let ingresses: Api<Ingress> = Api::namespaced(ctx.client.clone(), namespace);
+    match ingress {
+        Some(ingress) => {
+            apply_object(&ingresses, ingress, "Ingress", ctx, &mut changed).await?;
+        }
+        None => {
+            prune(&ingresses, &ingress_name(owned.relay_name), "Ingress", owned, ctx, &mut changed).await?
+        }
+    }
+    let lb_name = load_balancer_service_name(owned.relay_name);
+    match load_balancer_service {
+        Some(service) => {
+            apply_object(&services, service, "Service", ctx, &mut changed).await?;
+        }
+        None => prune(&services, &lb_name, "Service", owned, ctx, &mut changed).await?,
+    }
     Ok(Applied { statefulset, cronjob, changed })
 }
 
@@ -106,7 +128,9 @@ where
     let wanted = to_json(&object, kind)?;
     if let Some(live) = api.get_opt(&name).await? {
         let live_json = to_json(&live, kind)?;
-        let Some(difference) = first_difference(&live_json, &wanted, String::new()) else {
+        let difference = first_difference(&live_json, &wanted, String::new())
+            .or_else(|| dropped_annotation(&live_json, &wanted));
+        let Some(difference) = difference else {
             return Ok(live);
         };
         // The cheap check can be fooled by the server's normalisation: ask it.
@@ -217,6 +241,23 @@ pub fn first_difference(live: &Value, wanted: &Value, path: String) -> Option<St
     }
 }
 
+/// An annotation this operator applied earlier that `wanted` no longer has (a removed
+/// `expose.annotations` entry, external-dns turned off), as a path for the log line. The
+/// containment check above cannot see a removal; the operator's own entry in the live
+/// object's `managedFields` can, and an apply without the key removes it.
+pub fn dropped_annotation(live: &Value, wanted: &Value) -> Option<String> {
+    let wanted_keys = wanted.pointer("/metadata/annotations").and_then(Value::as_object);
+    live.pointer("/metadata/managedFields")?
+        .as_array()?
+        .iter()
+        .filter(|entry| entry["manager"] == MANAGER && entry["operation"] == "Apply")
+        .filter_map(|entry| entry.pointer("/fieldsV1/f:metadata/f:annotations").and_then(Value::as_object))
+        .flat_map(|fields| fields.keys())
+        .filter_map(|key| key.strip_prefix("f:"))
+        .find(|key| !wanted_keys.is_some_and(|wanted| wanted.contains_key(*key)))
+        .map(|key| format!(".metadata.annotations.{key} (no longer wanted)"))
+}
+
 fn is_empty_value(value: &Value) -> bool {
     match value {
         Value::Null => true,
@@ -308,6 +349,33 @@ mod tests {
             Some(".spec.template.image")
         );
         assert_eq!(first_difference(&deleted_port, &wanted, String::new()).as_deref(), Some(".spec.ports"));
+    }
+
+    #[test]
+    fn annotations_the_operator_no_longer_wants_are_drift() {
+        let live = json!({"metadata": {
+            "annotations": {"a": "1", "b": "2", "kubectl.kubernetes.io/last-applied-configuration": "{}"},
+            "managedFields": [
+                {"manager": MANAGER, "operation": "Apply",
+                 "fieldsV1": {"f:metadata": {"f:annotations": {"f:a": {}, "f:b": {}}}}},
+                {"manager": "kubectl-client-side-apply", "operation": "Update",
+                 "fieldsV1": {"f:metadata": {"f:annotations": {"f:kubectl.kubernetes.io/last-applied-configuration": {}}}}}
+            ]
+        }});
+        let both = json!({"metadata": {"annotations": {"a": "1", "b": "2"}}});
+        let only_a = json!({"metadata": {"annotations": {"a": "1"}}});
+        let none = json!({"metadata": {"name": "r"}});
+        assert_eq!(
+            dropped_annotation(&live, &both),
+            None,
+            "another manager's annotation is not ours to drop"
+        );
+        assert_eq!(
+            dropped_annotation(&live, &only_a).as_deref(),
+            Some(".metadata.annotations.b (no longer wanted)")
+        );
+        assert!(dropped_annotation(&live, &none).is_some());
+        assert_eq!(dropped_annotation(&json!({"metadata": {}}), &none), None, "nothing applied before");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -344,6 +345,8 @@ pub async fn run(
     let statefulsets: Api<StatefulSet> = scoped(&client, &ctx.config.watch_namespace);
     let services: Api<Service> = scoped(&client, &ctx.config.watch_namespace);
     let cronjobs: Api<CronJob> = scoped(&client, &ctx.config.watch_namespace);
+    // `spec.expose`: a hand-edited or deleted Ingress is put back at once.
+    let ingresses: Api<Ingress> = scoped(&client, &ctx.config.watch_namespace);
     let jobs: Api<Job> = scoped(&client, &ctx.config.watch_namespace);
     let controller = Controller::new(relays, watcher::Config::default().any_semantic());
     // The runtime sampler reads the controller's cache of Relays, and lives as long as it.
@@ -352,6 +355,7 @@ pub async fn run(
         .owns(statefulsets, owned.clone())
         .owns(services, owned.clone())
         .owns(cronjobs, owned.clone())
+        .owns(ingresses, owned.clone())
         // Coverage Jobs belong to the CronJob, not the Relay: map them by their instance
         // label, so a finished run updates status at once.
         .watches(jobs, owned, |job| {

@@ -4,6 +4,7 @@
 
 pub mod conditions;
 pub mod coverage;
+pub mod expose;
 pub mod node;
 pub mod runtime;
 
@@ -111,6 +112,11 @@ pub struct RelaySpec {
     /// A dedicated machine for the relay (today: a Hetzner Cloud server per Relay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<node::NodeSpec>,
+
+    /// A public endpoint under the relay's own DNS name: an Ingress (or a LoadBalancer
+    /// Service) with TLS and external-dns annotations (docs/expose.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose: Option<expose::ExposeSpec>,
 }
 
 fn default_pull_policy() -> PullPolicy {
@@ -466,7 +472,8 @@ pub struct RelayStatus {
     /// Relay pods that pass their readiness probe.
     #[serde(default)]
     pub ready_replicas: i32,
-    /// In-cluster addresses of the relay.
+    /// Addresses of the relay: in-cluster ones, or with `spec.expose` the public firehose
+    /// and XRPC URLs under its hostname.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<Endpoints>,
     /// Name of the Secret holding the admin token (never the token itself).
@@ -487,9 +494,9 @@ pub struct RelayStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoints {
-    /// `subscribeRepos` WebSocket URL.
+    /// `subscribeRepos` WebSocket URL (`wss://<expose.hostname>/...` when exposed).
     pub firehose: String,
-    /// Base URL of the `com.atproto.sync.*` XRPC endpoints.
+    /// Base URL of the `com.atproto.sync.*` XRPC endpoints (`https://<expose.hostname>` when exposed).
     pub xrpc: String,
     /// Base URL of the admin API and metrics (internal Service).
     pub internal: String,

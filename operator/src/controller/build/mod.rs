@@ -3,6 +3,7 @@
 //! tested against YAML fixtures.
 
 pub mod coverage;
+pub mod expose;
 pub mod secret;
 pub mod service;
 pub mod service_monitor;
@@ -12,6 +13,7 @@ use super::validate::ValidatedRelay;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DynamicObject;
 use std::collections::BTreeMap;
@@ -90,6 +92,10 @@ pub struct DesiredObjects {
     pub service_monitor: Option<DynamicObject>,
     /// The coverage CronJob, only with `spec.coverage`.
     pub coverage_cronjob: Option<CronJob>,
+    /// `spec.expose` via an Ingress.
+    pub ingress: Option<Ingress>,
+    /// `spec.expose` via a LoadBalancer Service `<name>-public`.
+    pub load_balancer_service: Option<Service>,
 }
 
 pub fn build(relay: &ValidatedRelay, inputs: &BuildInputs) -> DesiredObjects {
@@ -104,6 +110,8 @@ pub fn build(relay: &ValidatedRelay, inputs: &BuildInputs) -> DesiredObjects {
         service_monitor: (inputs.service_monitor_supported && inputs.service_monitor_wanted)
             .then(|| service_monitor::service_monitor(relay)),
         coverage_cronjob: coverage::cronjob(relay, &inputs.admin, &inputs.coverage_references),
+        ingress: expose::ingress(relay),
+        load_balancer_service: expose::load_balancer_service(relay),
     }
 }
 

@@ -106,12 +106,18 @@ fn endpoints(relay: &Relay) -> Endpoints {
     let name = relay.name_any();
     let namespace = relay.namespace().unwrap_or_default();
     let ports = &relay.spec.ports;
-    Endpoints {
-        firehose: format!(
-            "ws://{name}.{namespace}.svc:{}/xrpc/com.atproto.sync.subscribeRepos",
-            ports.public
+    // Exposed: the URLs consumers outside the cluster use (`spec.expose.hostname`, TLS at
+    // the Ingress or load balancer). The admin URL stays internal either way.
+    let (firehose, xrpc) = match &relay.spec.expose {
+        Some(expose) => super::build::expose::public_urls(expose),
+        None => (
+            format!("ws://{name}.{namespace}.svc:{}/xrpc/com.atproto.sync.subscribeRepos", ports.public),
+            format!("http://{name}.{namespace}.svc:{}", ports.public),
         ),
-        xrpc: format!("http://{name}.{namespace}.svc:{}", ports.public),
+    };
+    Endpoints {
+        firehose,
+        xrpc,
         internal: format!("http://{}.{namespace}.svc:{}", internal_service_name(&name), ports.internal),
     }
 }
