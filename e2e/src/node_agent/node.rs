@@ -1,5 +1,10 @@
 //! The Node object: registration with its labels, capacity and conditions, and the
 //! heartbeat (node Lease and Ready condition) the node lifecycle controller watches.
+//!
+//! A node standing in for a joining cloud server (the Hetzner e2e step) registers as a k3s
+//! agent would, from its environment: `TEST_NODE_PROVIDER_ID` (`hcloud://<id>`, the
+//! kubelet's `--provider-id`), `TEST_NODE_LABELS` (`k=v,k=v`, `--node-label`) and
+//! `TEST_NODE_TAINTS` (`k=v:Effect,...`, `--node-taint`).
 
 use super::AgentConfig;
 use jiff::Timestamp;
@@ -14,15 +19,28 @@ use tracing::warn;
 pub(super) async fn register_node(client: &Client, config: &AgentConfig) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let name = &config.node_name;
+    let mut labels = json!({
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": std::env::consts::ARCH,
+        "node.kubernetes.io/instance-type": "e2e-loopback",
+    });
+    for (key, value) in pairs(&std::env::var("TEST_NODE_LABELS").unwrap_or_default()) {
+        labels[key] = Value::String(value);
+    }
+    let mut spec = json!({});
+    if let Ok(provider) = std::env::var("TEST_NODE_PROVIDER_ID") {
+        spec["providerID"] = Value::String(provider);
+    }
+    let taints = taints(&std::env::var("TEST_NODE_TAINTS").unwrap_or_default())?;
+    if !taints.is_empty() {
+        spec["taints"] = Value::Array(taints);
+    }
     let node: Node = serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": name, "labels": {
-            "kubernetes.io/hostname": name,
-            "kubernetes.io/os": "linux",
-            "kubernetes.io/arch": std::env::consts::ARCH,
-            "node.kubernetes.io/instance-type": "e2e-loopback",
-        }},
+        "metadata": {"name": name, "labels": labels},
+        "spec": spec,
     }))?;
     match nodes.create(&PostParams::default(), &node).await {
         Ok(_) => {}
@@ -31,6 +49,26 @@ pub(super) async fn register_node(client: &Client, config: &AgentConfig) -> anyh
     }
     nodes.patch_status(name, &PatchParams::default(), &Patch::Merge(node_status(config))).await?;
     Ok(())
+}
+
+/// `k=v,k=v` → pairs (empty items skipped).
+fn pairs(text: &str) -> Vec<(String, String)> {
+    text.split(',')
+        .filter_map(|item| item.trim().split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// `k=v:Effect,...` → Node taints.
+fn taints(text: &str) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (pair, effect) =
+            item.rsplit_once(':').ok_or_else(|| anyhow::anyhow!("taint {item:?} is not key=value:Effect"))?;
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        out.push(json!({"key": key, "value": value, "effect": effect}));
+    }
+    Ok(out)
 }
 
 pub(super) fn node_status(config: &AgentConfig) -> Value {

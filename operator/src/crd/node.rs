@@ -94,6 +94,7 @@ pub struct FirewallChoice {
 #[serde(rename_all = "camelCase")]
 pub struct JoinSpec {
     /// The k3s server the agent joins, e.g. `https://k3s.example.net:6443`.
+    #[serde(rename = "serverURL")]
     #[schemars(regex(pattern = r"^https://[A-Za-z0-9.:\[\]-]+(/)?$"), length(max = 253))]
     pub server_url: String,
     /// Secret key holding the join token. It is stored in Hetzner's user data: prefer a
