@@ -191,18 +191,36 @@ pub(super) async fn kill(container: &mut ContainerRuntime, why: &str) {
     reap(container);
 }
 
+/// SIGTERM, then SIGKILL after the grace period, as the kubelet does. How each process
+/// ended is written to `<pod dir>/<container>.exit` (exit code or signal, seconds after
+/// SIGTERM), so tests can check that a SIGTERM ends the relay cleanly, not by SIGKILL.
 pub(super) async fn stop_all(runtime: &mut PodRuntime, grace: Duration) {
     for container in &mut runtime.containers {
         let Some(child) = container.child.as_mut() else { continue };
+        let signalled = Instant::now();
         if let Some(pid) = child.id() {
             // SAFETY: signalling our own child.
             unsafe {
                 libc::kill(pid as i32, libc::SIGTERM);
             }
         }
-        if tokio::time::timeout(grace, child.wait()).await.is_err() {
-            let _ = child.kill().await;
+        let status = match tokio::time::timeout(grace, child.wait()).await {
+            Ok(Ok(status)) => Some(status),
+            _ => {
+                let _ = child.kill().await;
+                child.wait().await.ok()
+            }
+        };
+        let ended = json!({
+            "code": status.and_then(|s| s.code()),
+            "signal": status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)),
+            "secondsAfterSigterm": signalled.elapsed().as_secs_f64(),
+        });
+        let path = runtime.dir.join(format!("{}.exit", container.spec.name));
+        if let Err(error) = std::fs::write(&path, ended.to_string()) {
+            warn!(%error, path = %path.display(), "could not record how the container ended");
         }
+        info!(container = %container.spec.name, %ended, "container stopped");
         container.child = None;
     }
 }
