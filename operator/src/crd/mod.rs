@@ -54,6 +54,10 @@ pub const GROUP: &str = "atrelay.dev";
     validation = Rule::new("self.ports.public != self.ports.internal")
         .message("ports.public and ports.internal must be different ports")
 )]
+#[x_kube(
+    validation = Rule::new("has(self.node) == has(oldSelf.node)")
+        .message("spec.node cannot be added to or removed from an existing Relay (its server holds the relay's data); create a new Relay instead")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct RelaySpec {
     /// Container image of the relay (`relay serve` is run in it). Pin a tag or digest.
