@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 #[path = "operator/coverage.rs"]
 mod coverage;
+#[path = "operator/hetzner.rs"]
+mod hetzner;
 #[path = "operator/upgrade.rs"]
 mod upgrade;
 
@@ -150,6 +152,18 @@ async fn run_steps(env: &mut Env) -> bool {
         "an image upgrade: a firehose consumer reconnects with its cursor, no gap, no duplicate",
         upgrade::upgrade_keeps_consumers_place(env)
     );
+    step!(
+        "hetzner: one server per Relay, adopted after an operator crash, its Node joins, the relay runs there",
+        hetzner::hetzner_create_adopt_join(env)
+    );
+    step!(
+        "hetzner: steady state costs no calls; 429 storms and 5xx in create and delete converge",
+        hetzner::hetzner_steady_state_and_faults(env)
+    );
+    step!(
+        "hetzner: deleting the Relay drains the node, deletes server and Node",
+        hetzner::hetzner_delete(env)
+    );
     step!("deleting the Relay garbage-collects everything", delete_collects(env));
     step!("the Argo CD health check reads this run's Relays as their names say", argocd_health(env));
 
@@ -160,7 +174,7 @@ async fn run_steps(env: &mut Env) -> bool {
             Err(_) => println!("{name:<80} {:>9}", "FAILED"),
         }
     }
-    (only.is_some() || results.len() == 22) && results.iter().all(|(_, r)| r.is_ok())
+    (only.is_some() || results.len() == 25) && results.iter().all(|(_, r)| r.is_ok())
 }
 
 impl Env {

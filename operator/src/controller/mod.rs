@@ -243,7 +243,15 @@ async fn reconcile_inner(relay: &Relay, ctx: &Context) -> Result<Action, Reconci
     if let Some(node) = &node {
         let stored = relay.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
         let generation = relay.metadata.generation.unwrap_or(0);
-        status::node::apply(&mut status, stored, node.status.clone(), &node.state, node.scheduled, generation, &now());
+        status::node::apply(
+            &mut status,
+            stored,
+            node.status.clone(),
+            &node.state,
+            node.scheduled,
+            generation,
+            &now(),
+        );
     }
     status::write(relay, status, ctx).await.at(Stage::Status)?;
     let requeue = requeue_after(ctx.config.resync_interval, coverage.as_ref());

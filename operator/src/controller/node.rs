@@ -277,6 +277,9 @@ fn requeue_for(state: &NodeState, config: &RunConfig) -> Duration {
         NodeState::RateLimited { retry_after } => (*retry_after).max(config.hetzner_poll_interval),
         NodeState::Unreachable { .. } => config.hetzner_poll_interval.max(Duration::from_secs(30)),
         NodeState::SecretMissing { .. } => config.missing_secret_poll,
+        // A little past the interval, so the wake-up finds the last check old enough
+        // (exactly at it, the check would be skipped and the next one come twice as late).
+        NodeState::Ready { .. } => config.hetzner_check_interval + Duration::from_secs(5),
         _ => config.hetzner_check_interval,
     }
 }
