@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 #[path = "operator/coverage.rs"]
 mod coverage;
+#[path = "operator/expose.rs"]
+mod expose;
 #[path = "operator/hetzner.rs"]
 mod hetzner;
 #[path = "operator/upgrade.rs"]
@@ -149,6 +151,10 @@ async fn run_steps(env: &mut Env) -> bool {
         coverage::coverage_fleet(env)
     );
     step!(
+        "spec.expose: the Ingress as stored, the public URL in status, a LoadBalancer instead, pruned",
+        expose::expose(env)
+    );
+    step!(
         "an image upgrade: a firehose consumer reconnects with its cursor, no gap, no duplicate",
         upgrade::upgrade_keeps_consumers_place(env)
     );
@@ -174,7 +180,7 @@ async fn run_steps(env: &mut Env) -> bool {
             Err(_) => println!("{name:<80} {:>9}", "FAILED"),
         }
     }
-    (only.is_some() || results.len() == 25) && results.iter().all(|(_, r)| r.is_ok())
+    (only.is_some() || results.len() == 26) && results.iter().all(|(_, r)| r.is_ok())
 }
 
 impl Env {
