@@ -25,10 +25,8 @@ use std::time::{Duration, Instant};
 
 #[path = "operator/coverage.rs"]
 mod coverage;
-#[path = "operator/expose.rs"]
-mod expose;
-#[path = "operator/hetzner.rs"]
-mod hetzner;
+#[path = "operator/helm.rs"]
+mod helm;
 #[path = "operator/upgrade.rs"]
 mod upgrade;
 
@@ -151,24 +149,12 @@ async fn run_steps(env: &mut Env) -> bool {
         coverage::coverage_fleet(env)
     );
     step!(
-        "spec.expose: the Ingress as stored, the public URL in status, a LoadBalancer instead, pruned",
-        expose::expose(env)
-    );
-    step!(
         "an image upgrade: a firehose consumer reconnects with its cursor, no gap, no duplicate",
         upgrade::upgrade_keeps_consumers_place(env)
     );
     step!(
-        "hetzner: one server per Relay, adopted after an operator crash, its Node joins, the relay runs there",
-        hetzner::hetzner_create_adopt_join(env)
-    );
-    step!(
-        "hetzner: steady state costs no calls; 429 storms and 5xx in create and delete converge",
-        hetzner::hetzner_steady_state_and_faults(env)
-    );
-    step!(
-        "hetzner: deleting the Relay drains the node, deletes server and Node",
-        hetzner::hetzner_delete(env)
+        "helm install of config/helm/relay-operator: a Relay goes Ready under it; helm uninstall",
+        helm::helm_install(env)
     );
     step!("deleting the Relay garbage-collects everything", delete_collects(env));
     step!("the Argo CD health check reads this run's Relays as their names say", argocd_health(env));
@@ -180,7 +166,7 @@ async fn run_steps(env: &mut Env) -> bool {
             Err(_) => println!("{name:<80} {:>9}", "FAILED"),
         }
     }
-    (only.is_some() || results.len() == 26) && results.iter().all(|(_, r)| r.is_ok())
+    (only.is_some() || results.len() == 23) && results.iter().all(|(_, r)| r.is_ok())
 }
 
 impl Env {
