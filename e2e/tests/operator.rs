@@ -29,6 +29,10 @@ mod coverage;
 mod helm;
 #[path = "operator/upgrade.rs"]
 mod upgrade;
+#[path = "operator/expose.rs"]
+mod expose;
+#[path = "operator/hetzner.rs"]
+mod hetzner;
 
 const NS: &str = "e2e";
 const OPERATOR_NS: &str = "relay-operator-system";
@@ -149,6 +153,22 @@ async fn run_steps(env: &mut Env) -> bool {
         coverage::coverage_fleet(env)
     );
     step!(
+        "spec.expose: the Ingress as stored, the public URL in status, a LoadBalancer instead, pruned",
+        expose::expose(env)
+    );
+    step!(
+        "hetzner: one server per Relay, adopted after an operator crash, its Node joins, the relay runs there",
+        hetzner::hetzner_create_adopt_join(env)
+    );
+    step!(
+        "hetzner: steady state costs no calls; 429 storms and 5xx in create and delete converge",
+        hetzner::hetzner_steady_state_and_faults(env)
+    );
+    step!(
+        "hetzner: deleting the Relay drains the node, deletes server and Node",
+        hetzner::hetzner_delete(env)
+    );
+    step!(
         "an image upgrade: a firehose consumer reconnects with its cursor, no gap, no duplicate",
         upgrade::upgrade_keeps_consumers_place(env)
     );
@@ -166,7 +186,7 @@ async fn run_steps(env: &mut Env) -> bool {
             Err(_) => println!("{name:<80} {:>9}", "FAILED"),
         }
     }
-    (only.is_some() || results.len() == 23) && results.iter().all(|(_, r)| r.is_ok())
+    (only.is_some() || results.len() == 27) && results.iter().all(|(_, r)| r.is_ok())
 }
 
 impl Env {
