@@ -25,14 +25,14 @@ use std::time::{Duration, Instant};
 
 #[path = "operator/coverage.rs"]
 mod coverage;
-#[path = "operator/helm.rs"]
-mod helm;
-#[path = "operator/upgrade.rs"]
-mod upgrade;
 #[path = "operator/expose.rs"]
 mod expose;
+#[path = "operator/helm.rs"]
+mod helm;
 #[path = "operator/hetzner.rs"]
 mod hetzner;
+#[path = "operator/upgrade.rs"]
+mod upgrade;
 
 const NS: &str = "e2e";
 const OPERATOR_NS: &str = "relay-operator-system";
@@ -97,7 +97,8 @@ async fn run_steps(env: &mut Env) -> bool {
     let only = std::env::var("E2E_ONLY").ok();
     // Several texts may be given, separated by `|`.
     let wanted = |name: &str| {
-        only.as_deref().is_none_or(|text| name.starts_with("install") || text.split('|').any(|t| name.contains(t)))
+        only.as_deref()
+            .is_none_or(|text| name.starts_with("install") || text.split('|').any(|t| name.contains(t)))
     };
     macro_rules! step {
         ($name:expr, $body:expr) => {

@@ -256,7 +256,8 @@ pub(super) async fn upgrade_keeps_consumers_place(env: &mut Env) -> anyhow::Resu
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     consumer.await?;
 
-    let seen = seen.lock().map_err(|_| anyhow!("consumer state poisoned"))?;
+    // The consumer has stopped: its record is taken out of the lock (the checks below await).
+    let seen = std::mem::take(&mut *lock(&seen));
     let seqs = &seen.seqs;
     if let Some(pair) = seqs.windows(2).find(|pair| pair[1] <= pair[0]) {
         bail!("the consumer saw seq {} after {}: a duplicate or out of order", pair[1], pair[0]);
