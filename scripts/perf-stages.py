@@ -60,6 +60,14 @@ def frames_of(block):
     return comm, period, frames
 
 
+def up_to_own_code(frames):
+    """The leaf's frames up to the first of the relay's own: what the relay's code called."""
+    for depth, frame in enumerate(frames):
+        if frame.startswith("relay") or "relay::" in frame or "relay_atproto::" in frame:
+            return frames[: depth + 1]
+    return frames
+
+
 def classify(patterns, candidates):
     for frame in candidates:
         for name, pattern in patterns:
@@ -77,7 +85,7 @@ def main():
             continue
         comm, period, frames = frames_of(block)
         stage = classify(STAGES, list(reversed(frames))) or classify(THREADS, [comm]) or "runtime, idle spinning, other"
-        kind = classify(KINDS, frames) or "other (the stage's own code)"
+        kind = classify(KINDS, up_to_own_code(frames)) or "other (the stage's own code)"
         table[stage][kind] += period
         total += period
     seconds = total / 1e9
