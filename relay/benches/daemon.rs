@@ -790,6 +790,8 @@ struct CatchUpView {
     down_until_micros: i64,
     backlog: std::collections::HashSet<(String, String)>,
     newest_age_ms: f64,
+    /// The newest rev delivered per account (TIDs sort as strings).
+    newest_rev: std::collections::HashMap<String, String>,
 }
 
 /// Reads the firehose from `cursor` (or live) and records every commit into `view`.
@@ -804,12 +806,39 @@ fn follow_firehose(url: String, view: Arc<Mutex<CatchUpView>>) -> tokio::task::J
             let now_micros = chrono::Utc::now().timestamp_micros();
             let mut view = view.lock().expect("lock");
             view.last_seq = view.last_seq.max(commit.seq);
+            let newest = view.newest_rev.entry(commit.repo.clone()).or_default();
+            if commit.rev > *newest {
+                newest.clone_from(&commit.rev);
+            }
             view.newest_age_ms = (now_micros - made_micros) as f64 / 1000.0;
-            if view.down_until_micros > 0 && (view.down_from_micros..view.down_until_micros).contains(&made_micros) {
+            // From the moment the stop begins (the relay may still deliver while it drains),
+            // until the restart.
+            let open_ended = view.down_until_micros == 0;
+            if view.down_from_micros > 0
+                && made_micros >= view.down_from_micros
+                && (open_ended || made_micros < view.down_until_micros)
+            {
                 view.backlog.insert((commit.repo, commit.rev));
             }
         }
     })
+}
+
+/// Every account's newest rev right now, as its simulated PDS answers `getLatestCommit`.
+async fn heads_now(sim: &Simulation) -> Vec<(String, String)> {
+    let client = reqwest::Client::new();
+    let mut heads = Vec::new();
+    for host in &sim.hosts {
+        for did in host.dids() {
+            let url = format!("http://{}/xrpc/com.atproto.sync.getLatestCommit?did={did}", host.hostname());
+            let Ok(response) = client.get(url).send().await else { continue };
+            let Ok(body) = response.json::<serde_json::Value>().await else { continue };
+            if let Some(rev) = body["rev"].as_str() {
+                heads.push((did, rev.to_string()));
+            }
+        }
+    }
+    heads
 }
 
 /// Catch-up after downtime: the fleet writes BENCH_RATE commits/s; after a warm-up the relay is
@@ -842,6 +871,8 @@ async fn catch_up(flavor: Flavor) -> Figures {
 
     // Down: SIGTERM, and the fleet keeps writing.
     let now_micros = || chrono::Utc::now().timestamp_micros();
+    // The counter is read after the stamp: a commit counted here but stamped earlier would be
+    // expected and never seen (its time is before the window).
     view.lock().expect("lock").down_from_micros = now_micros();
     let made_before = sim.commits.load(Ordering::Relaxed);
     relay.stop_keeping_data();
@@ -866,28 +897,36 @@ async fn catch_up(flavor: Flavor) -> Figures {
     };
     let restarted = Instant::now();
     let (relay, serving) = launch(&setup).await;
+    // Live means: every account's commit made before the restart delivered (checked by rev,
+    // so no clock edge can hide or invent one) and the newest commit under a second old.
+    let heads = heads_now(&sim).await;
     let consumer = follow_firehose(format!("{}?cursor={resume_from}", relay.firehose_url()), view.clone());
     let mut peak_rss = 0.0f64;
     let mut last_report = Instant::now();
     let live_after = loop {
         peak_rss = peak_rss.max(rss_mib(relay.child.id()));
-        let (delivered, age) = {
+        let (delivered, age, behind) = {
             let view = view.lock().expect("lock");
-            (view.backlog.len() as u64, view.newest_age_ms)
+            let behind = heads
+                .iter()
+                .filter(|(did, rev)| view.newest_rev.get(did).is_none_or(|seen| seen < rev))
+                .count();
+            (view.backlog.len() as u64, view.newest_age_ms, behind)
         };
-        if delivered >= made_while_down && age < 1000.0 {
+        if behind == 0 && age < 1000.0 {
             break Some(restarted.elapsed());
         }
         if restarted.elapsed() > give_up {
-            eprintln!("catch-up ({}): not live after {give_up:?}: {delivered} of {made_while_down} downtime commits delivered", flavor.name());
+            eprintln!("catch-up ({}): not live after {give_up:?}: {delivered} of {made_while_down} downtime commits delivered, {behind} of {} accounts behind", flavor.name(), heads.len());
             break None;
         }
         if last_report.elapsed() > Duration::from_secs(30) {
             last_report = Instant::now();
             eprintln!(
-                "catch-up ({}): {:.0} s after restart, {delivered} of {made_while_down} downtime commits delivered, newest {age:.0} ms old, RSS {peak_rss:.0} MiB",
+                "catch-up ({}): {:.0} s after restart, {delivered} of {made_while_down} downtime commits delivered, {behind} of {} accounts behind, newest {age:.0} ms old, RSS {peak_rss:.0} MiB",
                 flavor.name(),
-                restarted.elapsed().as_secs_f64()
+                restarted.elapsed().as_secs_f64(),
+                heads.len(),
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
