@@ -10,8 +10,14 @@
 //! (default 2,000) for BENCH_SECONDS (default 60) to BENCH_CONSUMERS consumers (default
 //! 100); reports relay-added latency (commit creation → consumer receipt) p50/p99, RSS over
 //! time, and seconds from process start to serving.
+//! Phase 3, catch-up (`BENCH_PHASES=catchup`): the fleet keeps writing BENCH_RATE commits/s
+//! while the relay is stopped for BENCH_DOWNTIME_SECONDS (default 600); reports the seconds
+//! from its restart until it is live again and its peak RSS meanwhile.
+//! `BENCH_P256_PERCENT` (default 50) sets the share of accounts signing with P-256.
 //! Needs a high open-file limit (`ulimit -n 65536`) for thousands of hosts.
 //!
+//! `BENCH_RELAY=both` runs every phase against ours and then indigo in one invocation and
+//! prints ours ÷ indigo ratios (events/s, CPU µs/event, peak RSS, p99, seconds to live).
 //! `BENCH_RELAY=indigo` runs the same phases against Bluesky's Go relay (indigo
 //! `cmd/relay`, built by `scripts/indigo-relay.sh`; `BENCH_INDIGO_BIN` to point elsewhere)
 //! with the same settings through its own variables: a side-by-side baseline. Events out
@@ -43,11 +49,14 @@ enum Flavor {
 }
 
 impl Flavor {
-    fn from_env() -> Flavor {
+    /// `BENCH_RELAY`: `ours` (default), `indigo`, or `both` (each phase runs against ours,
+    /// then indigo, and a ratio row follows: a figure that does not depend on the machine).
+    fn from_env() -> Vec<Flavor> {
         match std::env::var("BENCH_RELAY").as_deref() {
-            Ok("indigo") => Flavor::Indigo,
-            Ok("" | "ours") | Err(_) => Flavor::Ours,
-            Ok(other) => panic!("BENCH_RELAY={other}: expected `ours` or `indigo`"),
+            Ok("indigo") => vec![Flavor::Indigo],
+            Ok("both") => vec![Flavor::Ours, Flavor::Indigo],
+            Ok("" | "ours") | Err(_) => vec![Flavor::Ours],
+            Ok(other) => panic!("BENCH_RELAY={other}: expected `ours`, `indigo` or `both`"),
         }
     }
 
@@ -179,6 +188,16 @@ fn relay_command(setup: &RelaySetup) -> Command {
 /// `pull-hosts` command writes the same rows). Returns the process and the seconds from
 /// its (last) start to answering `/_health`, and the moment of that start.
 async fn start_relay(flavor: Flavor, name: &str, sim: &Simulation) -> (RelayProcess, Duration, Instant) {
+    let (process, serving, launched, _) = start_relay_keeping_setup(flavor, name, sim).await;
+    (process, serving, launched)
+}
+
+/// [`start_relay`], also returning what a restart on the same data needs.
+async fn start_relay_keeping_setup(
+    flavor: Flavor,
+    name: &str,
+    sim: &Simulation,
+) -> (RelayProcess, Duration, Instant, RelaySetup) {
     let dir = std::env::temp_dir().join(format!("relay-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("bench data dir");
@@ -199,7 +218,7 @@ async fn start_relay(flavor: Flavor, name: &str, sim: &Simulation) -> (RelayProc
             (process, serving) = launch(&setup).await;
         }
     }
-    (process, serving, launched)
+    (process, serving, launched, setup)
 }
 
 /// The relay's database: SQLite in its data dir, or with `BENCH_POSTGRES_URL` (a server URL
@@ -446,10 +465,27 @@ fn sim_config(hosts: usize, accounts: usize, rate: f64, backlog: bool) -> Simula
     }
 }
 
-async fn saturation(flavor: Flavor) {
+/// `BENCH_P256_PERCENT`: the share of simulated accounts signing with P-256 (default 50, as
+/// in every earlier run; the network's PDSes sign with secp256k1, i.e. 0).
+fn p256_percent() -> u8 {
+    env_num("BENCH_P256_PERCENT", 50u8)
+}
+
+/// One relay's figures of one phase, for the side-by-side ratio rows.
+#[derive(Clone, Copy, Default)]
+struct Figures {
+    events_per_second: f64,
+    cpu_us_per_event: f64,
+    peak_rss_mib: f64,
+    p99_ms: f64,
+    seconds_to_live: f64,
+}
+
+async fn saturation(flavor: Flavor) -> Figures {
     let hosts = env_num("BENCH_SAT_HOSTS", 50usize);
     let events = env_num("BENCH_SAT_EVENTS", 40_000u64);
     let sim = Simulation::start(sim_config(hosts, 4, 1.0, true)).await.expect("sim");
+    sim.set_p256_percent(p256_percent());
     sim.create_accounts();
     let generating = Instant::now();
     let mut rng = fastrand::Rng::with_seed(1);
@@ -492,16 +528,23 @@ async fn saturation(flavor: Flavor) {
         Flavor::Ours => format!("{} rejected", metric(relay.internal, "relay_events_rejected_total").await),
         Flavor::Indigo => String::from("-"),
     };
-    println!("| saturation ({}) | {hosts} hosts, {total} pre-generated events | {:.0} validated events/s ({last_count} of {total} out) | relay CPU {:.2} cores, {:.0} µs CPU per event | {rejected} | peak RSS {peak_rss:.0} MiB |",
-        flavor.name(), last_count as f64 / elapsed, cpu / elapsed, cpu * 1e6 / last_count.max(1) as f64);
+    println!("| saturation ({}) | {hosts} hosts, {total} pre-generated events, {} % P-256 accounts | {:.0} validated events/s ({last_count} of {total} out) | relay CPU {:.2} cores, {:.0} µs CPU per event | {rejected} | peak RSS {peak_rss:.0} MiB |",
+        flavor.name(), p256_percent(), last_count as f64 / elapsed, cpu / elapsed, cpu * 1e6 / last_count.max(1) as f64);
+    Figures {
+        events_per_second: last_count as f64 / elapsed,
+        cpu_us_per_event: cpu * 1e6 / last_count.max(1) as f64,
+        peak_rss_mib: peak_rss,
+        ..Figures::default()
+    }
 }
 
-async fn steady(flavor: Flavor) {
+async fn steady(flavor: Flavor) -> Figures {
     let hosts = env_num("BENCH_HOSTS", 2800usize);
     let rate = env_num("BENCH_RATE", 2000.0f64);
     let seconds = env_num("BENCH_SECONDS", 60u64);
     let consumers = env_num("BENCH_CONSUMERS", 100usize);
     let sim = Simulation::start(sim_config(hosts, 2, rate, false)).await.expect("sim");
+    sim.set_p256_percent(p256_percent());
     let (relay, serving, _) = start_relay(flavor, "steady", &sim).await;
     let until = Instant::now() + Duration::from_secs(120);
     while relay.connected_hosts().await < hosts && Instant::now() < until {
@@ -635,6 +678,14 @@ async fn steady(flavor: Flavor) {
     println!(
         "  CPU after the warm-up: relay {relay_cores:.2} cores, bench process (simulator + consumers) {bench_cores:.2} cores; relay stage means (whole run): {stages}"
     );
+    let window_events = made as f64 / seconds as f64;
+    Figures {
+        events_per_second: window_events,
+        cpu_us_per_event: relay_cores * 1e6 / window_events.max(1.0),
+        peak_rss_mib: rss.iter().copied().fold(0.0, f64::max),
+        p99_ms: pick(0.99),
+        ..Figures::default()
+    }
 }
 
 /// A quantile of one of the relay's histograms, read from its cumulative buckets (the
@@ -690,11 +741,208 @@ fn main() {
     println!("| phase | setup | throughput | other | memory | start |");
     println!("|---|---|---|---|---|---|");
     let phases = std::env::var("BENCH_PHASES").unwrap_or_else(|_| "saturation,steady".into());
-    let flavor = Flavor::from_env();
+    let flavors = Flavor::from_env();
+    let mut ratios = Vec::new();
     if phases.contains("saturation") {
-        runtime.block_on(saturation(flavor));
+        let figures: Vec<Figures> = flavors.iter().map(|f| runtime.block_on(saturation(*f))).collect();
+        ratios.push(("saturation", figures));
     }
     if phases.contains("steady") {
-        runtime.block_on(steady(flavor));
+        let figures: Vec<Figures> = flavors.iter().map(|f| runtime.block_on(steady(*f))).collect();
+        ratios.push(("steady", figures));
     }
+    if phases.contains("catchup") {
+        let figures: Vec<Figures> = flavors.iter().map(|f| runtime.block_on(catch_up(*f))).collect();
+        ratios.push(("catch-up", figures));
+    }
+    if flavors.len() == 2 {
+        print_ratios(&ratios);
+    }
+}
+
+/// The side-by-side rows: ours ÷ indigo for each phase that ran against both, from the same
+/// invocation (same machine, same minutes, same simulated fleet).
+fn print_ratios(phases: &[(&str, Vec<Figures>)]) {
+    println!();
+    println!("| phase | events/s ours ÷ indigo | CPU µs/event indigo ÷ ours | peak RSS indigo ÷ ours | p99 latency indigo ÷ ours | seconds to live indigo ÷ ours |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let ratio = |a: f64, b: f64| if a > 0.0 && b > 0.0 && a.is_finite() && b.is_finite() { format!("{:.2}×", a / b) } else { "–".into() };
+    for (phase, figures) in phases {
+        let [ours, indigo] = [figures[0], figures[1]];
+        println!(
+            "| {phase} | {} | {} | {} | {} | {} |",
+            ratio(ours.events_per_second, indigo.events_per_second),
+            ratio(indigo.cpu_us_per_event, ours.cpu_us_per_event),
+            ratio(indigo.peak_rss_mib, ours.peak_rss_mib),
+            ratio(indigo.p99_ms, ours.p99_ms),
+            ratio(indigo.seconds_to_live, ours.seconds_to_live),
+        );
+    }
+}
+
+/// What the catch-up phase's consumer has seen: the last seq (to resume from after the
+/// restart), the distinct commits created while the relay was down, and the newest
+/// commit's age on arrival.
+#[derive(Default)]
+struct CatchUpView {
+    last_seq: i64,
+    down_from_micros: i64,
+    down_until_micros: i64,
+    backlog: std::collections::HashSet<(String, String)>,
+    newest_age_ms: f64,
+    /// The newest rev delivered per account (TIDs sort as strings).
+    newest_rev: std::collections::HashMap<String, String>,
+}
+
+/// Reads the firehose from `cursor` (or live) and records every commit into `view`.
+fn follow_firehose(url: String, view: Arc<Mutex<CatchUpView>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok((mut socket, _)) = tokio_tungstenite::connect_async(url).await else { return };
+        while let Some(Ok(message)) = socket.next().await {
+            let Message::Binary(bytes) = message else { continue };
+            let Ok(Event::Commit(commit)) = frame::decode(&bytes) else { continue };
+            let Ok(made) = chrono::DateTime::parse_from_rfc3339(&commit.time) else { continue };
+            let made_micros = made.timestamp_micros();
+            let now_micros = chrono::Utc::now().timestamp_micros();
+            let mut view = view.lock().expect("lock");
+            view.last_seq = view.last_seq.max(commit.seq);
+            let newest = view.newest_rev.entry(commit.repo.clone()).or_default();
+            if commit.rev > *newest {
+                newest.clone_from(&commit.rev);
+            }
+            view.newest_age_ms = (now_micros - made_micros) as f64 / 1000.0;
+            // From the moment the stop begins (the relay may still deliver while it drains),
+            // until the restart.
+            let open_ended = view.down_until_micros == 0;
+            if view.down_from_micros > 0
+                && made_micros >= view.down_from_micros
+                && (open_ended || made_micros < view.down_until_micros)
+            {
+                view.backlog.insert((commit.repo, commit.rev));
+            }
+        }
+    })
+}
+
+/// Every account's newest rev right now, as its simulated PDS answers `getLatestCommit`.
+async fn heads_now(sim: &Simulation) -> Vec<(String, String)> {
+    let client = reqwest::Client::new();
+    let mut heads = Vec::new();
+    for host in &sim.hosts {
+        for did in host.dids() {
+            let url = format!("http://{}/xrpc/com.atproto.sync.getLatestCommit?did={did}", host.hostname());
+            let Ok(response) = client.get(url).send().await else { continue };
+            let Ok(body) = response.json::<serde_json::Value>().await else { continue };
+            if let Some(rev) = body["rev"].as_str() {
+                heads.push((did, rev.to_string()));
+            }
+        }
+    }
+    heads
+}
+
+/// Catch-up after downtime: the fleet writes BENCH_RATE commits/s; after a warm-up the relay is
+/// stopped (SIGTERM) for BENCH_DOWNTIME_SECONDS (default 600) while the fleet keeps writing,
+/// then started again on its data. Reports the seconds from the restart until it is live
+/// again — every commit made during the downtime delivered on its firehose and the newest
+/// commit under 1 s old on arrival — and the peak RSS while catching up.
+async fn catch_up(flavor: Flavor) -> Figures {
+    let hosts = env_num("BENCH_HOSTS", 2800usize);
+    let rate = env_num("BENCH_RATE", 2000.0f64);
+    let downtime = Duration::from_secs(env_num("BENCH_DOWNTIME_SECONDS", 600u64));
+    let warmup = Duration::from_secs(env_num("BENCH_WARMUP_SECONDS", 30u64));
+    let give_up = Duration::from_secs(env_num("BENCH_CATCHUP_TIMEOUT_SECONDS", 3600u64));
+    // Each host must still hold its downtime's events when the relay asks for them again.
+    let per_host = (rate * (downtime + warmup).as_secs_f64() / hosts as f64 * 1.5) as usize + 256;
+    let sim = Simulation::start(SimulateConfig { history_events: per_host, ..sim_config(hosts, 2, rate, false) })
+        .await
+        .expect("sim");
+    sim.set_p256_percent(p256_percent());
+    let (relay, _, _, setup) = start_relay_keeping_setup(flavor, "catchup", &sim).await;
+    let until = Instant::now() + Duration::from_secs(120);
+    while relay.connected_hosts().await < hosts && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    sim.create_accounts();
+    let generator = tokio::spawn(sim.clone().run());
+    let view = Arc::new(Mutex::new(CatchUpView::default()));
+    let consumer = follow_firehose(relay.firehose_url(), view.clone());
+    tokio::time::sleep(warmup).await;
+
+    // Down: SIGTERM, and the fleet keeps writing.
+    let now_micros = || chrono::Utc::now().timestamp_micros();
+    // The counter is read after the stamp: a commit counted here but stamped earlier would be
+    // expected and never seen (its time is before the window).
+    view.lock().expect("lock").down_from_micros = now_micros();
+    let made_before = sim.commits.load(Ordering::Relaxed);
+    relay.stop_keeping_data();
+    consumer.abort();
+    let down_since = Instant::now();
+    while down_since.elapsed() < downtime {
+        tokio::time::sleep(Duration::from_secs(60).min(downtime.saturating_sub(down_since.elapsed()))).await;
+        eprintln!(
+            "catch-up ({}): relay down for {:.0} s, {} commits made meanwhile",
+            flavor.name(),
+            down_since.elapsed().as_secs_f64(),
+            sim.commits.load(Ordering::Relaxed) - made_before
+        );
+    }
+
+    // Up again: resume the firehose where the consumer left off, and wait for the backlog.
+    let made_while_down = sim.commits.load(Ordering::Relaxed) - made_before;
+    let resume_from = {
+        let mut view = view.lock().expect("lock");
+        view.down_until_micros = now_micros();
+        view.last_seq
+    };
+    let restarted = Instant::now();
+    let (relay, serving) = launch(&setup).await;
+    // Live means: every account's commit made before the restart delivered (checked by rev,
+    // so no clock edge can hide or invent one) and the newest commit under a second old.
+    let heads = heads_now(&sim).await;
+    let consumer = follow_firehose(format!("{}?cursor={resume_from}", relay.firehose_url()), view.clone());
+    let mut peak_rss = 0.0f64;
+    let mut last_report = Instant::now();
+    let live_after = loop {
+        peak_rss = peak_rss.max(rss_mib(relay.child.id()));
+        let (delivered, age, behind) = {
+            let view = view.lock().expect("lock");
+            let behind = heads
+                .iter()
+                .filter(|(did, rev)| view.newest_rev.get(did).is_none_or(|seen| seen < rev))
+                .count();
+            (view.backlog.len() as u64, view.newest_age_ms, behind)
+        };
+        if behind == 0 && age < 1000.0 {
+            break Some(restarted.elapsed());
+        }
+        if restarted.elapsed() > give_up {
+            eprintln!("catch-up ({}): not live after {give_up:?}: {delivered} of {made_while_down} downtime commits delivered, {behind} of {} accounts behind", flavor.name(), heads.len());
+            break None;
+        }
+        if last_report.elapsed() > Duration::from_secs(30) {
+            last_report = Instant::now();
+            eprintln!(
+                "catch-up ({}): {:.0} s after restart, {delivered} of {made_while_down} downtime commits delivered, {behind} of {} accounts behind, newest {age:.0} ms old, RSS {peak_rss:.0} MiB",
+                flavor.name(),
+                restarted.elapsed().as_secs_f64(),
+                heads.len(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let delivered = view.lock().expect("lock").backlog.len() as u64;
+    let seconds = live_after.map_or(f64::NAN, |d| d.as_secs_f64());
+    let elapsed = live_after.unwrap_or_else(|| restarted.elapsed()).as_secs_f64().max(0.001);
+    println!(
+        "| catch-up ({}) | {hosts} hosts, {rate}/s, down {} s ({made_while_down} commits made meanwhile) | {} ({delivered} downtime commits delivered, {:.0}/s on average) | serving {:.2} s after the restart | peak RSS while catching up {peak_rss:.0} MiB | |",
+        flavor.name(),
+        downtime.as_secs(),
+        live_after.map_or(format!("**not live after {} s**", give_up.as_secs()), |d| format!("**live again {:.1} s after the restart**", d.as_secs_f64())),
+        delivered as f64 / elapsed,
+        serving.as_secs_f64(),
+    );
+    consumer.abort();
+    generator.abort();
+    Figures { seconds_to_live: seconds, peak_rss_mib: peak_rss, events_per_second: delivered as f64 / elapsed, ..Figures::default() }
 }

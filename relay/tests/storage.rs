@@ -148,6 +148,32 @@ async fn exercise(url: &str) {
     assert_eq!(store.all_crawl_progress().await.expect("all")[1].error.as_deref(), Some("HTTP 400"));
     store.reset_finished_crawls().await.expect("reset");
     assert!(store.all_crawl_progress().await.expect("all").is_empty());
+
+    // One batch with the same account several times and more accounts than one statement
+    // holds: the stored state is that of applying the batch in order.
+    let batch_host = store.upsert_host("pds-batch.example.com", true, 10_000_000, true).await.expect("host");
+    let dids: Vec<String> = (0..600).map(|n| format!("did:plc:batch{n:03}")).collect();
+    for did in &dids {
+        store.ensure_account(did, Some(batch_host.id)).await.expect("ensure");
+    }
+    let revs: Vec<String> = (0..dids.len() * 2).map(|n| format!("rev{n:05}")).collect();
+    let mut batch: Vec<RepoStateUpdate> = Vec::new();
+    for (n, did) in dids.iter().enumerate() {
+        batch.push(RepoStateUpdate { did, rev: &revs[2 * n], data_cid: "bafyfirst", commit_cid: Some("bafycommit1") });
+    }
+    for (n, did) in dids.iter().enumerate().step_by(3) {
+        // A later #sync (no commit CID) for every third account: keeps bafycommit1.
+        batch.push(RepoStateUpdate { did, rev: &revs[2 * n + 1], data_cid: "bafysync", commit_cid: None });
+    }
+    store.save_repo_states(&batch, 77).await.expect("batch");
+    for (n, did) in dids.iter().enumerate() {
+        let account = store.account(did).await.expect("get").expect("row");
+        let (rev, data) = if n % 3 == 0 { (&revs[2 * n + 1], "bafysync") } else { (&revs[2 * n], "bafyfirst") };
+        assert_eq!(account.rev.as_deref(), Some(rev.as_str()), "{did}");
+        assert_eq!(account.data_cid.as_deref(), Some(data), "{did}");
+        assert_eq!(account.commit_cid.as_deref(), Some("bafycommit1"), "{did}");
+    }
+    assert_eq!(store.state_checkpoint().await.expect("checkpoint"), 77);
 }
 
 #[tokio::test]

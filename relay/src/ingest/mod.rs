@@ -354,7 +354,7 @@ async fn subscribe_once(
             }
             other => other.seq().unwrap_or(0),
         };
-        hosts.metrics.events_in.with_label_values(&[event.type_name()]).inc();
+        hosts.metrics.events_in_by_type.inc(event.type_name());
         if seq <= progress.received() {
             hosts.metrics.rejections.with_label_values(&["seq_not_increasing"]).inc();
             continue;

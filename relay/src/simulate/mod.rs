@@ -245,6 +245,10 @@ pub struct Simulation {
     pub plc_addr: SocketAddr,
     pub commits: std::sync::atomic::AtomicU64,
     config: SimulateConfig,
+    /// Share of new accounts (in percent) that sign with P-256 instead of secp256k1; half by
+    /// default, so both curves are exercised. The network's PDSes sign with secp256k1, so the
+    /// throughput benchmark also measures a k256-only fleet.
+    p256_percent: std::sync::atomic::AtomicU8,
 }
 
 fn now_micros() -> u64 {
@@ -310,15 +314,23 @@ impl Simulation {
             tokio::spawn(async move { axum::serve(listener, app).await });
             hosts.push(host);
         }
-        Ok(Arc::new(Simulation { hosts, plc, plc_addr, commits: 0.into(), config }))
+        Ok(Arc::new(Simulation { hosts, plc, plc_addr, commits: 0.into(), config, p256_percent: 50.into() }))
+    }
+
+    /// Sets the share of accounts created from now on that sign with P-256 (0–100).
+    pub fn set_p256_percent(&self, percent: u8) {
+        self.p256_percent.store(percent.min(100), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Creates the accounts; each announces `#identity`, `#account` and `#sync` on its host.
     pub fn create_accounts(&self) {
+        let p256_percent = self.p256_percent.load(std::sync::atomic::Ordering::Relaxed) as usize;
         for (h, host) in self.hosts.iter().enumerate() {
             for a in 0..self.config.accounts_per_host {
                 let did = did_for(self.config.seed, h, a);
-                let curve = if a % 2 == 0 { Curve::K256 } else { Curve::P256 };
+                // Spread evenly: at 50 % every odd account is P-256 (as it always was).
+                let p256 = a * p256_percent / 100 != (a + 1) * p256_percent / 100;
+                let curve = if p256 { Curve::P256 } else { Curve::K256 };
                 let key = SigningKey::from_seed(curve, did.as_bytes());
                 let handle = format!("user{a}.host{h}.test");
                 let doc = crate::identity::doc::build_document(

@@ -56,6 +56,49 @@ pub struct RepoStateUpdate<'a> {
     pub commit_cid: Option<&'a str>,
 }
 
+/// Accounts per multi-row repo-state statement: 4 parameters each stays far below SQLite's
+/// 32,766 and PostgreSQL's 65,535 bound parameters, and the SQL text stays small.
+const REPO_STATE_ROWS_PER_STATEMENT: usize = 256;
+
+/// One update per account with the effect of applying `states` in order: the last rev and
+/// data CID, and the last commit CID given (a `#sync` carries none and keeps the stored one).
+/// A multi-row `UPDATE … FROM` applies an unspecified one of several rows matching the same
+/// account, so duplicates must not reach it.
+fn merge_repo_states<'a>(states: &[RepoStateUpdate<'a>]) -> Vec<RepoStateUpdate<'a>> {
+    let mut position: HashMap<&str, usize> = HashMap::with_capacity(states.len());
+    let mut merged: Vec<RepoStateUpdate<'a>> = Vec::with_capacity(states.len());
+    for state in states {
+        match position.get(state.did) {
+            Some(&index) => {
+                let earlier_commit = merged[index].commit_cid;
+                merged[index] = RepoStateUpdate { commit_cid: state.commit_cid.or(earlier_commit), ..*state };
+            }
+            None => {
+                position.insert(state.did, merged.len());
+                merged.push(*state);
+            }
+        }
+    }
+    merged
+}
+
+/// `UPDATE accounts … FROM (VALUES ($2,$3,$4,$5), …)` for `rows` accounts; `$1` is the time.
+fn repo_state_update_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "UPDATE accounts SET rev = v.column2, data_cid = v.column3, \
+         commit_cid = COALESCE(v.column4, accounts.commit_cid), updated_at = $1 FROM (VALUES ",
+    );
+    for row in 0..rows {
+        let first = 2 + row * 4;
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(${}, ${}, ${}, ${})", first, first + 1, first + 2, first + 3));
+    }
+    sql.push_str(") AS v WHERE accounts.did = v.column1");
+    sql
+}
+
 fn account_from_row(row: &AnyRow) -> Result<Account, sqlx::Error> {
     Ok(Account {
         did: row.try_get("did")?,
@@ -141,17 +184,20 @@ impl Store {
         states: &[RepoStateUpdate<'_>],
         checkpoint: i64,
     ) -> Result<(), StoreError> {
+        let merged = merge_repo_states(states);
         let mut tx = self.pool.begin().await?;
         let now = super::now_seconds();
-        for state in states {
-            sqlx::query("UPDATE accounts SET rev = $1, data_cid = $2, commit_cid = COALESCE($3, commit_cid), updated_at = $4 WHERE did = $5")
-                .bind(state.rev)
-                .bind(state.data_cid)
-                .bind(state.commit_cid)
-                .bind(now)
-                .bind(state.did)
-                .execute(&mut *tx)
-                .await?;
+        // One multi-row statement per chunk, not one per account: each statement is a round
+        // trip to SQLite's worker thread (two futex hand-offs), which at saturation cost more
+        // CPU than the SQL itself. `UPDATE … FROM (VALUES …)` is understood by SQLite ≥ 3.33
+        // and PostgreSQL alike; both name a VALUES list's columns column1, column2, ….
+        for chunk in merged.chunks(REPO_STATE_ROWS_PER_STATEMENT) {
+            let sql = repo_state_update_sql(chunk.len());
+            let mut query = sqlx::query(&sql).bind(now);
+            for state in chunk {
+                query = query.bind(state.did).bind(state.rev).bind(state.data_cid).bind(state.commit_cid);
+            }
+            query.execute(&mut *tx).await?;
         }
         sqlx::query("UPDATE state_checkpoint SET seq = $1 WHERE id = 1 AND seq < $1")
             .bind(checkpoint)

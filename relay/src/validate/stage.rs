@@ -141,11 +141,7 @@ pub fn spawn_workers(
                     let started = std::time::Instant::now();
                     process(&relay, incoming).await;
                     relay.metrics.validation_seconds.observe(started.elapsed().as_secs_f64());
-                    relay
-                        .metrics
-                        .queue_bytes
-                        .with_label_values(&["validation"])
-                        .set(relay.intake.queued_bytes() as i64);
+                    relay.metrics.validation_queue_bytes.set(relay.intake.queued_bytes() as i64);
                 }
             })
         })
@@ -166,7 +162,7 @@ async fn process(relay: &ValidationDeps, incoming: Incoming) {
     let Some(did) = event.did().map(str::to_string) else {
         return;
     };
-    let mut step = StepTimer::new(relay);
+    let mut step = StepTimer::new();
     // Database trouble holds the event (and slows intake), it never drops it.
     let mut store_retry = StoreRetry::new(&did);
     let known = loop {
@@ -187,14 +183,14 @@ async fn process(relay: &ValidationDeps, incoming: Incoming) {
             return reject(relay, "host_account_limit");
         }
     }
-    step.done("account");
+    step.done(&relay.metrics.validation_steps.account);
     // `#identity` announces a change: judge it on a fresh document.
     let fresh = matches!(event, Event::Identity(_));
     let mut identity = match resolve_holding(relay, &did, fresh).await {
         Ok(identity) => identity,
         Err(rejection) => return reject(relay, rejection.reason()),
     };
-    step.done("identity");
+    step.done(&relay.metrics.validation_steps.identity);
     let last = known.as_ref().and_then(|account| match (&account.rev, &account.data_cid) {
         (Some(rev), Some(data)) => {
             cid::Cid::try_from(data.as_str()).ok().map(|data| RepoState { rev: rev.clone(), data })
@@ -215,7 +211,7 @@ async fn process(relay: &ValidationDeps, incoming: Incoming) {
         verify_event(&event, &view, last.as_ref(), &policy, now)
     };
     let mut verdict = judge(identity.as_deref());
-    step.done("verify");
+    step.done(&relay.metrics.validation_steps.verify);
     if !fresh && verdict.as_ref().err().is_some_and(Rejection::identity_may_be_stale) {
         // Key rotation or migration: look the identity up again once before dropping.
         identity = match resolve_holding(relay, &did, true).await {
@@ -253,8 +249,8 @@ async fn process(relay: &ValidationDeps, incoming: Incoming) {
             Err(error) => store_retry.wait(relay, "storing account state", error).await,
         }
     };
-    step.done("apply");
-    relay.metrics.events_accepted.with_label_values(&[event.type_name()]).inc();
+    step.done(&relay.metrics.validation_steps.apply);
+    relay.metrics.events_accepted_by_type.inc(event.type_name());
     relay.activity.note_accepted();
     let outgoing = Outgoing { did, event, in_flight: Some(in_flight), state };
     if relay.sequencer.send(outgoing).await.is_err() {
@@ -262,7 +258,7 @@ async fn process(relay: &ValidationDeps, incoming: Incoming) {
         // end, so this does not happen; if it did, the host re-sends the event.
         tracing::warn!("sequencer closed before the validation stage drained");
     }
-    step.done("sequencer_queue");
+    step.done(&relay.metrics.validation_steps.sequencer_queue);
 }
 
 /// First wait after a transient lookup failure; doubled per attempt up to the cap.
@@ -364,20 +360,18 @@ impl Drop for HeldAccount<'_> {
 }
 
 /// Observes the time since the previous step into `relay_validation_step_seconds`.
-struct StepTimer<'r> {
-    relay: &'r ValidationDeps,
+struct StepTimer {
     last: std::time::Instant,
 }
 
-impl<'r> StepTimer<'r> {
-    fn new(relay: &'r ValidationDeps) -> Self {
-        StepTimer { relay, last: std::time::Instant::now() }
+impl StepTimer {
+    fn new() -> Self {
+        StepTimer { last: std::time::Instant::now() }
     }
 
-    fn done(&mut self, step: &str) {
+    fn done(&mut self, step: &prometheus::Histogram) {
         let now = std::time::Instant::now();
-        let seconds = now.duration_since(self.last).as_secs_f64();
-        self.relay.metrics.validation_step_seconds.with_label_values(&[step]).observe(seconds);
+        step.observe(now.duration_since(self.last).as_secs_f64());
         self.last = now;
     }
 }
