@@ -15,6 +15,7 @@ use std::sync::{Mutex, OnceLock};
 
 const HZ: &str = "hz";
 const STORM: &str = "hz-storm";
+const BAD_TOKEN: &str = "hz-bad-token";
 const UID_LABEL: &str = "atrelay.dev/relay-uid";
 
 /// What the steps share: the fake, the relay's simulated network, the joining node.
@@ -374,6 +375,61 @@ pub async fn hetzner_steady_state_and_faults(env: &mut Env) -> anyhow::Result<()
         "   steady state: 0 calls in {}s despite {nudges} reconciles, 1 after a restart; by construction at most 1 per Relay per OPERATOR_HETZNER_CHECK_INTERVAL (10 min)",
         window.as_secs()
     );
+
+    // A refused token: one request, a condition that says so, no retry storm.
+    let before = fake.requests();
+    env.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "hcloud-wrong",
+        "-n",
+        NS,
+        "--from-literal=token=not-the-token",
+    ])
+    .await?;
+    let manifest =
+        relay_manifest(BAD_TOKEN, &hz.sim.plc_url()).replace("name: hcloud,", "name: hcloud-wrong,");
+    env.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest)).await?;
+    eventually("NodeProvisioned=False/HetznerTokenRejected", Duration::from_secs(60), || async {
+        let relay = relay_named(env, BAD_TOKEN).await?.unwrap_or_default();
+        Ok(condition_is(&relay, "NodeProvisioned", "False", Some("HetznerTokenRejected")).then_some(()))
+    })
+    .await?;
+    for nudge in 0..3 {
+        env.kubectl(&[
+            "annotate",
+            "relay",
+            BAD_TOKEN,
+            "-n",
+            NS,
+            "--overwrite",
+            &format!("e2e.atrelay.dev/nudge={nudge}"),
+        ])
+        .await?;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    let refused = report("a refused token, then 30 s and 3 forced reconciles", &before, &fake.requests());
+    if refused != 1 {
+        bail!("a refused token should cost one request, not {refused}");
+    }
+    // Fixed token, then deleted: nothing was created, nothing to delete.
+    env.kubectl(&["delete", "secret", "hcloud-wrong", "-n", NS]).await?;
+    env.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "hcloud-wrong",
+        "-n",
+        NS,
+        &format!("--from-literal=token={TOKEN}"),
+    ])
+    .await?;
+    env.kubectl(&["delete", "relay", BAD_TOKEN, "-n", NS, "--wait=false"]).await?;
+    eventually("the refused-token Relay gone", Duration::from_secs(120), || async {
+        Ok(relay_named(env, BAD_TOKEN).await?.is_none().then_some(()))
+    })
+    .await?;
 
     // Create through a 429 storm and 5xx answers.
     let before = fake.requests();
