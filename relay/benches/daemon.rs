@@ -766,7 +766,13 @@ fn print_ratios(phases: &[(&str, Vec<Figures>)]) {
     println!();
     println!("| phase | events/s ours ÷ indigo | CPU µs/event indigo ÷ ours | peak RSS indigo ÷ ours | p99 latency indigo ÷ ours | seconds to live indigo ÷ ours |");
     println!("|---|---:|---:|---:|---:|---:|");
-    let ratio = |a: f64, b: f64| if a > 0.0 && b > 0.0 && a.is_finite() && b.is_finite() { format!("{:.2}×", a / b) } else { "–".into() };
+    let ratio = |a: f64, b: f64| {
+        if a > 0.0 && b > 0.0 && a.is_finite() && b.is_finite() {
+            format!("{:.2}×", a / b)
+        } else {
+            "–".into()
+        }
+    };
     for (phase, figures) in phases {
         let [ours, indigo] = [figures[0], figures[1]];
         println!(
@@ -854,9 +860,10 @@ async fn catch_up(flavor: Flavor) -> Figures {
     let give_up = Duration::from_secs(env_num("BENCH_CATCHUP_TIMEOUT_SECONDS", 3600u64));
     // Each host must still hold its downtime's events when the relay asks for them again.
     let per_host = (rate * (downtime + warmup).as_secs_f64() / hosts as f64 * 1.5) as usize + 256;
-    let sim = Simulation::start(SimulateConfig { history_events: per_host, ..sim_config(hosts, 2, rate, false) })
-        .await
-        .expect("sim");
+    let sim =
+        Simulation::start(SimulateConfig { history_events: per_host, ..sim_config(hosts, 2, rate, false) })
+            .await
+            .expect("sim");
     sim.set_p256_percent(p256_percent());
     let (relay, _, _, setup) = start_relay_keeping_setup(flavor, "catchup", &sim).await;
     let until = Instant::now() + Duration::from_secs(120);
@@ -944,5 +951,10 @@ async fn catch_up(flavor: Flavor) -> Figures {
     );
     consumer.abort();
     generator.abort();
-    Figures { seconds_to_live: seconds, peak_rss_mib: peak_rss, events_per_second: delivered as f64 / elapsed, ..Figures::default() }
+    Figures {
+        seconds_to_live: seconds,
+        peak_rss_mib: peak_rss,
+        events_per_second: delivered as f64 / elapsed,
+        ..Figures::default()
+    }
 }

@@ -186,12 +186,8 @@ impl Metrics {
             "Events that passed validation, by type",
             &["type"],
         );
-        let queue_bytes = gauge_vec(
-            &registry,
-            "relay_queue_bytes",
-            "Bytes held in the queue between stages",
-            &["queue"],
-        );
+        let queue_bytes =
+            gauge_vec(&registry, "relay_queue_bytes", "Bytes held in the queue between stages", &["queue"]);
         let validation_step_seconds = histogram_vec(
             &registry,
             "relay_validation_step_seconds",

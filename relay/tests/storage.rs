@@ -159,7 +159,12 @@ async fn exercise(url: &str) {
     let revs: Vec<String> = (0..dids.len() * 2).map(|n| format!("rev{n:05}")).collect();
     let mut batch: Vec<RepoStateUpdate> = Vec::new();
     for (n, did) in dids.iter().enumerate() {
-        batch.push(RepoStateUpdate { did, rev: &revs[2 * n], data_cid: "bafyfirst", commit_cid: Some("bafycommit1") });
+        batch.push(RepoStateUpdate {
+            did,
+            rev: &revs[2 * n],
+            data_cid: "bafyfirst",
+            commit_cid: Some("bafycommit1"),
+        });
     }
     for (n, did) in dids.iter().enumerate().step_by(3) {
         // A later #sync (no commit CID) for every third account: keeps bafycommit1.
@@ -168,7 +173,8 @@ async fn exercise(url: &str) {
     store.save_repo_states(&batch, 77).await.expect("batch");
     for (n, did) in dids.iter().enumerate() {
         let account = store.account(did).await.expect("get").expect("row");
-        let (rev, data) = if n % 3 == 0 { (&revs[2 * n + 1], "bafysync") } else { (&revs[2 * n], "bafyfirst") };
+        let (rev, data) =
+            if n % 3 == 0 { (&revs[2 * n + 1], "bafysync") } else { (&revs[2 * n], "bafyfirst") };
         assert_eq!(account.rev.as_deref(), Some(rev.as_str()), "{did}");
         assert_eq!(account.data_cid.as_deref(), Some(data), "{did}");
         assert_eq!(account.commit_cid.as_deref(), Some("bafycommit1"), "{did}");

@@ -221,7 +221,8 @@ impl EventLog {
             })
             .collect();
         segments.sort_by_key(|s| s.first_seq);
-        let mut log = EventLog { config, segments, active: None, active_len: 0, head: 0, write_buffer: Vec::new() };
+        let mut log =
+            EventLog { config, segments, active: None, active_len: 0, head: 0, write_buffer: Vec::new() };
         log.recover_tail()?;
         Ok(log)
     }
