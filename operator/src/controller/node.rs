@@ -305,7 +305,7 @@ async fn hetzner_step(
         Ok(api) => api,
         Err(error) => return Ok(Step::State(cloud_state(&error))),
     };
-    let outcome = server_step(relay, spec, owner, name, status, seen, api.as_ref(), ctx).await;
+    let outcome = server_step(relay, spec, owner, name, status, api.as_ref(), ctx).await;
     update_metrics(ctx);
     match outcome {
         Ok(step) => {
@@ -353,7 +353,6 @@ async fn server_step<A: HetznerApi>(
     owner: &Owner,
     name: &str,
     status: &mut NodeStatus,
-    seen: NodeSeen,
     api: &A,
     ctx: &Context,
 ) -> Result<Step, StepError> {
@@ -412,7 +411,6 @@ async fn server_step<A: HetznerApi>(
     if server.status == ServerStatus::Running {
         return Ok(Step::Running);
     }
-    let _ = seen;
     set_phase(status, PHASE_BOOTING);
     Ok(Step::State(NodeState::WaitingForBoot {
         server: name.into(),
