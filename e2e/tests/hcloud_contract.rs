@@ -263,6 +263,20 @@ async fn every_route_and_status_of_the_fake_matches_the_openapi_schema_and_the_c
         let (status, body) = call(&fake, Method::GET, path, None, TOKEN).await;
         checker.check(template, "get", status, &body);
     }
+    // DELETE /firewalls/{id}: 204 without a body (as the spec declares), then 404.
+    let id = fake.firewalls().first().map(|f| f.0).expect("the firewall created above");
+    assert!(checker.spec["paths"]["/firewalls/{id}"]["delete"]["responses"].get("204").is_some());
+    let response = reqwest::Client::new()
+        .delete(format!("{}/firewalls/{id}", fake.base_url()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("the fake answers");
+    assert_eq!(response.status().as_u16(), 204);
+    assert!(response.text().await.expect("a body").is_empty(), "204 has no body");
+    let (status, body) = call(&fake, Method::DELETE, &format!("/firewalls/{id}"), None, TOKEN).await;
+    assert_eq!(status, 404);
+    checker.check("/firewalls/{id}", "delete", status, &body);
 
     // Injected faults: 401 (and a wrong token), 429, 503, 412.
     let (status, body) = call(&fake, Method::GET, "/servers", None, "wrong-token").await;

@@ -140,6 +140,9 @@ impl HetznerApi for MissFirstList<'_> {
     async fn firewall_by_name(&self, name: &str) -> Result<Option<Firewall>, CloudError> {
         self.inner.firewall_by_name(name).await
     }
+    async fn delete_firewall(&self, id: i64) -> Result<(), CloudError> {
+        self.inner.delete_firewall(id).await
+    }
     async fn ssh_keys_by_name(&self, names: &[String]) -> Result<Vec<SshKey>, CloudError> {
         self.inner.ssh_keys_by_name(names).await
     }

@@ -157,6 +157,11 @@ impl FakeHetzner {
             .collect()
     }
 
+    /// The firewalls that exist now: (id, name, labels).
+    pub fn firewalls(&self) -> Vec<(i64, String, BTreeMap<String, String>)> {
+        self.lock().firewalls.values().map(|f| (f.id, f.name.clone(), f.labels.clone())).collect()
+    }
+
     /// How many servers were ever created through `POST /servers`.
     pub fn servers_created(&self) -> usize {
         self.lock().created_names.len()
@@ -337,7 +342,9 @@ fn rate_headers(state: &State) -> RateHeaders {
 }
 
 fn respond(reply: routes::Reply, rate: Option<RateHeaders>) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(reply.body.to_string())));
+    // 204 No Content has no body (DELETE /firewalls/{id}).
+    let body = if reply.status == 204 { Bytes::new() } else { Bytes::from(reply.body.to_string()) };
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() =
         hyper::StatusCode::from_u16(reply.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();

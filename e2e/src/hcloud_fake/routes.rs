@@ -35,6 +35,7 @@ pub fn route_of(method: &str, path: &str) -> Option<&'static str> {
         ("GET", ["actions", _]) => "GET /actions/{id}",
         ("GET", ["firewalls"]) => "GET /firewalls",
         ("POST", ["firewalls"]) => "POST /firewalls",
+        ("DELETE", ["firewalls", _]) => "DELETE /firewalls/{id}",
         ("GET", ["ssh_keys"]) => "GET /ssh_keys",
         ("GET", ["networks"]) => "GET /networks",
         _ => return None,
@@ -54,6 +55,7 @@ pub fn handle(state: &mut State, route: &str, path: &str, query: &[(String, Stri
         ("GET /actions/{id}", Some(id)) => get_action(state, id, now),
         ("GET /firewalls", _) => list_firewalls(state, query),
         ("POST /firewalls", _) => create_firewall(state, body),
+        ("DELETE /firewalls/{id}", Some(id)) => delete_firewall(state, id),
         ("GET /ssh_keys", _) => list_ssh_keys(state, query),
         ("GET /networks", _) => list_networks(state, query),
         _ => error(404, "not_found", "no such resource"),
@@ -218,6 +220,18 @@ fn get_action(state: &State, id: i64, now: Instant) -> Reply {
         return error(404, "not_found", &format!("action with ID '{id}' not found"));
     }
     ok(200, json!({"action": action_json(state, id, now)}))
+}
+
+/// 204 and no body; `resource_in_use` while a server still has it (as the real API).
+fn delete_firewall(state: &mut State, id: i64) -> Reply {
+    if !state.firewalls.contains_key(&id) {
+        return error(404, "not_found", &format!("firewall with ID '{id}' not found"));
+    }
+    if state.servers.values().any(|s| s.firewalls.contains(&id)) {
+        return error(422, "resource_in_use", "firewall is still applied to a resource");
+    }
+    state.firewalls.remove(&id);
+    ok(204, Value::Null)
 }
 
 fn list_firewalls(state: &State, query: &[(String, String)]) -> Reply {

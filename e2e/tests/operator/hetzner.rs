@@ -463,8 +463,8 @@ pub async fn hetzner_steady_state_and_faults(env: &mut Env) -> anyhow::Result<()
     })
     .await?;
     let delete_calls = report("delete through 2 × 429 and 4 × 503", &before, &fake.requests());
-    if !owned(fake, &uid).is_empty() {
-        bail!("{STORM}'s server leaked: {:?}", fake.servers());
+    if !owned(fake, &uid).is_empty() || fake.firewalls().iter().any(|f| f.2.get(UID_LABEL) == Some(&uid)) {
+        bail!("{STORM}'s server or firewall leaked: {:?} {:?}", fake.servers(), fake.firewalls());
     }
     println!("   {STORM}: create {create_calls} calls, delete {delete_calls} calls; 0 duplicates, 0 leaked");
     Ok(())
@@ -496,6 +496,11 @@ pub async fn hetzner_delete(env: &mut Env) -> anyhow::Result<()> {
     let old_pod_running = env.pod(&format!("{HZ}-0"), NS).await?.is_some_and(|p| p.uid() == pod_uid);
     if old_pod_running {
         bail!("the relay pod on the deleted node is still there");
+    }
+    let firewalls: Vec<_> =
+        fake.firewalls().into_iter().filter(|f| f.2.get(UID_LABEL) == Some(&uid)).collect();
+    if !firewalls.is_empty() {
+        bail!("the Relay's firewall leaked: {firewalls:?}");
     }
     let left: Vec<i64> = fake.servers().iter().map(|s| s.id).collect();
     if left != hz.unrelated {

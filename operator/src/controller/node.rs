@@ -725,6 +725,12 @@ pub async fn cleanup(relay: &Relay, ctx: &Context) -> Result<Cleanup, Error> {
             return Ok(Cleanup::Pending(delay));
         }
     }
+    if spec.firewall.as_ref().is_some_and(|f| f.create) {
+        if let Err(error) = delete_own_firewall(api.as_ref(), &owner, &name).await {
+            warn!(relay = %format!("{}/{}", owner.namespace, owner.name), %error, "deleting the Relay's firewall");
+            return Ok(Cleanup::Pending(retry_delay(&error, &ctx.config)));
+        }
+    }
     match nodes.delete(&name, &Default::default()).await {
         Ok(_) => ctx.metrics.api_writes.with_label_values(&["Node"]).inc(),
         Err(kube::Error::Api(status)) if status.code == 404 => {}
@@ -732,6 +738,19 @@ pub async fn cleanup(relay: &Relay, ctx: &Context) -> Result<Cleanup, Error> {
     }
     ctx.hetzner.forget(&owner.uid);
     Ok(Cleanup::Done)
+}
+
+/// The firewall made for `firewall.create` (same name as the server), deleted once its
+/// server is gone; only with this Relay's UID label.
+async fn delete_own_firewall<A: HetznerApi>(api: &A, owner: &Owner, name: &str) -> Result<(), CloudError> {
+    match api.firewall_by_name(name).await? {
+        Some(firewall)
+            if firewall.labels.get(naming::LABEL_UID) == Some(&naming::label_value(&owner.uid)) =>
+        {
+            api.delete_firewall(firewall.id).await
+        }
+        _ => Ok(()),
+    }
 }
 
 fn retry_delay(error: &CloudError, config: &RunConfig) -> Duration {

@@ -152,6 +152,9 @@ pub trait HetznerApi: Send + Sync {
         &self,
         spec: &FirewallSpec,
     ) -> impl Future<Output = Result<Firewall, CloudError>> + Send;
+    /// `DELETE /firewalls/{id}`; a 404 is `Ok(())` (already gone). The caller checks
+    /// ownership first: this deletes whatever id it is given.
+    fn delete_firewall(&self, id: i64) -> impl Future<Output = Result<(), CloudError>> + Send;
     /// `GET /firewalls?name=`.
     fn firewall_by_name(
         &self,

@@ -81,12 +81,13 @@ pub enum Op {
     GetAction,
     ListFirewalls,
     CreateFirewall,
+    DeleteFirewall,
     ListSshKeys,
     ListNetworks,
 }
 
 impl Op {
-    pub const ALL: [Op; 9] = [
+    pub const ALL: [Op; 10] = [
         Op::CreateServer,
         Op::GetServer,
         Op::ListServers,
@@ -94,6 +95,7 @@ impl Op {
         Op::GetAction,
         Op::ListFirewalls,
         Op::CreateFirewall,
+        Op::DeleteFirewall,
         Op::ListSshKeys,
         Op::ListNetworks,
     ];
@@ -108,6 +110,7 @@ impl Op {
             Op::GetAction => "get_action",
             Op::ListFirewalls => "list_firewalls",
             Op::CreateFirewall => "create_firewall",
+            Op::DeleteFirewall => "delete_firewall",
             Op::ListSshKeys => "list_ssh_keys",
             Op::ListNetworks => "list_networks",
         }

@@ -244,6 +244,18 @@ impl HetznerApi for HcloudClient {
         Ok(firewall_info(*firewall))
     }
 
+    async fn delete_firewall(&self, id: i64) -> Result<(), CloudError> {
+        let params = firewalls_api::DeleteFirewallParams { id };
+        // Deleting twice is harmless (the second is a 404), so transient failures retry.
+        match self
+            .call(Op::DeleteFirewall, true, || firewalls_api::delete_firewall(&self.config, params.clone()))
+            .await
+        {
+            Ok(()) | Err(CloudError::NotFound(_)) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
     async fn firewall_by_name(&self, name: &str) -> Result<Option<Firewall>, CloudError> {
         let params = firewalls_api::ListFirewallsParams { name: Some(name.into()), ..Default::default() };
         let response = self
