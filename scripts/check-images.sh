@@ -7,7 +7,8 @@
 #   - umoci (a reference OCI unpacker), where installed, unpacks the same files and derives the
 #     same process (args, env, cwd, uid/gid) as scripts/lib/oci.py;
 #   - run from the images as their config says (scripts/lib/oci.py: chroot, read-only root,
-#     uid 65532): `relay --version`, `relay-operator --help`, and `relay serve` with a writable
+#     uid 65532): `relay --version` (also with a file bound under /dev), `relay-operator --help`,
+#     and `relay serve` with a writable
 #     data directory bind-mounted at /data and a tmpfs at /tmp, on loopback, answering /_health,
 #     writing its data as uid 65532, and exiting 0 on SIGTERM.
 # Environment: as scripts/build-images.sh (IMAGES_DIR, CARGO_TARGET_DIR, IMAGES_SKIP_CARGO, ...).
@@ -113,6 +114,15 @@ if out=$(scripts/run-oci.sh "$images/relay.oci.tar" -- --version 2>&1) && [[ $ou
     ok "relay --version (scripts/run-oci.sh): $out"
 else
     bad "relay --version printed: $out"
+fi
+# A bind under /dev (the e2e node agent puts a pod's termination message file there) lands in
+# the container's own tmpfs /dev, never on the host's.
+touch "$work/termination-log"
+if out=$(oci run "$work/relay" --bind "$work/termination-log:/dev/termination-log" -- --version 2>&1) \
+    && [[ $out == "relay $version" && ! -e /dev/termination-log ]]; then
+    ok "a file bound at /dev/termination-log stays in the container's /dev"
+else
+    bad "bind at /dev/termination-log: $out"
 fi
 if out=$(oci run "$work/relay-operator" -- --help 2>&1) && grep -q 'run' <<<"$out"; then
     ok "relay-operator --help: $(head -1 <<<"$out")"

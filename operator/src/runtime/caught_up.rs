@@ -72,6 +72,13 @@ mod tests {
     }
 
     #[test]
+    fn the_reconcile_neither_writes_nor_removes_it() {
+        // The reconcile applies only the types it owns and compares only those, so the
+        // sampler's condition survives every status write of the reconcile and costs none.
+        assert!(!crate::crd::conditions::OWNED.contains(&CAUGHT_UP));
+    }
+
+    #[test]
     fn verdicts_map_onto_the_condition() {
         // (verdict, status, reason, message)
         let cases = [
