@@ -15,8 +15,15 @@ use std::process::Command as StdCommand;
 use tokio::process::Command;
 use tracing::info;
 
-/// The unpacker and runner (stdlib Python, the same one `scripts/check-images.sh` tests).
-const OCI_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/lib/oci.py");
+/// The unpacker and runner (stdlib Python, the same one `scripts/check-images.sh` tests), in
+/// the checkout the agent runs from: cargo sets `CARGO_MANIFEST_DIR` for the test that
+/// starts the agent, which stays right when a cached binary was built from another checkout.
+fn oci_py() -> PathBuf {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.join("../scripts/lib/oci.py")
+}
 
 /// Whether an `--image` target is an image archive (`NAME.oci.tar`) rather than a binary.
 pub(super) fn is_archive(path: &Path) -> bool {
@@ -33,7 +40,7 @@ pub(super) fn unpacked(work_dir: &Path, archive: &Path) -> anyhow::Result<PathBu
     }
     std::fs::create_dir_all(&dir)?;
     let output = StdCommand::new("python3")
-        .arg(OCI_PY)
+        .arg(oci_py())
         .arg("unpack")
         .arg(archive)
         .arg(&dir)
@@ -48,7 +55,7 @@ pub(super) fn unpacked(work_dir: &Path, archive: &Path) -> anyhow::Result<PathBu
 
 /// The uid and gid the image's config runs as (`User`, numeric or from its /etc/passwd).
 fn image_user(dir: &Path) -> anyhow::Result<(u32, u32)> {
-    let output = StdCommand::new("python3").arg(OCI_PY).arg("config").arg(dir).output()?;
+    let output = StdCommand::new("python3").arg(oci_py()).arg("config").arg(dir).output()?;
     if !output.status.success() {
         bail!("oci.py config: {}", String::from_utf8_lossy(&output.stderr));
     }
@@ -129,7 +136,7 @@ pub(super) fn command(
     args: &[String],
 ) -> Command {
     let mut command = Command::new("python3");
-    command.arg(OCI_PY).arg("run").arg(dir).arg("--die-with-parent");
+    command.arg(oci_py()).arg("run").arg(dir).arg("--die-with-parent");
     command.arg("--user").arg(format!("{}:{}", user.0, user.1));
     for bind in binds {
         command.arg("--bind").arg(bind);
