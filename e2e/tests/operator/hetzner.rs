@@ -149,6 +149,8 @@ pub async fn hetzner_create_adopt_join(env: &mut Env) -> anyhow::Result<()> {
     sim.create_accounts();
     tokio::spawn(sim.clone().run());
 
+    // One operator replica (an earlier step runs two): the crash below kills "the" operator.
+    env.kubectl(&["scale", "deployment/relay-operator", "-n", OPERATOR_NS, "--replicas=1"]).await?;
     let url = format!("OPERATOR_HETZNER_API_URL={}", fake.base_url());
     env.kubectl(&[
         "set",
