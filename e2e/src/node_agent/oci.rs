@@ -112,11 +112,7 @@ pub(super) fn binds(
         .iter()
         .flatten()
         .filter_map(|mount| {
-            let base = volumes.get(&mount.name)?;
-            let host = match mount.sub_path.as_deref() {
-                Some(sub) if !sub.is_empty() => base.join(sub),
-                _ => base.clone(),
-            };
+            let host = super::rewrite::host_path(mount, volumes)?;
             let read_only = if mount.read_only == Some(true) { ":ro" } else { "" };
             Some(format!("{}:{}{read_only}", host.display(), mount.mount_path))
         })

@@ -1,10 +1,19 @@
 //! What a network and a mount namespace would do for a process, done by rewriting:
 //! wildcard listen addresses become the pod IP, container paths become host paths.
 
-use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::{Container, VolumeMount};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+
+/// The host directory a volume mount stands for (its volume's directory, or a subPath of it).
+pub(super) fn host_path(mount: &VolumeMount, volumes: &HashMap<String, PathBuf>) -> Option<PathBuf> {
+    let base = volumes.get(&mount.name)?;
+    Some(match mount.sub_path.as_deref() {
+        Some(sub) if !sub.is_empty() => base.join(sub),
+        _ => base.clone(),
+    })
+}
 
 /// Container mount path → host directory.
 pub(super) fn mount_map(container: &Container, volumes: &HashMap<String, PathBuf>) -> Vec<(String, PathBuf)> {
@@ -13,12 +22,7 @@ pub(super) fn mount_map(container: &Container, volumes: &HashMap<String, PathBuf
         .iter()
         .flatten()
         .filter_map(|mount| {
-            let base = volumes.get(&mount.name)?;
-            let host = match mount.sub_path.as_deref() {
-                Some(sub) if !sub.is_empty() => base.join(sub),
-                _ => base.clone(),
-            };
-            Some((mount.mount_path.trim_end_matches('/').to_string(), host))
+            Some((mount.mount_path.trim_end_matches('/').to_string(), host_path(mount, volumes)?))
         })
         .collect();
     // Longest mount path first, so nested mounts win.

@@ -131,21 +131,8 @@ pub async fn hetzner_create_adopt_join(env: &mut Env) -> anyhow::Result<()> {
             &[("atrelay.dev/managed-by", "relay-operator"), ("atrelay.dev/relay", &format!("{NS}.{HZ}"))],
         ),
     ];
-    let sim = Simulation::start(SimulateConfig {
-        hosts: 1,
-        accounts_per_host: 3,
-        rate: 10.0,
-        max_commits: 0,
-        bind: "127.0.0.1".into(),
-        relay_admin_url: None,
-        relay_admin_token: None,
-        hostile: Vec::new(),
-        seed: 15,
-        backlog_on_connect: false,
-        history_events: 0,
-        advertise_name: None,
-    })
-    .await?;
+    let sim =
+        Simulation::start(SimulateConfig { rate: 10.0, seed: 15, ..SimulateConfig::loopback(1, 3) }).await?;
     sim.create_accounts();
     tokio::spawn(sim.clone().run());
 
