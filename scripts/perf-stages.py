@@ -21,7 +21,9 @@ STAGES = [
     ("state writer (repo state to SQL)", r"relay::wiring::write_state"),
     ("fan-out", r"relay::fanout::"),
     ("collections index", r"relay::collections::"),
-    ("http/xrpc/admin", r"relay::(xrpc|admin|server|summary|http)::|axum::"),
+    # The firehose handler lives in relay::server and calls into the fan-out: its samples are
+    # the per-consumer work (framing, socket writes), with XRPC and admin requests beside it.
+    ("HTTP handlers (firehose consumers, XRPC, admin)", r"relay::(xrpc|admin|server|summary|http)::|axum::"),
 ]
 # Threads that are a stage of their own when no relay frame is on the stack.
 THREADS = [
@@ -31,7 +33,8 @@ THREADS = [
 ]
 # Kind of work: the innermost frame (leaf side wins) matching one of these.
 KINDS = [
-    ("kernel (syscalls, scheduling, page faults)", r"^KERNEL$"),
+    ("kernel: timer ticks and IPIs (the machine's noise)", r"^KERNEL:asm_sysvec"),
+    ("kernel (syscalls, scheduling, page faults)", r"^KERNEL"),
     ("signature check", r"ring::|k256::|ecdsa::|p256::|elliptic_curve::|crypto::PublicKey::verify|nistz256|_mont|bn_"),
     ("sha256", r"sha2::|sha256"),
     ("MST", r"relay_atproto::mst"),
@@ -56,7 +59,13 @@ def frames_of(block):
     for line in lines[1:]:
         parts = line.strip().split(" ", 1)
         ip, symbol = parts[0], parts[1] if len(parts) > 1 else ""
-        frames.append("KERNEL" if ip.startswith("ffffffff") else symbol)
+        frames.append(f"KERNEL:{symbol}" if ip.startswith("ffffffff") else symbol)
+    # A kernel stack is named by how it was entered (its outermost kernel frame): an
+    # interrupt that landed in user code is not work the relay asked for.
+    kernel = [f for f in frames if f.startswith("KERNEL:")]
+    if kernel:
+        entry = kernel[-1]
+        frames = [entry if f.startswith("KERNEL:") else f for f in frames]
     return comm, period, frames
 
 
@@ -103,4 +112,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BrokenPipeError:
+        pass

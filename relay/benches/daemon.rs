@@ -155,6 +155,9 @@ fn relay_command(setup: &RelaySetup) -> Command {
                 ])
                 .args(["--plc-host", plc, "--connect-stagger", "1ms", "--default-account-limit", "1000000"])
                 .args(["--host-events-per-second", "100000"])
+                // Every bench consumer connects from 127.0.0.1: lift the per-address cap
+                // (100 by default), or all but 100 of them are refused with 429.
+                .env("RELAY_MAX_CONSUMERS_PER_IP", "100000")
                 .env("DATABASE_URL", database)
                 .env("RELAY_LOG_LEVEL", "warn");
             command
@@ -272,7 +275,10 @@ async fn launch(setup: &RelaySetup) -> (RelayProcess, Duration) {
             Ok(())
         });
     }
-    let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("relay binary");
+    // The relay's own log, kept beside its data (appended across restarts) for a failed run.
+    let log_path = setup.dir.join("relay-stderr.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("relay log file");
+    let child = command.stdout(Stdio::null()).stderr(log).spawn().expect("relay binary");
     let RelaySetup { flavor, public, internal, .. } = *setup;
     let process = RelayProcess { child, flavor, public, internal, dir: setup.dir.clone(), keep_dir: false };
     // Both relays answer `/_health` once their database is open and they listen.
@@ -283,7 +289,12 @@ async fn launch(setup: &RelaySetup) -> (RelayProcess, Duration) {
                 break;
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "relay did not start");
+        // A restart on a big data dir may take a while (indigo's does): BENCH_START_TIMEOUT_SECONDS.
+        if started.elapsed() > Duration::from_secs(env_num("BENCH_START_TIMEOUT_SECONDS", 300u64)) {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            panic!("relay did not start; the end of its log ({}):\n{}", log_path.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     (process, started.elapsed())
