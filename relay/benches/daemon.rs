@@ -293,7 +293,11 @@ async fn launch(setup: &RelaySetup) -> (RelayProcess, Duration) {
         if started.elapsed() > Duration::from_secs(env_num("BENCH_START_TIMEOUT_SECONDS", 300u64)) {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            panic!("relay did not start; the end of its log ({}):\n{}", log_path.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            panic!(
+                "relay did not start; the end of its log ({}):\n{}",
+                log_path.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
