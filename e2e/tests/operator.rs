@@ -944,7 +944,13 @@ async fn zero_writes(env: &mut Env) -> anyhow::Result<()> {
 
 /// A JSON merge patch of the test Relay, as a user would send with kubectl.
 async fn patch_relay(env: &Env, patch: impl AsRef<str>) -> anyhow::Result<()> {
-    env.kubectl(&["patch", "relay", RELAY, "-n", NS, "--type=merge", "-p", patch.as_ref()]).await.map(|_| ())
+    patch_relay_named(env, RELAY, patch.as_ref()).await
+}
+
+/// A JSON merge patch of the Relay `name` in the test namespace (an error carries kubectl's
+/// message, e.g. a CEL refusal).
+async fn patch_relay_named(env: &Env, name: &str, patch: &str) -> anyhow::Result<()> {
+    env.kubectl(&["patch", "relay", name, "-n", NS, "--type=merge", "-p", patch]).await.map(|_| ())
 }
 
 /// Deletes the operator pods; the Deployment starts fresh ones.

@@ -201,17 +201,7 @@ async fn check_event(env: &Env) -> anyhow::Result<()> {
 
 /// Removing `spec.coverage` removes the CronJob, the condition and the figures.
 async fn coverage_removed(env: &Env) -> anyhow::Result<()> {
-    env.kubectl(&[
-        "patch",
-        "relay",
-        "fleet-a",
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"coverage":null}}"#,
-    ])
-    .await?;
+    patch_relay_named(env, "fleet-a", r#"{"spec":{"coverage":null}}"#).await?;
     eventually("the CronJob fleet-a-coverage pruned", Duration::from_secs(60), || async {
         let left = env
             .kubectl(&["get", "cronjob", "fleet-a-coverage", "-n", NS, "--ignore-not-found", "-o", "name"])

@@ -143,17 +143,7 @@ async fn ingress_drift_and_removed_annotation(env: &Env) -> anyhow::Result<()> {
     let edit = r#"[{"op":"replace","path":"/spec/rules/0/host","value":"hand.e2e.example"}]"#;
     env.kubectl(&["patch", "ingress", EXPOSED, "-n", NS, "--type=json", "-p", edit]).await?;
     ingress_stored(env).await?;
-    env.kubectl(&[
-        "patch",
-        "relay",
-        EXPOSED,
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"expose":{"annotations":null}}}"#,
-    ])
-    .await?;
+    patch_relay_named(env, EXPOSED, r#"{"spec":{"expose":{"annotations":null}}}"#).await?;
     eventually("e2e.atrelay.dev/extra removed from the Ingress", Duration::from_secs(60), || async {
         let ingress = ingresses.get(EXPOSED).await?;
         let annotations = ingress.metadata.annotations.unwrap_or_default();
@@ -176,7 +166,7 @@ async fn gone(env: &Env, kind: &str, name: &str) -> anyhow::Result<()> {
 /// annotations comes.
 async fn switched_to_load_balancer(env: &Env) -> anyhow::Result<()> {
     let patch = r#"{"spec":{"expose":{"via":"LoadBalancer","tls":null,"ingressClassName":null,"annotations":{"load-balancer.hetzner.cloud/location":"fsn1"}}}}"#;
-    env.kubectl(&["patch", "relay", EXPOSED, "-n", NS, "--type=merge", "-p", patch]).await?;
+    patch_relay_named(env, EXPOSED, patch).await?;
     gone(env, "ingress", EXPOSED).await?;
     let services: Api<Service> = Api::namespaced(env.client.clone(), NS);
     eventually("the LoadBalancer Service exposed-public", Duration::from_secs(60), || async {
@@ -214,17 +204,7 @@ pub(super) async fn expose(env: &mut Env) -> anyhow::Result<()> {
         idle_exposed_relay_writes_nothing(env, &ingress).await?;
         ingress_drift_and_removed_annotation(env).await?;
         switched_to_load_balancer(env).await?;
-        env.kubectl(&[
-            "patch",
-            "relay",
-            EXPOSED,
-            "-n",
-            NS,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"expose":null}}"#,
-        ])
-        .await?;
+        patch_relay_named(env, EXPOSED, r#"{"spec":{"expose":null}}"#).await?;
         gone(env, "service", "exposed-public").await?;
         firehose_shown(env, &format!("ws://{EXPOSED}.{NS}.svc:2470/xrpc/com.atproto.sync.subscribeRepos"))
             .await

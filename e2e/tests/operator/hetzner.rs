@@ -230,18 +230,7 @@ pub async fn hetzner_create_adopt_join(env: &mut Env) -> anyhow::Result<()> {
     {
         bail!("before the join the StatefulSet must wait at 0 replicas, unpinned: {:?}", sts.spec);
     }
-    let immutable = env
-        .kubectl(&[
-            "patch",
-            "relay",
-            HZ,
-            "-n",
-            NS,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"node":{"hetzner":{"location":"nbg1"}}}}"#,
-        ])
-        .await;
+    let immutable = patch_relay_named(env, HZ, r#"{"spec":{"node":{"hetzner":{"location":"nbg1"}}}}"#).await;
     match immutable {
         Err(error) if error.to_string().contains("node.hetzner.location is immutable") => {}
         other => bail!("changing the location was not refused by CEL: {other:?}"),
