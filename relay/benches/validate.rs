@@ -112,12 +112,12 @@ fn main() {
             continue;
         }
         let (repo, events) = build_commits(curve, records, commits);
-        let identity = Identity {
-            did: repo.did.clone(),
-            handle: None,
-            signing_key: Some(repo.key.public_key()),
-            pds_endpoint: Some("https://pds.example.com".into()),
-        };
+        let identity = Identity::new(
+            repo.did.clone(),
+            None,
+            Some(repo.key.public_key()),
+            Some("https://pds.example.com".into()),
+        );
         let view = AccountView {
             identity: Some(&identity),
             active: true,

@@ -57,8 +57,14 @@ impl Accounts {
         self.cache().put(account.did.clone(), account);
     }
 
-    /// Drops a cached row (its stored status changed elsewhere).
-    pub fn forget(&self, did: &str) {
-        self.cache().pop(did);
+    /// Sets the local (takedown) status of a cached row after it was stored. The row is
+    /// updated in place rather than dropped and re-read: its repo state may be newer than
+    /// SQL's, which the state writer stores only after the event is durable.
+    pub fn set_local_status(&self, did: &str, status: crate::storage::AccountStatus) {
+        let mut cache = self.cache();
+        if let Some(mut account) = cache.pop(did) {
+            account.local_status = status;
+            cache.put(did.to_string(), account);
+        }
     }
 }

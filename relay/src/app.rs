@@ -51,7 +51,7 @@ impl Relay {
         if !self.store.set_local_status(did, &status).await? {
             return Ok(false);
         }
-        self.accounts.forget(did);
+        self.accounts.set_local_status(did, status.clone());
         let account = self.store.account(did).await?.ok_or(StoreError::Sql(sqlx::Error::RowNotFound))?;
         if takedown {
             // Everything of this DID before the takedown event leaves the replay window.

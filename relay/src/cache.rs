@@ -77,6 +77,13 @@ impl<V: Weigh> ByteLru<V> {
     }
 }
 
+/// A set: the key is all there is.
+impl Weigh for () {
+    fn weigh(&self) -> usize {
+        0
+    }
+}
+
 impl Weigh for String {
     fn weigh(&self) -> usize {
         std::mem::size_of::<String>() + self.len()

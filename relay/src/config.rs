@@ -223,6 +223,11 @@ pub struct ServeConfig {
     #[arg(long, env = "RELAY_COLLECTIONS_WRITE_BUFFER_BYTES", default_value_t = 16 << 20)]
     pub collections_write_buffer_bytes: usize,
 
+    /// Memory for recent index answers kept in front of RocksDB (which repos list which
+    /// collections, which accounts are active), bytes.
+    #[arg(long, env = "RELAY_COLLECTIONS_FACT_CACHE_BYTES", default_value_t = 16 << 20)]
+    pub collections_fact_cache_bytes: usize,
+
     /// How often the pruning pass over the collection index starts (0 disables).
     #[arg(long, env = "RELAY_COLLECTIONS_PRUNE_INTERVAL", default_value = "6h", value_parser = parse_duration)]
     pub collections_prune_interval: Duration,
@@ -310,6 +315,17 @@ pub struct ServeConfig {
     /// when it is full).
     #[arg(long, env = "RELAY_STATE_QUEUE_UPDATES", default_value_t = 65_536)]
     pub state_queue_updates: usize,
+
+    /// Let the allocator use transparent huge pages (off by default: freed memory handed
+    /// back to the kernel in small runs made every later touch zero a whole 2 MiB page,
+    /// which cost CPU and inflated RSS).
+    #[arg(long, env = "RELAY_TRANSPARENT_HUGE_PAGES")]
+    pub transparent_huge_pages: bool,
+
+    /// How long the repo state writer gathers updates before storing them in one
+    /// transaction (SQL's copy of repo state lags the log by at most about this much).
+    #[arg(long, env = "RELAY_STATE_FLUSH_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
+    pub state_flush_interval: Duration,
 
     /// Longest wait for a consumer's closing handshake before its socket is dropped.
     #[arg(long, env = "RELAY_CONSUMER_CLOSE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]

@@ -54,7 +54,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Verify { files, lenient, json } => verify(&files, lenient, json),
-        Command::Serve(config) => run_async(serve(*config)),
+        Command::Serve(config) => {
+            if !config.transparent_huge_pages {
+                disable_transparent_huge_pages();
+            }
+            run_async(serve(*config))
+        }
         Command::Simulate(config) => run_async(simulate(config)),
         // Not run_async: its JSON tracing would mix with the tables printed to the operator.
         Command::Admin(args) => relay::admin_cli::run_blocking(args),
@@ -69,6 +74,19 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Turns transparent huge pages off for this process. mimalloc asks for huge pages on its
+/// arenas and later returns freed 64 KiB runs of them to the kernel; the next touch of such a
+/// run faulted in and zeroed a whole 2 MiB page. At saturation that was ~20 % of the
+/// sequencer thread's CPU and the peak RSS 145 MiB instead of 80 MiB. The flag applies at
+/// fault time to every mapping, so setting it this late (after start-up allocations) works.
+fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
+    let result = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if result != 0 {
+        eprintln!("warning: could not turn transparent huge pages off: {}", std::io::Error::last_os_error());
     }
 }
 

@@ -87,7 +87,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     for (did, before) in store.purges().await.context("loading takedown purges")? {
         sequencer.purges.write().unwrap_or_else(|p| p.into_inner()).insert(did, before as u64);
     }
-    let state_writer = tokio::spawn(write_state(store.clone(), state_rx));
+    let state_writer = tokio::spawn(write_state(store.clone(), state_rx, config.state_flush_interval));
     let fanout = Arc::new(Fanout::new(sequencer.clone(), fanout_config(&config), metrics.clone()));
 
     // Validation: explicit dependencies, one worker per queue.
@@ -320,14 +320,34 @@ async fn start_backfills(config: &ServeConfig, store: &Store, collections: &Arc<
 }
 
 /// Most repo state updates stored in one transaction.
-const STATE_BATCH: usize = 1024;
+const STATE_BATCH: usize = 4096;
 
 /// Applies repo state from durable events to SQL, in seq order, and advances the checkpoint:
-/// whatever has queued up goes in one transaction, so SQL keeps up at any event rate. Ends
-/// when the sequencer thread has ended and everything it sent is stored.
-async fn write_state(store: Store, mut updates: tokio::sync::mpsc::Receiver<(u64, String, StateUpdate)>) {
+/// what arrives within `flush_interval` of the first update goes in one transaction, so SQL
+/// keeps up at any event rate. Ends when the sequencer thread has ended and everything it
+/// sent is stored.
+///
+/// Why gather for an interval: a transaction is four round trips to the database (with
+/// SQLite, to its worker thread), and at saturation one per sequencer batch cost more CPU
+/// than the rows themselves; an active account's several updates in an interval also merge
+/// into one row. SQL lagging the log by that much is harmless: validation reads the account
+/// directory (which has the newest state first), and a restart replays the log from the
+/// checkpoint.
+async fn write_state(
+    store: Store,
+    mut updates: tokio::sync::mpsc::Receiver<(u64, String, StateUpdate)>,
+    flush_interval: Duration,
+) {
     let mut batch = Vec::with_capacity(STATE_BATCH);
     while updates.recv_many(&mut batch, STATE_BATCH).await > 0 {
+        let deadline = tokio::time::Instant::now() + flush_interval;
+        while batch.len() < STATE_BATCH {
+            let room = STATE_BATCH - batch.len();
+            match tokio::time::timeout_at(deadline, updates.recv_many(&mut batch, room)).await {
+                Ok(0) | Err(_) => break, // the sequencer has ended, or the interval is over
+                Ok(_) => {}
+            }
+        }
         let checkpoint = batch.last().map_or(0, |(seq, _, _)| *seq as i64);
         let rows: Vec<RepoStateUpdate> = batch
             .iter()

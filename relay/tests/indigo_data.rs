@@ -131,7 +131,7 @@ fn did_documents_parse() {
     let identity = parse_document("did:plc:ewvi7nxzyoun6zhxrhs64oiz", &doc).expect("parses");
     assert_eq!(identity.handle.as_deref(), Some("atproto.com"));
     assert_eq!(identity.pds_endpoint.as_deref(), Some("https://bsky.social"));
-    assert_eq!(identity.pds_host().as_deref(), Some("bsky.social"));
+    assert_eq!(identity.pds_host(), Some("bsky.social"));
     let key = identity.signing_key.expect("key");
 
     let legacy = std::fs::read(path("atproto/identity/testdata/did_plc_doc_legacy.json")).expect("file");

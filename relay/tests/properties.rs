@@ -66,10 +66,8 @@ proptest! {
         let key = SigningKey::from_seed(curve, b"prop");
         let did = "did:plc:proptestaccount0000000";
         let mut repo = Repo::new(did, key);
-        let identity = Identity {
-            did: did.into(), handle: None,
-            signing_key: Some(repo.key.public_key()), pds_endpoint: Some("https://pds.example".into()),
-        };
+        let identity =
+            Identity::new(did.into(), None, Some(repo.key.public_key()), Some("https://pds.example".into()));
         let view = AccountView { identity: Some(&identity), active: true, source_host: Some("pds.example"), known_on_source: false };
         let policy = Policy::default();
         let mut present: BTreeMap<String, u32> = BTreeMap::new();
@@ -223,12 +221,7 @@ fn genesis_commit_without_prev_data() {
 
 /// The identity a repo's own key signs for (no handle, no PDS: host authority is not under test).
 fn identity_of(repo: &Repo) -> Identity {
-    Identity {
-        did: repo.did.clone(),
-        handle: None,
-        signing_key: Some(repo.key.public_key()),
-        pds_endpoint: None,
-    }
+    Identity::new(repo.did.clone(), None, Some(repo.key.public_key()), None)
 }
 
 /// A writer that runs for thousands of commits holds its repo, not its history: replaced

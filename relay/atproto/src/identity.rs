@@ -57,19 +57,35 @@ pub struct Identity {
     pub signing_key: Option<PublicKey>,
     /// The `#atproto_pds` endpoint, scheme + host (+ port).
     pub pds_endpoint: Option<String>,
+    /// `pds_endpoint`'s host, worked out once: every event's host check compares against it,
+    /// and parsing the URL per event was measurable at saturation.
+    pds_host: Option<String>,
 }
 
 impl Identity {
-    /// The PDS hostname (with port when not default), as relays name hosts.
-    pub fn pds_host(&self) -> Option<String> {
-        let endpoint = self.pds_endpoint.as_deref()?;
-        let url = url::Url::parse(endpoint).ok()?;
-        let host = url.host_str()?.to_ascii_lowercase();
-        Some(match url.port() {
-            Some(port) => format!("{host}:{port}"),
-            None => host,
-        })
+    pub fn new(
+        did: String,
+        handle: Option<String>,
+        signing_key: Option<PublicKey>,
+        pds_endpoint: Option<String>,
+    ) -> Identity {
+        let pds_host = pds_endpoint.as_deref().and_then(host_of_endpoint);
+        Identity { did, handle, signing_key, pds_endpoint, pds_host }
     }
+
+    /// The PDS hostname (with port when not default), as relays name hosts.
+    pub fn pds_host(&self) -> Option<&str> {
+        self.pds_host.as_deref()
+    }
+}
+
+fn host_of_endpoint(endpoint: &str) -> Option<String> {
+    let url = url::Url::parse(endpoint).ok()?;
+    let host = url.host_str()?.to_ascii_lowercase();
+    Some(match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host,
+    })
 }
 
 fn matches_fragment(id: &str, did: &str, fragment: &str) -> bool {
@@ -99,7 +115,7 @@ pub fn parse_document(did: &str, json: &[u8]) -> Result<Identity, DocError> {
         .find(|s| matches_fragment(&s.id, did, "#atproto_pds") && s.kind == "AtprotoPersonalDataServer")
         .and_then(|s| s.service_endpoint.as_str())
         .and_then(normalise_endpoint);
-    Ok(Identity { did: did.to_string(), handle, signing_key, pds_endpoint })
+    Ok(Identity::new(did.to_string(), handle, signing_key, pds_endpoint))
 }
 
 fn key_from_method(did: &str, vm: &RawVerificationMethod) -> Result<PublicKey, DocError> {

@@ -17,6 +17,7 @@ use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions,
     WriteBatch, DB,
 };
+use crate::cache::ByteLru;
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
 
@@ -45,11 +46,13 @@ pub enum IndexError {
 pub struct IndexConfig {
     pub block_cache_bytes: usize,
     pub write_buffer_bytes: usize,
+    /// Memory for the answers kept in front of RocksDB ([`Facts`]).
+    pub fact_cache_bytes: usize,
 }
 
 impl Default for IndexConfig {
     fn default() -> Self {
-        IndexConfig { block_cache_bytes: 64 << 20, write_buffer_bytes: 16 << 20 }
+        IndexConfig { block_cache_bytes: 64 << 20, write_buffer_bytes: 16 << 20, fact_cache_bytes: 16 << 20 }
     }
 }
 
@@ -76,6 +79,25 @@ pub struct Index {
 
 struct Inner {
     db: DB,
+    facts: Mutex<Facts>,
+}
+
+/// Answers RocksDB gave recently that the live indexer asks again for nearly every commit:
+/// "does this repo already list this collection?" and "is this account not marked
+/// inactive?". At saturation those two reads were most of the indexer's CPU. Only answers
+/// read from RocksDB are kept, and every staged change that could make one untrue drops it
+/// first; both happen under the index's write lock, so a kept answer is never stale.
+struct Facts {
+    /// Repo keys (`did \0 collection`) present in the repos family.
+    listed: ByteLru<()>,
+    /// DIDs absent from the inactive family.
+    active: ByteLru<()>,
+}
+
+impl Facts {
+    fn new(bytes: usize) -> Facts {
+        Facts { listed: ByteLru::new(bytes / 2, usize::MAX), active: ByteLru::new(bytes / 2, usize::MAX) }
+    }
 }
 
 /// A write batch being built, with the repo keys it already sets (`true`) or deletes.
@@ -132,7 +154,7 @@ impl Inner {
         options.increase_parallelism(2);
         let families = [PAIRS, REPOS, INACTIVE, COUNTS, PENDING, META].map(family);
         let db = DB::open_cf_descriptors(&options, path, families)?;
-        Ok(Inner { db })
+        Ok(Inner { db, facts: Mutex::new(Facts::new(config.fact_cache_bytes)) })
     }
 
     fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, IndexError> {
@@ -219,12 +241,24 @@ impl Inner {
         Ok(out)
     }
 
-    /// The status of an account the index holds as not active, if any.
+    fn facts(&self) -> std::sync::MutexGuard<'_, Facts> {
+        self.facts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The status of an account the index holds as not active, if any. (Callers hold the
+    /// write lock: the answer may be kept in [`Facts`].)
     fn inactive_status(&self, did: &str) -> Result<Option<String>, IndexError> {
-        Ok(self
+        if self.facts().active.contains(did) {
+            return Ok(None);
+        }
+        let status = self
             .db
-            .get_cf(self.cf(INACTIVE)?, did.as_bytes())?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+            .get_pinned_cf(self.cf(INACTIVE)?, did.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned());
+        if status.is_none() {
+            self.facts().active.put(did.to_string(), ());
+        }
+        Ok(status)
     }
 
     /// Distinct DIDs with known pairs, after `after`, for the pruning pass.
@@ -287,9 +321,24 @@ impl Inner {
 
     /// Whether the DID's repo is known to hold the collection (the batch's own writes first).
     fn repo_has(&self, pending: &Pending, key: &[u8]) -> Result<bool, IndexError> {
-        match pending.repos.get(key) {
-            Some(present) => Ok(*present),
-            None => Ok(self.db.get_pinned_cf(self.cf(REPOS)?, key)?.is_some()),
+        if let Some(present) = pending.repos.get(key) {
+            return Ok(*present);
+        }
+        // Keys are joined from two strs, so they are UTF-8.
+        let text = std::str::from_utf8(key).ok();
+        if text.is_some_and(|text| self.facts().listed.contains(text)) {
+            return Ok(true);
+        }
+        let present = self.db.get_pinned_cf(self.cf(REPOS)?, key)?.is_some();
+        if let (true, Some(text)) = (present, text) {
+            self.facts().listed.put(text.to_string(), ());
+        }
+        Ok(present)
+    }
+
+    fn forget_listed(&self, repo_key: &[u8]) {
+        if let Ok(text) = std::str::from_utf8(repo_key) {
+            self.facts().listed.pop(text);
         }
     }
 
@@ -345,6 +394,7 @@ impl Inner {
         if !self.repo_has(pending, &repo_key)? {
             return Ok((0, 0));
         }
+        self.forget_listed(&repo_key);
         pending.batch.delete_cf(self.cf(REPOS)?, &repo_key);
         pending.repos.insert(repo_key, false);
         if self.inactive_status(did)?.is_some() {
@@ -365,6 +415,12 @@ impl Inner {
         let was_listed = self.inactive_status(did)?.is_none();
         let collections = self.repo_collections(did)?;
         let deleted = !active && status == Some("deleted");
+        self.facts().active.pop(did);
+        if deleted {
+            for collection in &collections {
+                self.forget_listed(&join(did, collection));
+            }
+        }
         let (mut added, mut removed) = (0, 0);
         if active {
             batch.delete_cf(self.cf(INACTIVE)?, did.as_bytes());
@@ -512,6 +568,8 @@ impl Index {
     }
 
     pub fn inactive_status(&self, did: &str) -> Result<Option<String>, IndexError> {
+        // Under the write lock: the answer may be kept, and must not race a status change.
+        let _write = self.write.lock().unwrap_or_else(|p| p.into_inner());
         self.with(|inner| inner.inactive_status(did))
     }
 
@@ -611,6 +669,39 @@ mod tests {
         index.apply(&[Change::Remove { did: "did:plc:a".into(), collection: "app.x".into() }]).unwrap();
         assert_eq!(index.list("app.x", None, 10).unwrap(), vec!["did:plc:b"]);
         assert_eq!(index.count("app.x").unwrap(), 1);
+    }
+
+    /// The answers kept in front of RocksDB never outlive a change: each step below asks
+    /// again right after a change that makes the previous (kept) answer untrue.
+    #[test]
+    fn kept_answers_follow_every_change() {
+        let (_dir, index) = open();
+        let remove = Change::Remove { did: "did:plc:a".into(), collection: "app.x".into() };
+        let status = |active: bool, status: Option<&str>| Change::Status {
+            did: "did:plc:a".into(),
+            active,
+            status: status.map(str::to_string),
+        };
+        assert_eq!(index.apply(&[add("did:plc:a", "app.x")]).unwrap(), (1, 0));
+        // Asked twice: RocksDB answers, then the kept answer.
+        assert_eq!(index.apply(&[add("did:plc:a", "app.x")]).unwrap(), (0, 0));
+        assert_eq!(index.apply(&[add("did:plc:a", "app.x")]).unwrap(), (0, 0));
+        assert_eq!(index.apply(&[remove.clone()]).unwrap(), (0, 1));
+        assert_eq!(index.apply(&[add("did:plc:a", "app.x")]).unwrap(), (1, 0), "a removed pair comes back");
+        assert_eq!(index.inactive_status("did:plc:a").unwrap(), None);
+        assert_eq!(index.inactive_status("did:plc:a").unwrap(), None);
+        index.apply(&[status(false, Some("deactivated"))]).unwrap();
+        assert_eq!(index.inactive_status("did:plc:a").unwrap().as_deref(), Some("deactivated"));
+        assert_eq!(index.count("app.x").unwrap(), 0);
+        assert_eq!(index.apply(&[add("did:plc:a", "app.x")]).unwrap(), (0, 0), "not listed while inactive");
+        index.apply(&[status(true, None)]).unwrap();
+        assert_eq!(index.inactive_status("did:plc:a").unwrap(), None);
+        assert_eq!(index.count("app.x").unwrap(), 1);
+        index.apply(&[status(false, Some("deleted"))]).unwrap();
+        assert_eq!(index.repo_collections("did:plc:a").unwrap(), Vec::<String>::new());
+        index.apply(&[status(true, None)]).unwrap();
+        assert_eq!(index.apply(&[add("did:plc:a", "app.x")]).unwrap(), (1, 0), "a deleted repo's pairs are gone");
+        assert_eq!(index.list("app.x", None, 10).unwrap(), vec!["did:plc:a"]);
     }
 
     #[test]

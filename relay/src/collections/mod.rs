@@ -52,6 +52,7 @@ impl CollectionsConfig {
             index: IndexConfig {
                 block_cache_bytes: config.collections_cache_bytes,
                 write_buffer_bytes: config.collections_write_buffer_bytes,
+                fact_cache_bytes: config.collections_fact_cache_bytes,
             },
             host_requests_per_second: config.backfill_host_requests_per_second,
             max_backoff: config.max_backoff,

@@ -88,7 +88,7 @@ fn identity_of(account: &ScenarioAccount) -> Result<Identity, ScenarioError> {
         None => None,
     };
     let pds_endpoint = id.services["atproto_pds"]["url"].as_str().map(str::to_string);
-    Ok(Identity { did: id.did.clone(), handle: id.handle.clone(), signing_key, pds_endpoint })
+    Ok(Identity::new(id.did.clone(), id.handle.clone(), signing_key, pds_endpoint))
 }
 
 impl Scenario {

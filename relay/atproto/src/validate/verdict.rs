@@ -253,10 +253,10 @@ fn check_host(account: &AccountView) -> Result<(), Rejection> {
         return Ok(());
     };
     let expected = identity.pds_host();
-    if expected.as_deref().is_some_and(|pds| pds.eq_ignore_ascii_case(source)) {
+    if expected.is_some_and(|pds| pds.eq_ignore_ascii_case(source)) {
         Ok(())
     } else {
-        Err(Rejection::WrongHost { expected, got: source.to_string() })
+        Err(Rejection::WrongHost { expected: expected.map(str::to_string), got: source.to_string() })
     }
 }
 
@@ -534,12 +534,7 @@ mod tests {
     fn account_and_identity_events_need_the_accounts_own_host() {
         use crate::crypto::{Curve, SigningKey};
         let key = SigningKey::from_seed(Curve::K256, b"verdict test").public_key();
-        let doc = Identity {
-            did: DID.into(),
-            handle: None,
-            signing_key: Some(key),
-            pds_endpoint: Some("https://pds.example.com".into()),
-        };
+        let doc = Identity::new(DID.into(), None, Some(key), Some("https://pds.example.com".into()));
         let policy = Policy::default();
         let view = |identity, source, known_on_source| AccountView {
             identity,
