@@ -242,7 +242,7 @@ fn frame_of<T: Serialize>(header: &Header, body: &T) -> Result<Vec<u8>, CborErro
 pub fn encode(event: &Event) -> Result<Vec<u8>, CborError> {
     let message = |t: &str| Header { op: 1, t: Some(t.to_string()) };
     match event {
-        Event::Commit(c) => frame_of(&message("#commit"), c),
+        Event::Commit(c) => Ok(crate::commit_frame::encode(c)),
         Event::Sync(s) => frame_of(&message("#sync"), s),
         Event::Identity(i) => frame_of(&message("#identity"), i),
         Event::Account(a) => frame_of(&message("#account"), a),

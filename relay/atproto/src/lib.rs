@@ -6,6 +6,7 @@
 pub mod car;
 pub mod cbor;
 pub mod commit;
+pub mod commit_frame;
 pub mod crypto;
 pub mod frame;
 pub mod identity;
