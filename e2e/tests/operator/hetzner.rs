@@ -63,6 +63,13 @@ fn report(scenario: &str, before: &BTreeMap<String, u64>, after: &BTreeMap<Strin
     total
 }
 
+/// A Secret with one `token` key (the Hetzner API token, the k3s join token).
+async fn create_token_secret(env: &Env, name: &str, token: &str) -> anyhow::Result<()> {
+    let literal = format!("--from-literal=token={token}");
+    env.kubectl(&["create", "secret", "generic", name, "-n", NS, &literal]).await?;
+    Ok(())
+}
+
 async fn relay_named(env: &Env, name: &str) -> anyhow::Result<Option<Value>> {
     Ok(env.relays().get_opt(name).await?.map(serde_json::to_value).transpose()?)
 }
@@ -159,16 +166,7 @@ pub async fn hetzner_create_adopt_join(env: &mut Env) -> anyhow::Result<()> {
     })
     .await?;
     for (secret, value) in [("hcloud", TOKEN), ("k3s-join", "K10-e2e-short-lived-bootstrap-token")] {
-        env.kubectl(&[
-            "create",
-            "secret",
-            "generic",
-            secret,
-            "-n",
-            NS,
-            &format!("--from-literal=token={value}"),
-        ])
-        .await?;
+        create_token_secret(env, secret, value).await?;
     }
 
     // The create is carried out, its answer held back 20 s; the operator dies meanwhile.
@@ -356,16 +354,7 @@ pub async fn hetzner_steady_state_and_faults(env: &mut Env) -> anyhow::Result<()
 
     // A refused token: one request, a condition that says so, no retry storm.
     let before = fake.requests();
-    env.kubectl(&[
-        "create",
-        "secret",
-        "generic",
-        "hcloud-wrong",
-        "-n",
-        NS,
-        "--from-literal=token=not-the-token",
-    ])
-    .await?;
+    create_token_secret(env, "hcloud-wrong", "not-the-token").await?;
     let manifest =
         relay_manifest(BAD_TOKEN, &hz.sim.plc_url()).replace("name: hcloud,", "name: hcloud-wrong,");
     env.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest)).await?;
@@ -393,16 +382,7 @@ pub async fn hetzner_steady_state_and_faults(env: &mut Env) -> anyhow::Result<()
     }
     // Fixed token, then deleted: nothing was created, nothing to delete.
     env.kubectl(&["delete", "secret", "hcloud-wrong", "-n", NS]).await?;
-    env.kubectl(&[
-        "create",
-        "secret",
-        "generic",
-        "hcloud-wrong",
-        "-n",
-        NS,
-        &format!("--from-literal=token={TOKEN}"),
-    ])
-    .await?;
+    create_token_secret(env, "hcloud-wrong", TOKEN).await?;
     env.kubectl(&["delete", "relay", BAD_TOKEN, "-n", NS, "--wait=false"]).await?;
     eventually("the refused-token Relay gone", Duration::from_secs(120), || async {
         Ok(relay_named(env, BAD_TOKEN).await?.is_none().then_some(()))
