@@ -11,7 +11,8 @@ use crate::frame::{Commit, RepoOp};
 use cid::Cid;
 
 /// The `{op: 1, t: "#commit"}` header: keys in canonical order `t`, `op`.
-const HEADER: &[u8] = &[0xa2, 0x61, b't', 0x67, b'#', b'c', b'o', b'm', b'm', b'i', b't', 0x62, b'o', b'p', 0x01];
+const HEADER: &[u8] =
+    &[0xa2, 0x61, b't', 0x67, b'#', b'c', b'o', b'm', b'm', b'i', b't', 0x62, b'o', b'p', 0x01];
 
 const MAJOR_UNSIGNED: u8 = 0;
 const MAJOR_NEGATIVE: u8 = 1;
@@ -75,7 +76,13 @@ pub fn encode(commit: &Commit) -> Vec<u8> {
 /// Blocks plus a generous allowance for everything else, so the buffer is not regrown.
 fn estimated_size(commit: &Commit) -> usize {
     let ops: usize = commit.ops.iter().map(|op| op.path.len() + op.action.len() + 112).sum();
-    HEADER.len() + commit.blocks.len() + ops + commit.blobs.len() * 44 + commit.repo.len() + commit.time.len() + 256
+    HEADER.len()
+        + commit.blocks.len()
+        + ops
+        + commit.blobs.len() * 44
+        + commit.repo.len()
+        + commit.time.len()
+        + 256
 }
 
 /// An op: keys `cid`, `path`, `prev` (only when set), `action`.

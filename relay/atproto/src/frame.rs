@@ -183,12 +183,39 @@ impl Event {
     }
 }
 
-fn body<T: serde::de::DeserializeOwned>(kind: &str, bytes: &[u8]) -> Result<T, FrameError> {
-    cbor::decode(bytes).map_err(|error| FrameError::Body { kind: kind.to_string(), error })
+/// How much to trust a frame's encoding.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Strictness {
+    /// From the network: the strict DAG-CBOR pass (canonical form, limits) runs first.
+    Strict,
+    /// From this relay's own log: it wrote the frame itself, in canonical form.
+    Logged,
+}
+
+fn body<T: serde::de::DeserializeOwned>(
+    kind: &str,
+    bytes: &[u8],
+    strictness: Strictness,
+) -> Result<T, FrameError> {
+    let decoded = match strictness {
+        Strictness::Strict => cbor::decode(bytes),
+        Strictness::Logged => cbor::decode_trusted_shape(bytes),
+    };
+    decoded.map_err(|error| FrameError::Body { kind: kind.to_string(), error })
 }
 
 /// Decodes a frame, enforcing the size limits of the sync spec and lexicon.
 pub fn decode(frame: &[u8]) -> Result<Event, FrameError> {
+    decode_with(frame, Strictness::Strict)
+}
+
+/// Decodes a frame this relay wrote to its own log (the collection indexer, the repo-state
+/// replay at start): without the strict encoding pass, which only network input needs.
+pub fn decode_logged(frame: &[u8]) -> Result<Event, FrameError> {
+    decode_with(frame, Strictness::Logged)
+}
+
+fn decode_with(frame: &[u8], strictness: Strictness) -> Result<Event, FrameError> {
     if frame.len() > MAX_FRAME_BYTES {
         return Err(FrameError::TooLarge(frame.len()));
     }
@@ -196,15 +223,15 @@ pub fn decode(frame: &[u8]) -> Result<Event, FrameError> {
     let header: Header = cbor::decode(&frame[..header_len]).map_err(FrameError::Header)?;
     let rest = &frame[header_len..];
     match header.op {
-        -1 => Ok(Event::Error(body("error", rest)?)),
+        -1 => Ok(Event::Error(body("error", rest, strictness)?)),
         1 => {
             let t = header.t.ok_or(FrameError::MissingType)?;
             let event = match t.as_str() {
-                "#commit" => Event::Commit(body(&t, rest)?),
-                "#sync" => Event::Sync(body(&t, rest)?),
-                "#identity" => Event::Identity(body(&t, rest)?),
-                "#account" => Event::Account(body(&t, rest)?),
-                "#info" => Event::Info(body(&t, rest)?),
+                "#commit" => Event::Commit(body(&t, rest, strictness)?),
+                "#sync" => Event::Sync(body(&t, rest, strictness)?),
+                "#identity" => Event::Identity(body(&t, rest, strictness)?),
+                "#account" => Event::Account(body(&t, rest, strictness)?),
+                "#info" => Event::Info(body(&t, rest, strictness)?),
                 _ => Event::Unknown { t },
             };
             check_field_limits(&event)?;

@@ -87,7 +87,9 @@ pub async fn resync_all(relay: &Arc<Relay>, dids: Vec<String>) -> Vec<Outcome> {
 async fn resync(relay: &Arc<Relay>, client: &reqwest::Client, did: &str) -> Result<String, ResyncError> {
     syntax::validate_did(did).map_err(|_| ResyncError::BadDid)?;
     let identity = relay.resolver.refresh(did).await.map_err(|e| ResyncError::Identity(e.to_string()))?;
-    let (Some(endpoint), Some(hostname)) = (identity.pds_endpoint.clone(), identity.pds_host().map(str::to_string)) else {
+    let (Some(endpoint), Some(hostname)) =
+        (identity.pds_endpoint.clone(), identity.pds_host().map(str::to_string))
+    else {
         return Err(ResyncError::NoPds);
     };
     let host = relay

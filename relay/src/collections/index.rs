@@ -13,11 +13,11 @@
 //! Every change is idempotent (add if absent, remove if present), so replaying events after
 //! a crash converges; writes are serialised by one lock because they read before writing.
 
+use crate::cache::ByteLru;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions,
     WriteBatch, DB,
 };
-use crate::cache::ByteLru;
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
 
@@ -686,7 +686,7 @@ mod tests {
         // Asked twice: RocksDB answers, then the kept answer.
         assert_eq!(index.apply(&[add("did:plc:a", "app.x")]).unwrap(), (0, 0));
         assert_eq!(index.apply(&[add("did:plc:a", "app.x")]).unwrap(), (0, 0));
-        assert_eq!(index.apply(&[remove.clone()]).unwrap(), (0, 1));
+        assert_eq!(index.apply(std::slice::from_ref(&remove)).unwrap(), (0, 1));
         assert_eq!(index.apply(&[add("did:plc:a", "app.x")]).unwrap(), (1, 0), "a removed pair comes back");
         assert_eq!(index.inactive_status("did:plc:a").unwrap(), None);
         assert_eq!(index.inactive_status("did:plc:a").unwrap(), None);
@@ -700,7 +700,11 @@ mod tests {
         index.apply(&[status(false, Some("deleted"))]).unwrap();
         assert_eq!(index.repo_collections("did:plc:a").unwrap(), Vec::<String>::new());
         index.apply(&[status(true, None)]).unwrap();
-        assert_eq!(index.apply(&[add("did:plc:a", "app.x")]).unwrap(), (1, 0), "a deleted repo's pairs are gone");
+        assert_eq!(
+            index.apply(&[add("did:plc:a", "app.x")]).unwrap(),
+            (1, 0),
+            "a deleted repo's pairs are gone"
+        );
         assert_eq!(index.list("app.x", None, 10).unwrap(), vec!["did:plc:a"]);
     }
 

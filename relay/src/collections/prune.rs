@@ -98,7 +98,7 @@ async fn prune_reason(lookups: &Lookups, collections: &Arc<Collections>, did: &s
         Err(ResolveError::NotFound) => Some(Reason { status: "deleted", metric: "tombstoned" }),
         Ok(identity) => match identity.pds_host() {
             None => Some(Reason { status: PDS_GONE, metric: "no_pds" }),
-            Some(hostname) => match lookups.store.host_by_name(&hostname).await {
+            Some(hostname) => match lookups.store.host_by_name(hostname).await {
                 Ok(Some(host)) if !host.status.is_reachable() => {
                     Some(Reason { status: PDS_GONE, metric: "host_gone" })
                 }

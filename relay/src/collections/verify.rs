@@ -235,7 +235,7 @@ async fn pds_of(lookups: &Lookups, did: &str) -> Result<String, Settled> {
     let (Some(endpoint), Some(hostname)) = (identity.pds_endpoint.clone(), identity.pds_host()) else {
         return Err(Settled::Dropped("no_pds"));
     };
-    match lookups.store.host_by_name(&hostname).await {
+    match lookups.store.host_by_name(hostname).await {
         Ok(Some(host)) if host.status == HostStatus::Banned => Err(Settled::Dropped("banned_host")),
         Ok(Some(host)) if host.status == HostStatus::Offline => Err(Settled::Dropped("host_offline")),
         Ok(Some(_)) => Ok(endpoint),
