@@ -23,7 +23,6 @@ fn regex(pattern: &str) -> Regex {
     Regex::new(pattern).expect("static regex compiles")
 }
 
-static DID_RE: LazyLock<Regex> = LazyLock::new(|| regex(r"^did:[a-z]+:[a-zA-Z0-9._:%-]*[a-zA-Z0-9._-]$"));
 static HANDLE_RE: LazyLock<Regex> = LazyLock::new(|| {
     regex(r"^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 });
@@ -32,9 +31,6 @@ static NSID_RE: LazyLock<Regex> = LazyLock::new(|| {
         r"^[a-zA-Z]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)+(\.[a-zA-Z][a-zA-Z0-9]{0,62})$",
     )
 });
-static TID_RE: LazyLock<Regex> =
-    LazyLock::new(|| regex(r"^[234567abcdefghij][234567abcdefghijklmnopqrstuvwxyz]{12}$"));
-static RKEY_RE: LazyLock<Regex> = LazyLock::new(|| regex(r"^[a-zA-Z0-9_~.:-]{1,512}$"));
 static DATETIME_RE: LazyLock<Regex> = LazyLock::new(|| {
     regex(
         r"^[0-9]{4}-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-9][0-9]:[0-9][0-9](\.[0-9]{1,20})?(Z|([+-][0-2][0-9]:[0-5][0-9]))$",
@@ -49,6 +45,40 @@ static ATURI_RE: LazyLock<Regex> = LazyLock::new(|| {
     )
 });
 
+// The three checks every event goes through are written out byte by byte rather than as
+// regexes: they run several times per event on every validation worker, and the regex
+// engine's per-thread scratch pool and search setup were ~1 µs per event at saturation.
+// Each is exactly its spec regex (kept in the tests, which compare the two).
+
+/// `^did:[a-z]+:[a-zA-Z0-9._:%-]*[a-zA-Z0-9._-]$`
+fn is_did_shaped(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix("did:") else { return false };
+    let Some((method, identifier)) = rest.split_once(':') else { return false };
+    let identifier_byte = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'%' | b'-');
+    let last_byte = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
+    !method.is_empty()
+        && method.bytes().all(|b| b.is_ascii_lowercase())
+        && identifier.as_bytes().last().is_some_and(last_byte)
+        && identifier.as_bytes().iter().all(identifier_byte)
+}
+
+/// `^[234567abcdefghij][234567abcdefghijklmnopqrstuvwxyz]{12}$`
+fn is_tid_shaped(s: &str) -> bool {
+    let base32 = |b: &u8| matches!(b, b'2'..=b'7' | b'a'..=b'z');
+    match s.as_bytes() {
+        [first, rest @ ..] => {
+            rest.len() == 12 && matches!(first, b'2'..=b'7' | b'a'..=b'j') && rest.iter().all(base32)
+        }
+        [] => false,
+    }
+}
+
+/// `^[a-zA-Z0-9_~.:-]{1,512}$`
+fn is_record_key_shaped(s: &str) -> bool {
+    (1..=512).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'~' | b'.' | b':' | b'-'))
+}
+
 /// Maximum lengths from the specs.
 pub const MAX_DID_LEN: usize = 2048;
 pub const MAX_HANDLE_LEN: usize = 253;
@@ -61,7 +91,7 @@ pub fn validate_did(s: &str) -> Result<(), SyntaxError> {
     if s.len() > MAX_DID_LEN {
         return fail("did", "longer than 2048 characters");
     }
-    if !DID_RE.is_match(s) {
+    if !is_did_shaped(s) {
         return fail("did", "does not match did:<method>:<identifier>");
     }
     Ok(())
@@ -97,7 +127,7 @@ pub fn validate_nsid(s: &str) -> Result<(), SyntaxError> {
 }
 
 pub fn validate_tid(s: &str) -> Result<(), SyntaxError> {
-    if !TID_RE.is_match(s) {
+    if !is_tid_shaped(s) {
         return fail("tid", "not 13 base32-sortable characters");
     }
     Ok(())
@@ -107,7 +137,7 @@ pub fn validate_record_key(s: &str) -> Result<(), SyntaxError> {
     if s == "." || s == ".." {
         return fail("record key", "'.' and '..' are reserved");
     }
-    if !RKEY_RE.is_match(s) {
+    if !is_record_key_shaped(s) {
         return fail("record key", "1-512 characters of A-Za-z0-9 . - _ : ~");
     }
     Ok(())
@@ -260,6 +290,38 @@ pub fn validate_repo_path(path: &str) -> Result<(), SyntaxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hand-written shape checks against the spec regexes, on strings built from the
+    /// characters that matter (both classes' members, their neighbours, `:` and non-ASCII).
+    #[test]
+    fn shape_checks_are_exactly_their_regexes() {
+        // (spec regex, hand-written check, a prefix that gets samples past the first test)
+        type Case = (&'static str, fn(&str) -> bool, &'static str);
+        let cases: [Case; 3] = [
+            (r"^did:[a-z]+:[a-zA-Z0-9._:%-]*[a-zA-Z0-9._-]$", is_did_shaped, "did:"),
+            (r"^[234567abcdefghij][234567abcdefghijklmnopqrstuvwxyz]{12}$", is_tid_shaped, ""),
+            (r"^[a-zA-Z0-9_~.:-]{1,512}$", is_record_key_shaped, ""),
+        ];
+        let alphabet: Vec<char> = "abjkzAZ0129178:%._~-/ @é\n".chars().collect();
+        let mut rng = fastrand::Rng::with_seed(3);
+        for (pattern, check, prefix) in cases {
+            let spec = regex(pattern);
+            let mut samples: Vec<String> =
+                vec![String::new(), "did:".into(), "did:plc:".into(), "a".repeat(512), "a".repeat(513)];
+            for _ in 0..50_000 {
+                let body: String =
+                    (0..rng.usize(0..16)).map(|_| alphabet[rng.usize(..alphabet.len())]).collect();
+                let prefix = if rng.bool() { prefix } else { "" };
+                samples.push(format!("{prefix}{body}"));
+            }
+            samples.push("2222222222222".into());
+            samples.push("3jzfcijpj2z2a".into());
+            samples.push("kjzfcijpj2z2a".into());
+            for sample in samples {
+                assert_eq!(check(&sample), spec.is_match(&sample), "{pattern} on {sample:?}");
+            }
+        }
+    }
 
     #[test]
     fn tid_round_trip() {

@@ -359,20 +359,36 @@ impl Drop for HeldAccount<'_> {
     }
 }
 
-/// Observes the time since the previous step into `relay_validation_step_seconds`.
+/// One event in this many has its steps timed.
+const STEP_SAMPLE_EVERY: u32 = 8;
+
+thread_local! {
+    static STEP_SAMPLE_COUNTER: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Observes the time since the previous step into `relay_validation_step_seconds`, for one
+/// event in [`STEP_SAMPLE_EVERY`]: five histogram updates per event, on histograms both
+/// workers write, cost ~0.6 µs per event at saturation; a sample shows the same split.
 struct StepTimer {
-    last: std::time::Instant,
+    last: Option<std::time::Instant>,
 }
 
 impl StepTimer {
     fn new() -> Self {
-        StepTimer { last: std::time::Instant::now() }
+        let sampled = STEP_SAMPLE_COUNTER.with(|counter| {
+            let n = counter.get().wrapping_add(1);
+            counter.set(n);
+            n % STEP_SAMPLE_EVERY == 0
+        });
+        StepTimer { last: sampled.then(std::time::Instant::now) }
     }
 
     fn done(&mut self, step: &prometheus::Histogram) {
-        let now = std::time::Instant::now();
-        step.observe(now.duration_since(self.last).as_secs_f64());
-        self.last = now;
+        if let Some(last) = self.last {
+            let now = std::time::Instant::now();
+            step.observe(now.duration_since(last).as_secs_f64());
+            self.last = Some(now);
+        }
     }
 }
 
