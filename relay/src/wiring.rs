@@ -361,13 +361,31 @@ async fn write_state(
         // Retried until stored: the checkpoint must not pass state that SQL does not have. While
         // the database is unavailable this queue fills and the sequencer waits (backpressure).
         let mut delay = Duration::from_millis(100);
-        while let Err(error) = store.save_repo_states(&rows, checkpoint).await {
+        while let Err(error) = save_state_attempt(&store, &rows, checkpoint).await {
             tracing::error!(%error, updates = rows.len(), "storing repo state; retrying");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(10));
         }
         drop(rows);
         batch.clear();
+    }
+}
+
+/// One attempt to store a batch of repo state. A panic inside the database driver counts as
+/// a failed attempt: in a soak whose disk filled up, this task ended during a minutes-long
+/// run of "database or disk is full" (whatever it printed was lost to the full disk), and SQL's
+/// repo state then stayed behind the log until a restart replayed it.
+async fn save_state_attempt(
+    store: &Store,
+    rows: &[RepoStateUpdate<'_>],
+    checkpoint: i64,
+) -> Result<(), String> {
+    use futures_util::FutureExt;
+    let attempt = std::panic::AssertUnwindSafe(store.save_repo_states(rows, checkpoint)).catch_unwind();
+    match attempt.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("the database driver panicked".to_string()),
     }
 }
 
